@@ -1,0 +1,54 @@
+# calogan — two commands: `make run` (the whole pipeline on CPU) and `make test` (lint + full test suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+DATA ?= data
+RUN_NAME ?= quick
+PRESET ?= quick
+
+.PHONY: run test install install-dev lint format simulate train evaluate package clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+install: $(PY)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e .
+
+install-dev: install
+	$(PY) -m pip install --quiet -e ".[dev]"
+
+simulate: install
+	@if ls $(DATA)/data_train.npz >/dev/null 2>&1; then \
+		echo "data: $(DATA)/data_train.npz exists, not simulating (delete it or run python -m calogan.simulate --overwrite)"; \
+	else $(PY) -m calogan.simulate --out $(DATA); fi
+
+train: simulate
+	$(PY) -m calogan.train --preset $(PRESET) --data $(DATA) --name $(RUN_NAME) --overwrite
+
+evaluate: install
+	$(PY) -m calogan.predict --checkpoint runs/$(RUN_NAME)/checkpoints/best.pt --data $(DATA) --out runs/$(RUN_NAME)/predictions --overwrite
+	$(PY) -m calogan.evaluate runs/$(RUN_NAME)/predictions --solution-dir $(DATA) --split val --json runs/$(RUN_NAME)/score.json --plots runs/$(RUN_NAME)/eval_plots
+
+package: install
+	$(PY) -m calogan.package --predictions runs/$(RUN_NAME)/predictions --data $(DATA) --out submissions/$(RUN_NAME).zip --overwrite
+
+run: train evaluate package
+	@echo "done: runs/$(RUN_NAME)/ (checkpoints, plots, score.json) and submissions/$(RUN_NAME).zip"
+
+lint: install-dev
+	$(PY) -m ruff check calogan tests benchmarks
+	$(PY) -m ruff format --check calogan tests benchmarks
+
+format: install-dev
+	$(PY) -m ruff format calogan tests benchmarks
+	$(PY) -m ruff check --fix calogan tests benchmarks
+
+test: lint
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf runs build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,322 @@
+"""The competition data format (DESIGN §2): validated npz loading, atomic writing, condition vectors.
+
+Every validation failure raises :class:`calogan.errors.InputError` with a message naming the file,
+the key and the problem. Files are always read with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from calogan.errors import InputError
+
+IMAGE_SIZE = 30
+N_CELLS = IMAGE_SIZE * IMAGE_SIZE
+#: Cell centres in cm, identical in x and y. image[i, j] is at x = CELL_CENTRES[j], y = CELL_CENTRES[i].
+CELL_CENTRES = np.linspace(-14.5, 14.5, IMAGE_SIZE)
+#: Depth (cm) used by the competition for the expected shower centre: c = (x, y) + 25 * (px/pz, py/pz).
+SHOWER_DEPTH_CM = 25.0
+PDG_ELECTRON, PDG_PHOTON = 11, 22
+
+KEY_ENERGY = "EnergyDeposit"
+KEY_POINT = "ParticlePoint"
+KEY_MOMENTUM = "ParticleMomentum"
+KEY_PDG = "ParticlePDG"
+CONDITION_KEYS = (KEY_POINT, KEY_MOMENTUM, KEY_PDG)
+SPLITS = ("train", "val", "test")
+
+#: Names of the raw condition vector returned by :func:`raw_conditions`.
+CONDITION_NAMES = ("x", "y", "px", "py", "pz", "is_photon")
+
+
+@dataclass
+class CaloData:
+    """One competition file in memory: conditions and (for train/solution files) the images."""
+
+    point: np.ndarray  # (N, 3) float32, cm
+    momentum: np.ndarray  # (N, 3) float32, GeV
+    pdg: np.ndarray  # (N,) int64, 11 or 22
+    energy: np.ndarray | None = None  # (N, 30, 30) float32
+    path: str = "<memory>"
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.point.shape[0])
+
+    @property
+    def p_abs(self) -> np.ndarray:
+        """|p| in GeV, float64."""
+        return np.linalg.norm(self.momentum.astype(np.float64), axis=1)
+
+    @property
+    def is_photon(self) -> np.ndarray:
+        return self.pdg == PDG_PHOTON
+
+    def conditions(self) -> np.ndarray:
+        """The raw (N, 6) condition vector (x, y, px, py, pz, is_photon), float32."""
+        return raw_conditions(self.point, self.momentum, self.pdg)
+
+    def subset(self, index: np.ndarray | slice) -> CaloData:
+        """Rows selected by a boolean mask, an index array or a slice (a new object, arrays copied)."""
+        return CaloData(
+            point=self.point[index].copy(),
+            momentum=self.momentum[index].copy(),
+            pdg=self.pdg[index].copy(),
+            energy=None if self.energy is None else self.energy[index].copy(),
+            path=self.path,
+        )
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The competition keys, ready for :func:`save_npz`."""
+        arrays = {KEY_POINT: self.point, KEY_MOMENTUM: self.momentum, KEY_PDG: self.pdg.astype(np.float32)}
+        if self.energy is not None:
+            arrays[KEY_ENERGY] = self.energy
+        return arrays
+
+
+def raw_conditions(point: np.ndarray, momentum: np.ndarray, pdg: np.ndarray) -> np.ndarray:
+    """Stack (x, y, px, py, pz, is_photon) into an (N, 6) float32 array."""
+    return np.concatenate(
+        [
+            np.asarray(point, np.float32)[:, :2],
+            np.asarray(momentum, np.float32),
+            (np.asarray(pdg) == PDG_PHOTON).astype(np.float32)[:, None],
+        ],
+        axis=1,
+    )
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def open_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read every array of an npz file without unpickling; bad files raise InputError."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected an .npz file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise InputError(f"{path}: not an npz archive (a single .npy array?)")
+            return {key: npz[key] for key in npz.files}
+    except InputError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+            raise InputError(f"{path}: contains object/pickled arrays, which are refused") from None
+        raise InputError(f"{path}: not a readable npz file ({exc})") from None
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise InputError(f"{path}: not a readable npz file (truncated or corrupt: {exc})") from None
+
+
+def _check_numeric(path: Path, key: str, array: np.ndarray) -> None:
+    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise InputError(f"{path}: key '{key}' has non-numeric dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise InputError(f"{path}: key '{key}' holds {bad} NaN/Inf values")
+
+
+def as_images(path: str | os.PathLike, array: np.ndarray, key: str = KEY_ENERGY) -> np.ndarray:
+    """Accept (N, 900) or (N, 30, 30) and return (N, 30, 30) float32; validate finiteness."""
+    path = Path(path)
+    _check_numeric(path, key, array)
+    if array.ndim == 2 and array.shape[1] == N_CELLS:
+        array = array.reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    elif array.ndim == 4 and array.shape[1:] == (1, IMAGE_SIZE, IMAGE_SIZE):
+        array = array[:, 0]
+    if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise InputError(f"{path}: key '{key}' has shape {array.shape}, expected (N, 30, 30) or (N, 900)")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def load_npz(
+    path: str | os.PathLike,
+    require_energy: bool | None = None,
+    require_conditions: bool = True,
+) -> CaloData:
+    """Load and validate a train/val/test/solution file.
+
+    require_energy: True (train/solution files), False (ignore any images), None (load if present).
+    """
+    path = Path(path)
+    arrays = open_npz(path)
+    missing = [k for k in CONDITION_KEYS if k not in arrays]
+    if require_conditions and missing:
+        raise InputError(f"{path}: missing key(s) {', '.join(missing)} (has: {', '.join(sorted(arrays)) or 'none'})")
+    if require_energy and KEY_ENERGY not in arrays:
+        raise InputError(f"{path}: missing key '{KEY_ENERGY}' (has: {', '.join(sorted(arrays)) or 'none'})")
+
+    for key in CONDITION_KEYS:
+        _check_numeric(path, key, arrays[key])
+    point, momentum, pdg = arrays[KEY_POINT], arrays[KEY_MOMENTUM], arrays[KEY_PDG]
+    n = point.shape[0] if point.ndim >= 1 else -1
+    if point.ndim != 2 or point.shape[1] not in (2, 3):
+        raise InputError(f"{path}: key '{KEY_POINT}' has shape {point.shape}, expected (N, 3)")
+    if point.shape[1] == 2:  # tolerate (x, y) only; z is unused
+        point = np.concatenate([point, np.zeros((n, 1), point.dtype)], axis=1)
+    if momentum.shape != (n, 3):
+        raise InputError(f"{path}: key '{KEY_MOMENTUM}' has shape {momentum.shape}, expected ({n}, 3)")
+    pdg = pdg.reshape(-1) if pdg.ndim == 2 and pdg.shape[1] == 1 else pdg
+    if pdg.shape != (n,):
+        raise InputError(f"{path}: key '{KEY_PDG}' has shape {pdg.shape}, expected ({n},)")
+    if n == 0:
+        raise InputError(f"{path}: holds no events")
+    if not (momentum[:, 2] > 0).all():
+        bad = int((momentum[:, 2] <= 0).sum())
+        raise InputError(f"{path}: key '{KEY_MOMENTUM}' has {bad} events with pz <= 0 (pz must be > 0)")
+    pdg_int = np.rint(pdg).astype(np.int64) if np.issubdtype(pdg.dtype, np.floating) else pdg.astype(np.int64)
+    abs_pdg = np.abs(pdg_int)
+    if not np.isin(abs_pdg, (PDG_ELECTRON, PDG_PHOTON)).all():
+        values = np.unique(pdg_int[~np.isin(abs_pdg, (PDG_ELECTRON, PDG_PHOTON))])[:5]
+        raise InputError(f"{path}: key '{KEY_PDG}' holds values other than 11/22: {values.tolist()}")
+
+    energy = None
+    if require_energy is not False and KEY_ENERGY in arrays:
+        energy = as_images(path, arrays[KEY_ENERGY])
+        if energy.shape[0] != n:
+            raise InputError(f"{path}: key '{KEY_ENERGY}' has {energy.shape[0]} events but conditions have {n}")
+        if (energy < 0).any():
+            raise InputError(f"{path}: key '{KEY_ENERGY}' holds negative energies")
+    return CaloData(
+        point=np.ascontiguousarray(point, np.float32),
+        momentum=np.ascontiguousarray(momentum, np.float32),
+        pdg=abs_pdg,
+        energy=energy,
+        path=str(path),
+    )
+
+
+def load_prediction(path: str | os.PathLike, n_expected: int | None = None) -> np.ndarray:
+    """Load a prediction file: one array EnergyDeposit, finite, non-negative; returns (N, 30, 30) float32."""
+    path = Path(path)
+    arrays = open_npz(path)
+    if KEY_ENERGY not in arrays:
+        raise InputError(f"{path}: missing key '{KEY_ENERGY}' (has: {', '.join(sorted(arrays)) or 'none'})")
+    images = as_images(path, arrays[KEY_ENERGY])
+    if n_expected is not None and images.shape[0] != n_expected:
+        raise InputError(f"{path}: holds {images.shape[0]} events, expected {n_expected} (same N and order as the input file)")
+    if (images < 0).any():
+        raise InputError(f"{path}: key '{KEY_ENERGY}' holds {int((images < 0).sum())} negative energies")
+    return images
+
+
+def split_path(data_dir: str | os.PathLike, split: str, kind: str = "") -> Path:
+    """data_dir/data_{split}{_kind}.npz, e.g. split_path('data', 'val', 'solution')."""
+    suffix = f"_{kind}" if kind else ""
+    return Path(data_dir) / f"data_{split}{suffix}.npz"
+
+
+def require_file(path: Path, hint: str = "run `python -m calogan.simulate` to create the data") -> Path:
+    if not path.exists():
+        raise InputError(f"{path}: file not found ({hint})")
+    return path
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], compress: bool = False) -> Path:
+    """Write an npz atomically: a temp file in the same folder, then rename (never a partial file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for key, value in arrays.items():
+        if np.asarray(value).dtype == object:
+            raise InputError(f"{path}: refusing to write object array '{key}'")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            (np.savez_compressed if compress else np.savez)(handle, **{k: np.asarray(v) for k, v in arrays.items()})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_prediction(path: str | os.PathLike, images: np.ndarray) -> Path:
+    """Write a prediction file: one array EnergyDeposit, (N, 30, 30) float32, validated first."""
+    images = np.asarray(images, dtype=np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    if not np.isfinite(images).all():
+        raise InputError(f"{path}: refusing to write NaN/Inf energies")
+    if (images < 0).any():
+        raise InputError(f"{path}: refusing to write negative energies")
+    return save_npz(path, {KEY_ENERGY: images})
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file (used to tie checkpoints and embedders to their training data)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- normalisation / torch
+
+
+@dataclass
+class ConditionNormalizer:
+    """Mean/std of the five continuous conditions (x, y, px, py, pz), stored with every model.
+
+    is_photon (the sixth column) is passed through unchanged.
+    """
+
+    mean: np.ndarray  # (5,)
+    std: np.ndarray  # (5,)
+
+    @classmethod
+    def fit(cls, conditions: np.ndarray) -> ConditionNormalizer:
+        cont = np.asarray(conditions, np.float64)[:, :5]
+        std = cont.std(axis=0)
+        return cls(mean=cont.mean(axis=0).astype(np.float32), std=np.where(std > 0, std, 1.0).astype(np.float32))
+
+    def transform(self, conditions: np.ndarray) -> np.ndarray:
+        out = np.array(conditions, dtype=np.float32, copy=True)
+        out[:, :5] = (out[:, :5] - self.mean) / self.std
+        return out
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, list[float]]) -> ConditionNormalizer:
+        return cls(mean=np.asarray(d["mean"], np.float32), std=np.asarray(d["std"], np.float32))
+
+
+def to_tensors(data: CaloData, device: str | None = None):
+    """(images (N,30,30) or None, raw conditions (N,6)) as float32 torch tensors."""
+    import torch
+
+    cond = torch.from_numpy(data.conditions()).to(device or "cpu")
+    images = None if data.energy is None else torch.from_numpy(data.energy).to(device or "cpu")
+    return images, cond
+
+
+class CaloDataset:
+    """A map-style torch Dataset of (image, raw condition vector) pairs."""
+
+    def __init__(self, data: CaloData):
+        if data.energy is None:
+            raise InputError(f"{data.path}: no '{KEY_ENERGY}' to train on")
+        import torch
+
+        self.images = torch.from_numpy(data.energy)
+        self.conditions = torch.from_numpy(data.conditions())
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index):
+        return self.images[index], self.conditions[index]
