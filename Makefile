@@ -18,7 +18,7 @@ install: $(PY)
 	$(PY) -m pip install --quiet -e .
 
 install-dev: install
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,onnx]"
 
 simulate: install
 	@if ls $(DATA)/data_train.npz >/dev/null 2>&1; then \
