@@ -1,0 +1,195 @@
+"""Generate EnergyDeposit predictions for data_val.npz / data_test.npz with a trained generator (issue 6).
+
+``python -m calogan.predict --checkpoint CKPT [--data DIR] [--out DIR] [--seed S] [--overwrite]``
+writes OUT/data_val_prediction.npz and OUT/data_test_prediction.npz (DESIGN §2): float32 (N, 30, 30),
+finite, non-negative, same N and order as the input files.
+
+Noise is drawn per event from a seeded NumPy generator in event order, so the same seed gives the same
+noise whatever the batch size; batches are streamed to a disk-backed array, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import zipfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from calogan.data import IMAGE_SIZE, KEY_ENERGY, CaloData, load_npz, require_file, split_path
+from calogan.errors import InputError, run_cli
+from calogan.runtime import select_device
+
+PREDICT_SPLITS = ("val", "test")
+#: Split index mixed into the seed, so val and test never share noise.
+SPLIT_SEED_ID = {"val": 0, "test": 1}
+
+
+def noise_rng(seed: int | Sequence[int]) -> np.random.Generator:
+    """The per-event noise stream: a NumPy PCG64 generator seeded with ``seed`` (int or int sequence)."""
+    return np.random.default_rng(list(seed) if isinstance(seed, Sequence) else int(seed))
+
+
+def iter_generate(
+    generator,
+    data: CaloData,
+    batch_size: int = 1024,
+    seed: int | Sequence[int] = 0,
+    device=None,
+) -> Iterator[np.ndarray]:
+    """Yield (b, 30, 30) float32 image batches for ``data`` in order; noise drawn per event in order."""
+    import torch
+
+    if batch_size < 1:
+        raise InputError(f"--batch-size: must be >= 1, got {batch_size}")
+    device = select_device(device) if not isinstance(device, torch.device) else device
+    generator = generator.to(device).eval()
+    noise_dim = int(generator.noise_dim)
+    rng = noise_rng(seed)
+    conditions = data.conditions()
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            cond = conditions[start : start + batch_size]
+            noise = rng.standard_normal((cond.shape[0], noise_dim), dtype=np.float32)
+            images = generator(torch.from_numpy(noise).to(device), torch.from_numpy(cond).to(device))
+            images = images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE).float().clamp_min(0.0).cpu().numpy()
+            if not np.isfinite(images).all():
+                raise InputError(
+                    f"generator produced {int((~np.isfinite(images)).sum())} NaN/Inf values "
+                    f"(events {start}..{start + cond.shape[0] - 1}); the checkpoint is probably broken"
+                )
+            yield images
+
+
+def generate(
+    generator,
+    data: CaloData,
+    batch_size: int = 1024,
+    seed: int | Sequence[int] = 0,
+    device=None,
+    progress: bool = False,
+) -> np.ndarray:
+    """Generate one image per event of ``data`` (same order): (N, 30, 30) float32, finite, >= 0."""
+    out = np.empty((len(data), IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    _fill(out, iter_generate(generator, data, batch_size, seed, device), len(data), progress, "generate")
+    return out
+
+
+def _fill(out: np.ndarray, batches: Iterator[np.ndarray], n: int, progress: bool, desc: str) -> None:
+    """Copy streamed batches into ``out`` (an array or a memmap) with a tqdm bar."""
+    from tqdm import tqdm
+
+    pos = 0
+    with tqdm(total=n, desc=desc, unit="ev", disable=not progress) as bar:
+        for batch in batches:
+            out[pos : pos + len(batch)] = batch
+            pos += len(batch)
+            bar.update(len(batch))
+
+
+def write_prediction_streamed(
+    path: str | os.PathLike, batches: Iterator[np.ndarray], n: int, progress: bool = True
+) -> Path:
+    """Write an npz with one (n, 30, 30) float32 EnergyDeposit from streamed batches, atomically.
+
+    The array is filled through a disk-backed .npy memmap, then stored (uncompressed, like np.savez)
+    into the npz; only one batch lives in memory. A failure leaves no file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+        npy = Path(tmp) / f"{KEY_ENERGY}.npy"
+        out = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(n, IMAGE_SIZE, IMAGE_SIZE))
+        _fill(out, batches, n, progress, path.name)
+        out.flush()
+        del out
+        staged = Path(tmp) / path.name
+        with zipfile.ZipFile(staged, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            zf.write(npy, arcname=f"{KEY_ENERGY}.npy")
+        os.replace(staged, path)
+    return path
+
+
+def prediction_paths(out_dir: str | os.PathLike) -> list[Path]:
+    """OUT/data_val_prediction.npz and OUT/data_test_prediction.npz."""
+    return [split_path(out_dir, split, "prediction") for split in PREDICT_SPLITS]
+
+
+def predict_with_generator(
+    generator,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    overwrite: bool = False,
+    batch_size: int = 1024,
+    device=None,
+    progress: bool = True,
+) -> list[Path]:
+    """Write both prediction files for an in-memory generator; inputs are validated before any work."""
+    outputs = prediction_paths(out_dir)
+    existing = [str(p) for p in outputs if p.exists()]
+    if existing and not overwrite:
+        raise InputError(f"{existing[0]}: already exists (pass --overwrite to replace it)")
+    datasets = {}
+    for split in PREDICT_SPLITS:
+        datasets[split] = load_npz(require_file(split_path(data_dir, split)), require_energy=False)
+    for split, out in zip(PREDICT_SPLITS, outputs):
+        data = datasets[split]
+        batches = iter_generate(generator, data, batch_size, (seed, SPLIT_SEED_ID[split]), device)
+        write_prediction_streamed(out, batches, len(data), progress=progress)
+    return outputs
+
+
+def predict_dir(
+    checkpoint: str | os.PathLike,
+    data_dir: str | os.PathLike = "data",
+    out_dir: str | os.PathLike = "predictions",
+    seed: int = 0,
+    overwrite: bool = False,
+    batch_size: int = 1024,
+    device=None,
+    progress: bool = True,
+) -> list[Path]:
+    """Load the EMA generator of ``checkpoint`` and write OUT/data_{val,test}_prediction.npz."""
+    from calogan.models import load_generator
+
+    outputs = prediction_paths(out_dir)
+    existing = [str(p) for p in outputs if p.exists()]
+    if existing and not overwrite:  # fail fast, before loading anything
+        raise InputError(f"{existing[0]}: already exists (pass --overwrite to replace it)")
+    require_file(Path(checkpoint), hint="pass the checkpoint written by `python -m calogan.train`")
+    dev = select_device(device)
+    generator, _meta = load_generator(checkpoint, device=dev, ema=True)
+    return predict_with_generator(generator, data_dir, out_dir, seed, overwrite, batch_size, dev, progress)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: parse options and call :func:`predict_dir`."""
+    parser = argparse.ArgumentParser(prog="python -m calogan.predict", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint written by calogan.train (EMA weights used)"
+    )
+    parser.add_argument(
+        "--data", default="data", help="folder with data_val.npz and data_test.npz (default: data)"
+    )
+    parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="noise seed: same seed -> identical files (default 0)"
+    )
+    parser.add_argument("--batch-size", type=int, default=1024, help="events per batch (default 1024)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing prediction files")
+    args = parser.parse_args(argv)
+    outputs = predict_dir(
+        args.checkpoint, args.data, args.out, args.seed, args.overwrite, args.batch_size, args.device
+    )
+    for path in outputs:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
