@@ -40,6 +40,7 @@ from tqdm import tqdm
 from calogan.data import save_npz
 from calogan.errors import InputError, run_cli
 from calogan.rich import DLL_COLUMNS, PARTICLES, SAMPLES, SENTINEL
+from calogan.rich.data import sample_path
 from calogan.runtime import atomic_write_json
 
 MASS_GEV = {"electron": 0.000511, "muon": 0.10566, "pion": 0.13957, "kaon": 0.49368, "proton": 0.93827}
@@ -192,11 +193,6 @@ def simulate_sample(
     cols.update({name: dll[:, j] for j, name in enumerate(DLL_COLUMNS)})
     cols.update(sWeight=weights, Mass=mass, IsSignal=is_signal.astype(np.int8))
     return {k: (np.asarray(v, np.float32) if k != "IsSignal" else v) for k, v in cols.items()}
-
-
-def sample_path(data_dir: str | Path, particle: str, sample: str = "train") -> Path:
-    """Path of one sample file: DIR/rich_{particle}_{sample}.npz."""
-    return Path(data_dir) / f"rich_{particle}_{sample}.npz"
 
 
 def write_samples(
