@@ -1,0 +1,1 @@
+"""Codalab scoring program (``score``) and the organiser's bundle builder (``bundle``)."""

@@ -1,0 +1,142 @@
+"""Codalab scoring program: INPUT_DIR/ref (solutions) + INPUT_DIR/res (participant files) → OUTPUT_DIR/scores.txt.
+
+scores.txt holds ``set1_score`` (val) and ``set2_score`` (test) plus the AUCs; scores.html shows a table.
+On bad input the error goes to stderr, the exit status is 2 and scores.txt is not written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+from collections.abc import Sequence
+from pathlib import Path
+
+from calogan.errors import InputError, run_cli
+from calogan.evaluate import PREDICTION_NAMES, SPLITS, evaluate_predictions
+from calogan.runtime import atomic_write_text, select_device
+
+SET_NAMES = {"val": "set1", "test": "set2"}
+EMBEDDER_NAME = "embedder.safetensors"
+
+
+def _participant_files(res: Path) -> Path:
+    """The folder holding the two prediction files: res itself, or a single zip inside it (extracted)."""
+    if not res.is_dir():
+        raise InputError(f"{res}: participant result folder not found")
+    if all((res / n).is_file() for n in PREDICTION_NAMES.values()):
+        return res
+    zips = sorted(res.glob("*.zip"))
+    if len(zips) == 1:
+        return zips[0]
+    missing = [n for n in PREDICTION_NAMES.values() if not (res / n).is_file()]
+    raise InputError(f"{res}: missing {', '.join(missing)} in the submission")
+
+
+def score_submission(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    embedder_path: str | Path | None = None,
+    clusters: int = 100,
+    runs: int = 100,
+    seed: int = 1337,
+    device=None,
+) -> dict:
+    """Score INPUT_DIR/res against INPUT_DIR/ref and write scores.txt and scores.html into OUTPUT_DIR."""
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    ref = input_dir / "ref"
+    if not ref.is_dir():
+        raise InputError(f"{ref}: reference (solution) folder not found")
+    pred = _participant_files(input_dir / "res")
+    emb = Path(embedder_path) if embedder_path else ref / EMBEDDER_NAME
+    if not emb.is_file():
+        raise InputError(
+            f"{emb}: embedder weights not found (build the program with python -m calogan.codalab.bundle)"
+        )
+    from calogan.embedder import load_embedder
+
+    embedder = load_embedder(
+        emb, device=device
+    )  # no training file on Codalab: the bundle's embedder is trusted
+    results = evaluate_predictions(
+        pred,
+        ref,
+        "both",
+        embedder=embedder,
+        clusters=clusters,
+        runs=runs,
+        seed=seed,
+        device=device,
+        progress=False,
+    )
+    lines = []
+    for split in SPLITS:
+        r, tag = results[split], SET_NAMES[split]
+        lines += [
+            f"{tag}_score: {r['score']:.6f}",
+            f"{tag}_auc_img: {r['auc_img']:.6f}",
+            f"{tag}_auc_phys: {r['auc_phys']:.6f}",
+            f"{tag}_score_std: {r['score_std']:.6f}",
+            f"{tag}_ceiling: {r.get('ceiling', float('nan')):.6f}",
+        ]
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output_dir / "scores.html", _html(results))
+    atomic_write_text(output_dir / "scores.txt", "\n".join(lines) + "\n")
+    return results
+
+
+def _html(results: dict) -> str:
+    keys = (
+        "score",
+        "auc_img",
+        "auc_phys",
+        "f8_img",
+        "f1_8_img",
+        "f8_phys",
+        "f1_8_phys",
+        "score_std",
+        "ceiling",
+    )
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+    rows = "".join(
+        f"<tr><td>{SET_NAMES[s]} ({s})</td>"
+        + "".join(f"<td>{r.get(k, float('nan')):.4f}</td>" for k in keys)
+        + "</tr>"
+        for s, r in results.items()
+    )
+    return (
+        "<html><body><h2>calogan score: min(AUC_img, AUC_phys)</h2>"
+        f"<table border='1'><tr><th>split</th>{head}</tr>{rows}</table>"
+        "<p>AUC_img embeds the generated images (the 2019 program embedded the true ones twice). "
+        "ceiling = one half of the true set against the other half.</p></body></html>\n"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m calogan.codalab.score", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("input_dir")
+    parser.add_argument("output_dir")
+    parser.add_argument(
+        "--embedder", default=None, help=f"embedder weights (default INPUT_DIR/ref/{EMBEDDER_NAME})"
+    )
+    parser.add_argument("--clusters", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=1337)
+    args = parser.parse_args(argv)
+    results = score_submission(
+        args.input_dir,
+        args.output_dir,
+        args.embedder,
+        args.clusters,
+        args.runs,
+        args.seed,
+        select_device("auto"),
+    )
+    for split, r in results.items():
+        print(f"{SET_NAMES[split]}_score ({split}): {r['score']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
