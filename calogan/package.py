@@ -288,21 +288,32 @@ def build_code_zip_from_generator(
 def local_score(
     images: dict[str, np.ndarray], data_dir: str | os.PathLike, runs: int
 ) -> dict[str, dict] | str:
-    """Score against data_dir/data_{split}_solution.npz when present; a string says why it was skipped."""
+    """Score against data_dir/data_{split}_solution.npz when present; a string says why it was skipped.
+
+    AUC_img is computed only when a cached embedder (data_dir/embedder.safetensors) exists; training one
+    here would make packaging slow, so otherwise the score is AUC_phys only (and says so).
+    """
     solutions = {s: split_path(data_dir, s, "solution") for s in PREDICT_SPLITS}
     present = {s: p for s, p in solutions.items() if p.exists()}
     if not present:
         return f"skipped (no solution files in {data_dir})"
     try:
+        from calogan.embedder import DEFAULT_NAME, load_or_train_embedder
         from calogan.evaluate import score_arrays
     except ImportError as exc:
         return f"skipped (evaluator not available: {exc})"
     scores = {}
-    for split, path in present.items():
-        try:
-            scores[split] = score_arrays(images[split], load_npz(path, require_energy=True), runs=runs)
-        except InputError as exc:
-            return f"skipped ({exc})"
+    try:
+        embedder = None
+        if (Path(data_dir) / DEFAULT_NAME).is_file():
+            embedder = load_or_train_embedder(data_dir, progress=False)
+        for split, path in present.items():
+            true = load_npz(path, require_energy=True)
+            scores[split] = score_arrays(
+                images[split], true, embedder, runs=runs, ceiling=False, standardised=False
+            )
+    except InputError as exc:
+        return f"skipped ({exc})"
     return scores
 
 
@@ -320,9 +331,10 @@ def print_summary(zip_path: Path, reports: list[FileReport], score: dict | str |
         print(f"  local score: {score}")
     elif score:
         for split, s in score.items():
+            img = "n/a (no cached embedder)" if s.get("auc_img") is None else f"{s['auc_img']:.4f}"
             print(
-                f"  local score [{split}]: score={s['score']:.4f} (AUC_img={s['auc_img']:.4f}, "
-                f"AUC_phys={s['auc_phys']:.4f}, std={s.get('score_std', float('nan')):.4f})"
+                f"  local score [{split}]: score={s['score']:.4f} (AUC_img={img}, AUC_phys={s['auc_phys']:.4f}, "
+                f"std={s.get('score_std') or float('nan'):.4f}, runs={s.get('runs')})"
             )
 
 

@@ -205,3 +205,31 @@ def test_code_submission_runs_without_calogan(workspace, standin, tmp_path):
     # the outputs form a valid results zip
     make_zip(tmp_path / "r.zip", {n: (tmp_path / "output" / n).read_bytes() for n in PREDICTION_NAMES})
     check_zip(tmp_path / "r.zip", data_dir)
+
+
+def test_package_main_prints_local_score(tiny_data_dir, standin, tmp_path, capsys):
+    """With solution files present the summary carries a local score (physics-only without an embedder)."""
+    from calogan.package import main
+
+    predict_with_generator(standin, tiny_data_dir, tmp_path / "pred", seed=0, progress=False)
+    out = tmp_path / "s.zip"
+    assert (
+        main(
+            [
+                "--predictions",
+                str(tmp_path / "pred"),
+                "--data",
+                str(tiny_data_dir),
+                "--out",
+                str(out),
+                "--score-runs",
+                "2",
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    for split in ("val", "test"):
+        assert f"local score [{split}]: score=" in text
+    score = float(text.split("local score [val]: score=")[1].split()[0])
+    assert 0.0 <= score <= 1.0
