@@ -1,0 +1,171 @@
+"""Generation throughput: showers/s of the default generator (eager, TorchScript, ONNX Runtime) and baseline2019.
+
+Run from the repository root:  python benchmarks/bench_generate.py [--repeats R] [--predict-events N] [--json FILE]
+
+All numbers come from one run on one machine; ratios are taken against baseline2019 (eager) in the same run.
+Also timed: the built-in parametric simulator (calogan.simulate) per shower, and predicting both competition
+splits (50,250 + 49,500 = 99,750 events) end to end with calogan.predict (files written to a temp folder).
+Weights are random (untrained): throughput does not depend on the values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from calogan.data import CaloData, save_npz, split_path  # noqa: E402
+from calogan.export import RawInputGenerator, example_inputs, onnx_session, save_onnx, to_torchscript  # noqa: E402
+
+BATCHES = (1, 64, 1024)
+
+
+def build_models() -> dict[str, torch.nn.Module]:
+    """The default generator and the 2019 baseline, as built by calogan.models (random weights)."""
+    from calogan.models import build_generator
+
+    torch.manual_seed(0)
+    return {
+        "default": build_generator({"arch": "default"}).eval(),
+        "baseline2019": build_generator({"arch": "baseline2019"}).eval(),
+    }
+
+
+def time_call(fn, n_events: int, min_time: float = 1.0, repeats: int = 3) -> float:
+    """Best-of-``repeats`` showers/s of fn() producing n_events showers (each repeat runs >= min_time)."""
+    fn()  # warm-up
+    best = 0.0
+    for _ in range(repeats):
+        calls, start = 0, time.perf_counter()
+        while True:
+            fn()
+            calls += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_time:
+                break
+        best = max(best, calls * n_events / elapsed)
+    return best
+
+
+def bench_backends(name: str, generator, tmp: Path, repeats: int) -> dict[str, dict[int, float]]:
+    """showers/s per backend and batch size for one generator."""
+    wrapped = RawInputGenerator(generator).eval()
+    backends = {"eager": wrapped, "torchscript": to_torchscript(generator)}
+    out: dict[str, dict[int, float]] = {}
+    session = None
+    try:
+        onnx_path = save_onnx(generator, tmp / f"{name}.onnx")
+        session = onnx_session(onnx_path)
+    except Exception as exc:  # noqa: BLE001 - report and go on with the torch backends
+        print(f"  onnx export of {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    for backend, module in backends.items():
+        out[backend] = {}
+        for b in BATCHES:
+            inputs = example_inputs(b, wrapped.noise_dim)
+
+            def run(module=module, inputs=inputs):
+                with torch.inference_mode():
+                    module(*inputs)
+
+            out[backend][b] = time_call(run, b, repeats=repeats)
+            print(f"  {name:13s} {backend:12s} batch {b:5d}: {out[backend][b]:12,.0f} showers/s", flush=True)
+    if session is not None:
+        out["onnxruntime"] = {}
+        for b in BATCHES:
+            feeds = {
+                k: t.numpy()
+                for k, t in zip(("point", "momentum", "pdg", "noise"), example_inputs(b, wrapped.noise_dim))
+            }
+            out["onnxruntime"][b] = time_call(
+                lambda feeds=feeds: session.run(None, feeds), b, repeats=repeats
+            )
+            print(
+                f"  {name:13s} {'onnxruntime':12s} batch {b:5d}: {out['onnxruntime'][b]:12,.0f} showers/s",
+                flush=True,
+            )
+    return out
+
+
+def bench_simulator(n: int = 2000) -> float:
+    """Seconds per shower of calogan.simulate (conditions drawn once, showers timed)."""
+    from calogan.simulate import sample_conditions, simulate_showers
+
+    rng = np.random.default_rng(0)
+    point, momentum, pdg = sample_conditions(n, rng)
+    simulate_showers(point[:100], momentum[:100], pdg[:100], rng)  # warm-up
+    start = time.perf_counter()
+    simulate_showers(point, momentum, pdg, rng)
+    return (time.perf_counter() - start) / n
+
+
+def bench_predict(generator, tmp: Path, n_val: int, n_test: int) -> float:
+    """Wall seconds of calogan.predict writing both prediction files for n_val + n_test events."""
+    from calogan.predict import predict_with_generator
+    from calogan.simulate import sample_conditions
+
+    rng = np.random.default_rng(1)
+    data_dir = tmp / "data"
+    for split, n in (("val", n_val), ("test", n_test)):
+        point, momentum, pdg = sample_conditions(n, rng)
+        save_npz(split_path(data_dir, split), CaloData(point, momentum, pdg).to_arrays())
+    start = time.perf_counter()
+    predict_with_generator(
+        generator, data_dir, tmp / "pred", seed=0, overwrite=True, device="cpu", progress=False
+    )
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="best of R timings per point (default 3)")
+    parser.add_argument(
+        "--predict-events", type=int, nargs=2, default=(50250, 49500), metavar=("N_VAL", "N_TEST")
+    )
+    parser.add_argument("--json", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
+    models = build_models()
+    results: dict = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
+        tmp = Path(tmp)
+        for name, gen in models.items():
+            params = sum(p.numel() for p in gen.parameters())
+            print(f"{name}: {params:,} parameters, noise_dim {gen.noise_dim}")
+            results[name] = {"parameters": params, **bench_backends(name, gen, tmp, args.repeats)}
+        base = results["baseline2019"]["eager"][1024]
+        results["ratio_default_vs_baseline_b1024"] = {
+            backend: results["default"][backend][1024] / base
+            for backend in ("eager", "torchscript", "onnxruntime")
+            if backend in results["default"]
+        }
+        results["simulator_ms_per_shower"] = 1e3 * bench_simulator()
+        results["predict_both_splits_s"] = bench_predict(models["default"], tmp, *args.predict_events)
+        results["predict_events"] = sum(args.predict_events)
+    print(
+        "ratio default / baseline2019 eager @1024:",
+        {k: round(v, 2) for k, v in results["ratio_default_vs_baseline_b1024"].items()},
+    )
+    print(f"simulator: {results['simulator_ms_per_shower']:.3f} ms/shower")
+    print(
+        f"predict {results['predict_events']:,} events (both splits): {results['predict_both_splits_s']:.1f} s"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
