@@ -1,0 +1,323 @@
+"""Evaluate a RICH PID GAN against a calibration sample: python -m calogan.rich.evaluate --checkpoint CKPT --data DIR --out DIR.
+
+Everything is sWeighted (real events carry their sWeight; generated events are produced on the real
+events' conditions and inherit those weights, so both samples describe the signal's kinematics):
+* weighted DLL histograms real vs generated in bins of P and of eta (tracks with RICH information);
+* a classifier two-sample test: sklearn HistGradientBoostingClassifier on (P, eta, nTracks, 5 DLLs), trained
+  with sample weights on one half of the events and scored on the other half by a weighted ROC AUC
+  (Mann-Whitney form, valid with negative weights) overall and per (P, eta) bin; 0.5 = indistinguishable;
+* PID efficiencies of DLLk > 0, DLLk - DLLp > 5, DLLmu > 2 vs P and eta, generated/real ratio with errors
+  (weighted binomial variance sum w^2 (pass - eff)^2 / (sum w)^2, the two samples treated as independent).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+from calogan.errors import run_cli
+from calogan.rich import DLL_COLUMNS, SAMPLES
+from calogan.rich.data import RichSample, load_sample, sample_path
+from calogan.rich.models import RichModel, load_rich_model
+from calogan.runtime import atomic_write_json, atomic_write_text, select_device
+
+P_EDGES = np.array([3.0, 6.0, 10.0, 20.0, 40.0, 200.0])
+ETA_EDGES = np.array([1.5, 2.5, 3.0, 3.5, 4.0, 5.5])
+AUC_P_EDGES = np.array([3.0, 10.0, 25.0, 200.0])
+AUC_ETA_EDGES = np.array([1.5, 3.0, 4.0, 5.5])
+CUTS = {
+    "DLLk>0": lambda d: d[:, 2] > 0,
+    "DLLk-DLLp>5": lambda d: d[:, 2] - d[:, 3] > 5,
+    "DLLmu>2": lambda d: d[:, 1] > 2,
+}
+AUC_TARGET = 0.60
+RATIO_TOLERANCE = 0.05
+MIN_NEFF = (
+    300.0  # a bin is "well populated" when the real sample's effective size (sum w)^2/sum w^2 is above this
+)
+MIN_EFF = 0.05  # ... and the real efficiency is above this (ratios of tiny efficiencies are not meaningful)
+
+
+def weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float:
+    """ROC AUC as the weighted probability that a positive outscores a negative (ties count 1/2)."""
+    labels = np.asarray(labels).astype(bool)
+    _, inv = np.unique(scores, return_inverse=True)
+    k = inv.max() + 1 if len(inv) else 0
+    w_pos = np.bincount(inv, weights * labels, k)
+    w_neg = np.bincount(inv, weights * ~labels, k)
+    below = np.cumsum(w_neg) - w_neg
+    total = w_pos.sum() * w_neg.sum()
+    if total == 0:
+        return float("nan")
+    return float((w_pos * (below + 0.5 * w_neg)).sum() / total)
+
+
+def n_effective(weights: np.ndarray) -> float:
+    """Kish effective sample size (sum w)^2 / sum w^2."""
+    s2 = float((weights**2).sum())
+    return float(weights.sum() ** 2 / s2) if s2 > 0 else 0.0
+
+
+def binned_efficiency(passed: np.ndarray, x: np.ndarray, weights: np.ndarray, edges: np.ndarray) -> dict:
+    """Weighted efficiency, its error and the effective size per bin of x."""
+    idx = np.digitize(x, edges) - 1
+    ok = (idx >= 0) & (idx < len(edges) - 1)
+    idx, passed, w = idx[ok], passed[ok].astype(np.float64), weights[ok].astype(np.float64)
+    nb = len(edges) - 1
+    sw = np.bincount(idx, w, nb)
+    sw2 = np.bincount(idx, w * w, nb)
+    swp = np.bincount(idx, w * passed, nb)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eff = np.where(sw > 0, swp / sw, np.nan)
+        var = np.bincount(idx, w * w * (passed - eff[idx]) ** 2, nb) / sw**2
+        neff = np.where(sw2 > 0, sw**2 / sw2, 0.0)
+    return {"eff": eff, "err": np.sqrt(np.maximum(var, 0.0)), "n_eff": neff}
+
+
+def classifier_test(real: RichSample, gen_dlls: np.ndarray, seed: int = 0, max_iter: int = 200) -> dict:
+    """Weighted gradient-boosting two-sample test; ROC AUC overall and per (P, eta) bin on held-out events."""
+    n = len(real)
+    rng = np.random.default_rng(seed)
+    test_mask = np.zeros(n, bool)
+    test_mask[rng.permutation(n)[: n // 2]] = True
+    x = np.concatenate([np.column_stack([real.inputs, real.dlls]), np.column_stack([real.inputs, gen_dlls])])
+    y = np.concatenate([np.zeros(n), np.ones(n)])
+    w = np.concatenate([real.weights, real.weights]).astype(np.float64)
+    is_test = np.concatenate([test_mask, test_mask])
+    clf = HistGradientBoostingClassifier(
+        max_iter=max_iter, learning_rate=0.1, max_leaf_nodes=31, random_state=seed
+    )
+    clf.fit(x[~is_test], y[~is_test], sample_weight=w[~is_test])
+    s = clf.predict_proba(x[is_test])[:, 1]
+    yt, wt, xt = y[is_test], w[is_test], x[is_test]
+    out = {"auc": weighted_auc(yt, s, wt), "n_test_events": int(test_mask.sum()), "per_bin": []}
+    ip = np.digitize(xt[:, 0], AUC_P_EDGES) - 1
+    ie = np.digitize(xt[:, 1], AUC_ETA_EDGES) - 1
+    for i in range(len(AUC_P_EDGES) - 1):
+        for j in range(len(AUC_ETA_EDGES) - 1):
+            m = (ip == i) & (ie == j)
+            neff = n_effective(wt[m & (yt == 0)])
+            auc = weighted_auc(yt[m], s[m], wt[m]) if neff >= 50 else None
+            out["per_bin"].append(
+                {"p": [float(AUC_P_EDGES[i]), float(AUC_P_EDGES[i + 1])]}
+                | {"eta": [float(AUC_ETA_EDGES[j]), float(AUC_ETA_EDGES[j + 1])], "auc": auc, "n_eff": neff}
+            )
+    return out
+
+
+def efficiency_table(
+    real: RichSample, gen_dlls: np.ndarray, gen_inputs: np.ndarray, gen_w: np.ndarray
+) -> dict:
+    """Per cut and per variable (P, ETA): real and generated efficiencies, ratio and ratio error."""
+    table: dict = {}
+    for name, cut in CUTS.items():
+        table[name] = {}
+        for var, col, edges in (("P", 0, P_EDGES), ("ETA", 1, ETA_EDGES)):
+            r = binned_efficiency(cut(real.dlls), real.inputs[:, col], real.weights, edges)
+            g = binned_efficiency(cut(gen_dlls), gen_inputs[:, col], gen_w, edges)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = g["eff"] / r["eff"]
+                ratio_err = np.abs(ratio) * np.sqrt((g["err"] / g["eff"]) ** 2 + (r["err"] / r["eff"]) ** 2)
+            good = (r["n_eff"] >= MIN_NEFF) & (r["eff"] >= MIN_EFF)
+            table[name][var] = {
+                "edges": edges.tolist(),
+                "real": r["eff"].tolist(),
+                "real_err": r["err"].tolist(),
+                "gen": g["eff"].tolist(),
+                "gen_err": g["err"].tolist(),
+                "ratio": ratio.tolist(),
+                "ratio_err": ratio_err.tolist(),
+                "n_eff": r["n_eff"].tolist(),
+                "well_populated": good.tolist(),
+            }
+    return table
+
+
+def _summarise_efficiencies(table: dict) -> dict:
+    ratios, errs = [], []
+    for per_var in table.values():
+        for t in per_var.values():
+            good = np.array(t["well_populated"])
+            ratios += list(np.array(t["ratio"])[good])
+            errs += list(np.array(t["ratio_err"])[good])
+    ratios, errs = np.array(ratios), np.array(errs)
+    dev = np.abs(ratios - 1)
+    return {
+        "bins_checked": len(ratios),
+        "bins_within_5pct": int((dev <= RATIO_TOLERANCE).sum()),
+        "bins_within_2sigma": int((dev <= 2 * errs).sum()),
+        "max_abs_ratio_deviation": float(dev.max()) if len(dev) else None,
+        "median_ratio_error": float(np.median(errs)) if len(errs) else None,
+    }
+
+
+def evaluate_model(model: RichModel, real: RichSample, seed: int = 0, oversample: int = 4) -> dict:
+    """Full comparison of one model with one sample; returns a JSON-ready report (plots not included)."""
+    gen_dlls = model.generate(real.inputs, seed=seed)
+    clf = classifier_test(real, gen_dlls, seed=seed)
+    big_inputs = np.tile(real.inputs, (oversample, 1))
+    big_dlls = model.generate(big_inputs, seed=seed + 1)
+    big_w = np.tile(real.weights, oversample) / oversample
+    eff = efficiency_table(real, big_dlls, big_inputs, big_w)
+    summary = {"auc": clf["auc"], "auc_target": AUC_TARGET, "auc_pass": bool(clf["auc"] <= AUC_TARGET)}
+    summary |= _summarise_efficiencies(eff)
+    no_rich_real = float((real.weights * ~real.has_rich).sum() / real.weights.sum())
+    no_rich_gen = float((big_w * (big_dlls[:, 0] <= -998)).sum() / big_w.sum())
+    summary |= {"no_rich_fraction_real": no_rich_real, "no_rich_fraction_gen": no_rich_gen}
+    return {
+        "particle": model.particle,
+        "sample": str(real.path) if real.path else None,
+        "n_events": len(real),
+        "sum_sweights": float(real.weights.sum()),
+        "negative_weight_fraction": float((real.weights < 0).mean()),
+        "summary": summary,
+        "classifier": clf,
+        "efficiencies": eff,
+        "_gen": gen_dlls,
+    }
+
+
+def make_plots(report: dict, real: RichSample, gen_dlls: np.ndarray, out_dir: Path) -> list[Path]:
+    """Weighted DLL histograms in P and eta bins and efficiency curves with ratios; returns the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    ok_r, ok_g = real.has_rich, (gen_dlls > -998).all(1)
+    for var, col, edges in (("P", 0, P_EDGES), ("ETA", 1, ETA_EDGES)):
+        fig, axes = plt.subplots(len(edges) - 1, 5, figsize=(17, 2.6 * (len(edges) - 1)), squeeze=False)
+        for i in range(len(edges) - 1):
+            m = (real.inputs[:, col] >= edges[i]) & (real.inputs[:, col] < edges[i + 1])
+            for k, name in enumerate(DLL_COLUMNS):
+                ax = axes[i, k]
+                rr, gg = real.dlls[m & ok_r, k], gen_dlls[m & ok_g, k]
+                if len(rr) == 0:
+                    continue
+                lo, hi = np.percentile(rr, [0.5, 99.5])
+                bins = np.linspace(lo, hi + 1e-6, 41)
+                ax.hist(
+                    rr, bins, weights=real.weights[m & ok_r], histtype="step", label="real (sW)", color="k"
+                )
+                ax.hist(
+                    gg, bins, weights=real.weights[m & ok_g], histtype="step", label="generated", color="C1"
+                )
+                ax.set_title(f"{name}, {var} in [{edges[i]:g}, {edges[i + 1]:g})", fontsize=8)
+        axes[0, 0].legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(out_dir / f"dll_hist_{var}.png")
+        fig.savefig(paths[-1], dpi=70)
+        plt.close(fig)
+    for name, per_var in report["efficiencies"].items():
+        fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex="col", gridspec_kw={"height_ratios": [2, 1]})
+        for j, (var, t) in enumerate(per_var.items()):
+            e = np.array(t["edges"])
+            c = 0.5 * (e[1:] + e[:-1])
+            xerr = 0.5 * (e[1:] - e[:-1])
+            axes[0, j].errorbar(c, t["real"], t["real_err"], xerr, fmt="o", color="k", label="real (sW)")
+            axes[0, j].errorbar(c, t["gen"], t["gen_err"], xerr, fmt="s", color="C1", label="generated")
+            axes[1, j].errorbar(c, t["ratio"], t["ratio_err"], xerr, fmt="o", color="C1")
+            axes[1, j].axhspan(1 - RATIO_TOLERANCE, 1 + RATIO_TOLERANCE, color="0.85")
+            axes[1, j].set_xlabel(var + (" [GeV]" if var == "P" else ""))
+            if var == "P":
+                axes[0, j].set_xscale("log")
+        axes[0, 0].set_ylabel(f"eff({name})")
+        axes[1, 0].set_ylabel("gen / real")
+        axes[0, 0].legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out_dir / f"eff_{name.replace('>', 'gt').replace('-', 'm')}.png")
+        fig.savefig(paths[-1], dpi=70)
+        plt.close(fig)
+    return paths
+
+
+def report_markdown(report: dict, title: str) -> str:
+    """A short human-readable report."""
+    s = report["summary"]
+    lines = [
+        f"# {title}",
+        "",
+        f"particle: {report['particle']}; sample: {report['sample']}; events: {report['n_events']};"
+        f" sum sW: {report['sum_sweights']:.0f}; negative-weight fraction: {report['negative_weight_fraction']:.2f}",
+        "",
+        f"- weighted classifier ROC AUC (real vs generated): **{s['auc']:.3f}** (target <= {AUC_TARGET})",
+        f"- efficiency ratios gen/real in well-populated bins: {s['bins_within_5pct']}/{s['bins_checked']} within 5 %,"
+        f" {s['bins_within_2sigma']}/{s['bins_checked']} within 2 sigma; max |ratio-1| = {s['max_abs_ratio_deviation']}",
+        f"- no-RICH (-999) fraction: real {s['no_rich_fraction_real']:.4f}, generated {s['no_rich_fraction_gen']:.4f}",
+        "",
+        "| P bin | eta bin | AUC | n_eff |",
+        "|---|---|---|---|",
+    ]
+    for b in report["classifier"]["per_bin"]:
+        auc = "—" if b["auc"] is None else f"{b['auc']:.3f}"
+        lines.append(
+            f"| {b['p'][0]:g}–{b['p'][1]:g} | {b['eta'][0]:g}–{b['eta'][1]:g} | {auc} | {b['n_eff']:.0f} |"
+        )
+    lines += ["", "| cut | var | bin | real | gen | ratio |", "|---|---|---|---|---|---|"]
+    for name, per_var in report["efficiencies"].items():
+        for var, t in per_var.items():
+            for i in range(len(t["real"])):
+                if t["well_populated"][i]:
+                    e = t["edges"]
+                    lines.append(
+                        f"| {name} | {var} | {e[i]:g}–{e[i + 1]:g} | {t['real'][i]:.3f}±{t['real_err'][i]:.3f}"
+                        f" | {t['gen'][i]:.3f}±{t['gen_err'][i]:.3f} | {t['ratio'][i]:.3f}±{t['ratio_err'][i]:.3f} |"
+                    )
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    sample: str = "test",
+    seed: int = 0,
+    device: str = "auto",
+    plots: bool = True,
+) -> dict:
+    """Load a checkpoint, evaluate it on DIR/rich_{particle}_{sample}.npz, write report.json/.md and plots."""
+    model = load_rich_model(checkpoint, device=select_device(device))
+    real = load_sample(sample_path(data_dir, model.particle, sample))
+    report = evaluate_model(model, real, seed=seed)
+    gen = report.pop("_gen")
+    out_dir = Path(out_dir)
+    if plots:
+        report["plots"] = [str(p) for p in make_plots(report, real, gen, out_dir / "plots")]
+    report["checkpoint"] = str(checkpoint)
+    atomic_write_json(out_dir / "report.json", report)
+    atomic_write_text(
+        out_dir / "report.md", report_markdown(report, f"RICH {model.particle} GAN vs {sample} sample")
+    )
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI wrapper of evaluate_checkpoint()."""
+    ap = argparse.ArgumentParser(prog="python -m calogan.rich.evaluate", description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--sample", default="test", choices=SAMPLES)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+    rep = evaluate_checkpoint(
+        args.checkpoint, args.data, args.out, args.sample, args.seed, args.device, not args.no_plots
+    )
+    s = rep["summary"]
+    print(
+        f"{rep['particle']} [{args.sample}]: AUC {s['auc']:.3f} (target <= {AUC_TARGET});"
+        f" eff ratios within 5%: {s['bins_within_5pct']}/{s['bins_checked']}; report: {Path(args.out) / 'report.md'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
