@@ -1,0 +1,314 @@
+"""Conditional generators and critic for the ECAL WGAN-GP (issue 5, DESIGN §4).
+
+Every generator maps (noise (B, noise_dim), raw conditions (B, 6) = x, y, px, py, pz, is_photon) to a
+non-negative (B, 30, 30) image; the condition normalisation lives inside as buffers, so a checkpoint maps
+raw physical inputs to images and exports (TorchScript/ONNX) with no Python-side preprocessing.
+
+- ``ShowerGenerator`` (default, ``model="shower"``): physically informed. It predicts the log of the total
+  energy relative to 165·|p| and a softmax shape over the 900 cells, built by a per-cell network on
+  coordinates relative to the expected shower centre c = (x, y) + 25·(px/pz, py/pz) (also rotated into
+  the transverse-momentum frame), modulated by a latent code of noise and conditions, plus per-cell noise
+  for cell-level fluctuations.
+- ``Baseline2019Generator`` (``model="baseline2019"``): the 2019 starter kit's layer sizes (noise 10 + 5
+  conditions -> 64 -> 128 -> 512 -> 256·9·9, then six 3x3 transposed convolutions to 30x30); it ignores
+  the particle type as the starter kit did. Kept for like-for-like comparisons.
+- ``Critic``: judges the log-scaled energy fractions plus log(E_total / 165|p|) with the conditions; no
+  batch norm (the gradient penalty needs per-sample gradients). Its input space is ``critic_features``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from calogan.data import CELL_CENTRES, ConditionNormalizer
+from calogan.errors import InputError
+
+#: ~165 energy units per GeV of particle momentum (DESIGN §2).
+ENERGY_PER_GEV = 165.0
+#: Smallest resolved energy fraction in the critic's log space (the sparsity statistics go down to 1e-5).
+FRACTION_FLOOR = 1e-6
+CHECKPOINT_FORMAT = "calogan-checkpoint-v1"
+MODELS = ("shower", "baseline2019")
+
+
+def _default_normalizer() -> dict:
+    """Roughly the simulator's condition statistics; replaced by the fitted ones in training."""
+    return {"mean": [0.0, 0.0, 0.0, 0.0, 30.0], "std": [2.7, 2.7, 3.0, 3.0, 25.0]}
+
+
+def _pnorm(cond: torch.Tensor) -> torch.Tensor:
+    """|p| from raw conditions, (B, 1) (written out so TorchScript and ONNX accept it)."""
+    mom = cond[:, 2:5]
+    return torch.sqrt((mom * mom).sum(dim=1, keepdim=True))
+
+
+class _Normalised(nn.Module):
+    """Holds the condition mean/std as buffers and derives physics features from raw conditions."""
+
+    def _init_norm(self, normalizer: dict | None) -> None:
+        norm = normalizer or _default_normalizer()
+        self.register_buffer("cond_mean", torch.tensor(norm["mean"], dtype=torch.float32))
+        self.register_buffer("cond_std", torch.tensor(norm["std"], dtype=torch.float32))
+        xx, yy = np.meshgrid(CELL_CENTRES, CELL_CENTRES)
+        self.register_buffer("cell_x", torch.tensor(xx, dtype=torch.float32).reshape(1, 1, 30, 30))
+        self.register_buffer("cell_y", torch.tensor(yy, dtype=torch.float32).reshape(1, 1, 30, 30))
+
+    def features(self, cond: torch.Tensor) -> torch.Tensor:
+        """(B, 11): standardised x, y, px, py, pz, is_photon, log|p|, expected centre, slopes."""
+        cont = (cond[:, :5] - self.cond_mean) / self.cond_std
+        p = _pnorm(cond)
+        pz = cond[:, 4:5]
+        sx, sy = cond[:, 2:3] / pz, cond[:, 3:4] / pz
+        cx = cond[:, 0:1] + 25.0 * sx
+        cy = cond[:, 1:2] + 25.0 * sy
+        logp = (torch.log(p) - 2.3) / 1.2
+        return torch.cat([cont, cond[:, 5:6], logp, cx / 5.0, cy / 5.0, sx * 3.0, sy * 3.0], dim=1)
+
+    def coordinates(self, cond: torch.Tensor) -> torch.Tensor:
+        """(B, 6, 30, 30) per-cell coordinates relative to the expected centre, also in the pT frame."""
+        pz = cond[:, 4].reshape(-1, 1, 1, 1)
+        px, py = cond[:, 2].reshape(-1, 1, 1, 1), cond[:, 3].reshape(-1, 1, 1, 1)
+        cx = cond[:, 0].reshape(-1, 1, 1, 1) + 25.0 * px / pz
+        cy = cond[:, 1].reshape(-1, 1, 1, 1) + 25.0 * py / pz
+        u, v = (self.cell_x - cx) / 4.0, (self.cell_y - cy) / 4.0
+        pt = torch.sqrt(px * px + py * py + 1e-6)
+        along = (u * px + v * py) / pt
+        across = (v * px - u * py) / pt
+        r2 = u * u + v * v
+        return torch.cat([u, v, along, across, torch.log1p(r2), torch.exp(-r2)], dim=1)
+
+
+def log_energy_ratio(images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """log(E_total / (165·|p|)) per image, (B, 1)."""
+    total = images.reshape(images.shape[0], -1).sum(dim=1, keepdim=True)
+    p = _pnorm(cond)
+    return torch.log(total + 1e-3) - torch.log(165.0 * p)
+
+
+def critic_features(images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """The critic's input space: (B, 901) = 900 scaled log energy fractions + the log energy ratio.
+
+    The fractions are scale-free (like the competition statistics); the ratio carries the energy scale.
+    Interpolation for the gradient penalty happens in this space, where gradients are well conditioned.
+    """
+    flat = images.reshape(images.shape[0], -1)
+    total = flat.sum(dim=1, keepdim=True)
+    frac = flat / (total + 1e-6)
+    logf = (torch.log(frac + FRACTION_FLOOR) + 7.0) / 4.0
+    return torch.cat([logf, 3.0 * log_energy_ratio(images, cond)], dim=1)
+
+
+class ShowerGenerator(_Normalised):
+    """Physically informed generator: energy scale from |p| times a softmax shape placed around c."""
+
+    def __init__(
+        self,
+        noise_dim: int = 32,
+        latent: int = 64,
+        channels: int = 48,
+        cell_noise: bool = True,
+        normalizer: dict | None = None,
+    ):
+        super().__init__()
+        self._init_norm(normalizer)
+        self.global_noise = int(noise_dim)
+        self.cell_noise = bool(cell_noise)
+        self.noise_dim = self.global_noise + (900 if self.cell_noise else 0)
+        self.mlp = nn.Sequential(
+            nn.Linear(self.global_noise + 11, latent * 2),
+            nn.LeakyReLU(0.2),
+            nn.Linear(latent * 2, latent * 2),
+            nn.LeakyReLU(0.2),
+        )
+        self.energy_head = nn.Linear(latent * 2, 1)
+        nn.init.zeros_(self.energy_head.weight)
+        nn.init.zeros_(self.energy_head.bias)
+        self.film1 = nn.Linear(latent * 2, channels * 2)
+        self.film2 = nn.Linear(latent * 2, channels * 2)
+        self.coord_in = nn.Conv2d(6, channels, 1)
+        self.conv1 = nn.Conv2d(channels, channels, 1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv3 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.noise_scale = nn.Parameter(torch.full((1, channels, 1, 1), 0.1))
+        self.out = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, noise: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        batch = conditions.shape[0]
+        z = noise[:, : self.global_noise]
+        h = self.mlp(torch.cat([z, self.features(conditions)], dim=1))
+        log_e = self.energy_head(h) + torch.log(165.0 * _pnorm(conditions))
+        g1, b1 = self.film1(h).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+        g2, b2 = self.film2(h).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+        x = F.leaky_relu(self.coord_in(self.coordinates(conditions)) * (1 + g1) + b1, 0.2)
+        x = F.leaky_relu(self.conv1(x) * (1 + g2) + b2, 0.2)
+        if self.cell_noise:
+            x = x + self.noise_scale * noise[:, self.global_noise :].reshape(batch, 1, 30, 30)
+        x = F.leaky_relu(self.conv2(x), 0.2)
+        x = F.leaky_relu(self.conv3(x), 0.2)
+        logits = self.out(x).reshape(batch, 900)
+        shape = torch.softmax(logits, dim=1)
+        return (shape * torch.exp(log_e)).reshape(batch, 30, 30)
+
+
+class Baseline2019Generator(_Normalised):
+    """The 2019 starter-kit generator's layer sizes; output = relu(conv) × a fixed energy scale."""
+
+    def __init__(self, noise_dim: int = 10, energy_scale: float = 100.0, normalizer: dict | None = None):
+        super().__init__()
+        self._init_norm(normalizer)
+        self.noise_dim = int(noise_dim)
+        self.register_buffer("energy_scale", torch.tensor(float(energy_scale)))
+        self.fc = nn.Sequential(
+            nn.Linear(self.noise_dim + 5, 64),
+            nn.LeakyReLU(0.01),
+            nn.Linear(64, 128),
+            nn.LeakyReLU(0.01),
+            nn.Linear(128, 512),
+            nn.LeakyReLU(0.01),
+            nn.Linear(512, 256 * 9 * 9),
+            nn.LeakyReLU(0.01),
+        )
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(256, 256, 3, stride=2, output_padding=1),  # 9 -> 20
+            nn.LeakyReLU(0.01),
+            nn.ConvTranspose2d(256, 128, 3),  # 22
+            nn.LeakyReLU(0.01),
+            nn.ConvTranspose2d(128, 64, 3),  # 24
+            nn.LeakyReLU(0.01),
+            nn.ConvTranspose2d(64, 32, 3),  # 26
+            nn.LeakyReLU(0.01),
+            nn.ConvTranspose2d(32, 16, 3),  # 28
+            nn.LeakyReLU(0.01),
+            nn.ConvTranspose2d(16, 1, 3),  # 30
+        )
+
+    def forward(self, noise: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        cont = (conditions[:, :5] - self.cond_mean) / self.cond_std
+        x = self.fc(torch.cat([noise, cont], dim=1)).reshape(-1, 256, 9, 9)
+        return F.relu(self.deconv(x)).reshape(-1, 30, 30) * self.energy_scale
+
+
+class Critic(_Normalised):
+    """WGAN critic on critic_features(image) and the conditions; layer norm only, no batch norm."""
+
+    def __init__(self, channels: int = 32, hidden: int = 256, normalizer: dict | None = None):
+        super().__init__()
+        self._init_norm(normalizer)
+        c = channels
+        self.conv = nn.Sequential(
+            nn.Conv2d(1 + 6, c, 3, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(c, 2 * c, 4, stride=2, padding=1),  # 15
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * c, 4 * c, 4, stride=2, padding=1),  # 7
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(4 * c, 4 * c, 3, stride=2, padding=1),  # 4
+            nn.LeakyReLU(0.2),
+        )
+        self.head = nn.Sequential(
+            nn.Linear(4 * c * 16 + 11 + 1, hidden),
+            nn.LayerNorm(hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, 1),
+        )
+
+    def forward(self, feats: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """feats = critic_features(images, conditions), (B, 901); returns (B,) scores."""
+        batch = feats.shape[0]
+        img = feats[:, :900].reshape(batch, 1, 30, 30)
+        x = self.conv(torch.cat([img, self.coordinates(conditions)], dim=1)).reshape(batch, -1)
+        x = torch.cat([x, self.features(conditions), feats[:, 900:]], dim=1)
+        return self.head(x).squeeze(1)
+
+
+# ---------------------------------------------------------------- construction and loading
+
+
+def build_generator(config: dict) -> nn.Module:
+    """A generator from a model-config dict: {'model': 'shower'|'baseline2019', 'normalizer': ..., sizes}."""
+    kind = config.get("model", "shower")
+    norm = config.get("normalizer")
+    if kind == "shower":
+        return ShowerGenerator(
+            noise_dim=int(config.get("noise_dim", 32)),
+            latent=int(config.get("latent", 64)),
+            channels=int(config.get("gen_channels", 48)),
+            cell_noise=bool(config.get("cell_noise", True)),
+            normalizer=norm,
+        )
+    if kind == "baseline2019":
+        return Baseline2019Generator(
+            noise_dim=int(config.get("noise_dim", 10)),
+            energy_scale=float(config.get("energy_scale", 100.0)),
+            normalizer=norm,
+        )
+    raise InputError(f"--model: unknown model '{kind}' (use {' or '.join(MODELS)})")
+
+
+def build_critic(config: dict) -> Critic:
+    """The critic for a model-config dict (same for every generator)."""
+    return Critic(
+        channels=int(config.get("critic_channels", 32)),
+        hidden=int(config.get("critic_hidden", 256)),
+        normalizer=config.get("normalizer"),
+    )
+
+
+def model_config(model: str, normalizer: ConditionNormalizer, **sizes) -> dict:
+    """The JSON-able model config stored in checkpoints (architecture + normalisation)."""
+    return {"model": model, "normalizer": normalizer.to_dict(), **sizes}
+
+
+def check_checkpoint(ckpt: object, path: str | Path) -> dict:
+    """Validate a loaded checkpoint dict (format and keys); foreign files raise InputError."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not a calogan checkpoint (expected format '{CHECKPOINT_FORMAT}')")
+    missing = [k for k in ("model_config", "generator", "generator_ema", "step") if k not in ckpt]
+    if missing:
+        raise InputError(f"{path}: checkpoint lacks key(s) {', '.join(missing)}")
+    return ckpt
+
+
+def load_generator(checkpoint_path: str | Path, device: str | torch.device = "cpu", ema: bool = True):
+    """Load the (EMA) generator of a training checkpoint; returns (generator in eval mode, metadata dict)."""
+    from calogan.runtime import torch_load_safe
+
+    ckpt = check_checkpoint(torch_load_safe(checkpoint_path), checkpoint_path)
+    generator = build_generator(ckpt["model_config"])
+    try:
+        generator.load_state_dict(ckpt["generator_ema" if ema else "generator"])
+    except RuntimeError as exc:
+        raise InputError(
+            f"{checkpoint_path}: weights do not fit the architecture ({str(exc)[:150]})"
+        ) from None
+    meta = {k: ckpt[k] for k in ("model_config", "config", "step", "metrics", "data_sha256") if k in ckpt}
+    return generator.to(device).eval(), meta
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = [
+    "ShowerGenerator",
+    "Baseline2019Generator",
+    "Critic",
+    "critic_features",
+    "log_energy_ratio",
+    "build_generator",
+    "build_critic",
+    "model_config",
+    "load_generator",
+    "check_checkpoint",
+    "count_parameters",
+    "MODELS",
+    "CHECKPOINT_FORMAT",
+]
