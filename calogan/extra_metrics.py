@@ -1,0 +1,615 @@
+"""Modern fast-calorimeter validation metrics beside PRD (issue 10): classifier tests, FPD, KPD, separation, density/coverage.
+
+Every metric compares the generated sample with the true one *and* reports its real-vs-real reference at the
+same sizes. Both use the same random split of the events into two disjoint halves A and B:
+metric value = generated[A] vs true[B]; reference = true[A] vs true[B]. The two comparisons therefore share
+the true half B, the conditions of A and the sample sizes, so a good generator's value lies within noise of
+the reference. Conditions enter the features (directly or through energy response and barycentre residuals),
+so a generator that ignores its conditions is caught even when its images look plausible in isolation.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import linalg, stats
+from tqdm.auto import tqdm
+
+from calogan.data import CaloData
+from calogan.errors import InputError
+from calogan.physics import (
+    STAT_NAMES,
+    barycentre_residual,
+    energy_response,
+    physical_statistics,
+    standardise_statistics,
+)
+from calogan.runtime import atomic_write, atomic_write_text
+
+#: Names of the high-level features (24 statistics, energy response, barycentre residuals, conditions).
+HIGH_LEVEL_NAMES: tuple[str, ...] = STAT_NAMES + ("energy_response", "barycentre_dx", "barycentre_dy")
+CONDITION_FEATURE_NAMES: tuple[str, ...] = ("x", "y", "px", "py", "pz", "log_p", "is_photon")
+#: Observables in the separation-power table (24 statistics + energy response + barycentre residuals).
+SEP_NAMES: tuple[str, ...] = HIGH_LEVEL_NAMES
+
+
+# --------------------------------------------------------------------------- features and splits
+
+
+def split_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint random halves A, B of range(n), equal size, so value and reference share sizes."""
+    if n < 4:
+        raise InputError(f"extra metrics: need at least 4 events, got {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    half = n // 2
+    return np.sort(perm[:half]), np.sort(perm[half : 2 * half])
+
+
+def condition_features(true: CaloData) -> np.ndarray:
+    """(N, 7) float64 conditions x, y, px, py, pz, log|p|, is_photon: the classifier sees what was asked for."""
+    cond = true.conditions().astype(np.float64)
+    return np.concatenate([cond[:, :5], np.log(np.maximum(true.p_abs, 1e-6))[:, None], cond[:, 5:6]], axis=1)
+
+
+def high_level_features(images: np.ndarray, true: CaloData, stats_24: np.ndarray | None = None) -> np.ndarray:
+    """(N, 27) float64: 24 physical statistics, energy response sum/|p|, barycentre minus expected centre."""
+    if stats_24 is None:
+        stats_24 = physical_statistics(images, true.point, true.momentum)
+    response = energy_response(images, true.momentum)[:, None]
+    residual = barycentre_residual(images, true.point, true.momentum)
+    feats = np.concatenate([np.asarray(stats_24, np.float64), response, residual], axis=1)
+    return np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def standardise(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """z-scale each column with the reference sample's mean and std (std 0 → 1)."""
+    mean, std = reference.mean(axis=0), reference.std(axis=0)
+    return (x - mean) / np.where(std > 0, std, 1.0)
+
+
+def gaussianise(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Map each column through the reference's mid-rank empirical CDF, then Φ⁻¹: robust to heavy tails (widths).
+
+    Values beyond the reference range saturate at ±Φ⁻¹(1 − 1/(2n)); the true sample itself becomes ~N(0, 1).
+    """
+    n = len(reference)
+    u = np.clip(standardise_statistics(x, reference, method="rank"), 0.5 / n, 1.0 - 0.5 / n)
+    return stats.norm.ppf(u)
+
+
+def _check_inputs(gen_images: np.ndarray, true: CaloData) -> None:
+    """Same N, images present, finite: otherwise one-line InputError."""
+    if true.energy is None:
+        raise InputError(f"{true.path}: extra metrics need the true EnergyDeposit (a solution file)")
+    if len(gen_images) != len(true):
+        raise InputError(f"extra metrics: {len(gen_images)} generated images but {len(true)} true events")
+
+
+# --------------------------------------------------------------------------- classifier tests
+
+
+def _jsd_bits(p_true: np.ndarray, labels: np.ndarray) -> float:
+    """JSD (bits, in [0, 1]) from calibrated P(true | x): log2 + ½E_true[log D] + ½E_gen[log(1 − D)], in units of log 2."""
+    p = np.clip(p_true, 1e-6, 1 - 1e-6)
+    value = math.log(2.0) + 0.5 * np.log(p[labels == 1]).mean() + 0.5 * np.log(1 - p[labels == 0]).mean()
+    return float(np.clip(value / math.log(2.0), 0.0, 1.0))
+
+
+def _roc_summary(labels: np.ndarray, scores: np.ndarray, points: int = 101) -> dict[str, Any]:
+    """ROC AUC and the ROC curve resampled on a fixed false-positive grid (small, JSON-friendly)."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, scores)
+    grid = np.linspace(0.0, 1.0, points)
+    return {
+        "auc": float(roc_auc_score(labels, scores)),
+        "roc_fpr": grid.round(4).tolist(),
+        "roc_tpr": np.interp(grid, fpr, tpr).round(5).tolist(),
+    }
+
+
+def _three_way_split(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train 60 % / calibration 20 % / test 20 % of a shuffled index."""
+    perm = rng.permutation(n)
+    a, b = int(0.6 * n), int(0.8 * n)
+    return perm[:a], perm[a:b], perm[b:]
+
+
+def _calibrated_report(
+    labels: np.ndarray, raw: np.ndarray, cal: np.ndarray, test: np.ndarray
+) -> dict[str, Any]:
+    """Isotonic calibration on the calibration split; AUC, ROC and JSD on the held-out test split."""
+    from sklearn.isotonic import IsotonicRegression
+
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw[cal], labels[cal])
+    out = _roc_summary(labels[test], raw[test])
+    out["jsd"] = _jsd_bits(iso.predict(raw[test]), labels[test])
+    return out
+
+
+def _train_mlp(
+    x: np.ndarray,
+    y: np.ndarray,
+    train: np.ndarray,
+    cal: np.ndarray,
+    seed: int,
+    device: torch.device,
+    epochs: int,
+    batch_size: int = 256,
+    patience: int = 3,
+) -> np.ndarray:
+    """Small torch MLP classifier with early stopping on the calibration split; returns logits for all rows."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(x.shape[1], 256), torch.nn.LeakyReLU(0.2),
+            torch.nn.Linear(256, 128), torch.nn.LeakyReLU(0.2),
+            torch.nn.Linear(128, 1),
+        )  # fmt: skip
+    model = model.to(device)
+    xt = torch.as_tensor(x, dtype=torch.float32, device=device)
+    yt = torch.as_tensor(y, dtype=torch.float32, device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    gen = torch.Generator().manual_seed(seed)
+    tr = torch.as_tensor(train, device=device)
+    ca = torch.as_tensor(cal, device=device)
+    best, best_state, bad = float("inf"), None, 0
+    for _ in range(epochs):
+        model.train()
+        order = tr[torch.randperm(len(tr), generator=gen).to(device)]
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(xt[idx]).squeeze(1), yt[idx]).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            val = float(loss_fn(model(xt[ca]).squeeze(1), yt[ca]))
+        if val < best - 1e-4:
+            best, bad = val, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(xt[s : s + 8192]).squeeze(1) for s in range(0, len(xt), 8192)]).cpu().numpy()
+
+
+def _low_level_inputs(images: np.ndarray, cond: np.ndarray) -> np.ndarray:
+    """log1p of the 900 cells in units per GeV of |p| (an energy-scale error becomes a shift), plus the 7 conditions."""
+    p_abs = np.exp(cond[:, 5:6]).astype(np.float32)
+    flat = np.log1p(np.asarray(images, np.float32).reshape(len(images), -1) / p_abs)
+    return np.concatenate([flat, cond.astype(np.float32)], axis=1)
+
+
+def classifier_test(
+    x_gen: np.ndarray, x_true: np.ndarray, kind: str, seed: int, device: torch.device, epochs: int = 30
+) -> dict[str, Any]:
+    """Train a classifier generated (0) vs true (1); ROC AUC and calibrated JSD on a held-out 20 % split."""
+    x = np.concatenate([x_gen, x_true]).astype(np.float64)
+    y = np.concatenate([np.zeros(len(x_gen)), np.ones(len(x_true))])
+    rng = np.random.default_rng(seed)
+    train, cal, test = _three_way_split(len(x), rng)
+    x = standardise(x, x[train])
+    if kind == "low":
+        raw = _train_mlp(x.astype(np.float32), y, train, cal, seed, device, epochs)
+    else:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        clf = HistGradientBoostingClassifier(
+            max_iter=100, learning_rate=0.1, early_stopping=True, random_state=seed
+        )
+        clf.fit(x[train], y[train])
+        raw = clf.predict_proba(x)[:, 1]
+    out = _calibrated_report(y, raw, cal, test)
+    out["n_test"] = int(len(test))
+    return out
+
+
+def cls_metric(
+    gen_images: np.ndarray,
+    true: CaloData,
+    stats_gen: np.ndarray | None = None,
+    stats_true: np.ndarray | None = None,
+    seed: int = 1337,
+    device: torch.device | None = None,
+    epochs: int = 30,
+    kinds: Sequence[str] = ("low", "high"),
+    **_: Any,
+) -> dict[str, Any]:
+    """Classifier two-sample tests (low-level MLP on log cells, high-level gradient boosting), with references."""
+    _check_inputs(gen_images, true)
+    device = device or torch.device("cpu")
+    a, b = split_halves(len(true), seed)
+    cond = condition_features(true)
+    hl_gen = np.concatenate([high_level_features(gen_images, true, stats_gen), cond], axis=1)
+    hl_true = np.concatenate([high_level_features(true.energy, true, stats_true), cond], axis=1)
+    result: dict[str, Any] = {
+        "n_per_class": int(len(a)),
+        "split": "generated[A] vs true[B]; reference true[A] vs true[B]",
+    }
+    jobs = [(kind, which) for kind in kinds for which in ("gen", "ref")]
+    for kind, which in tqdm(jobs, desc="cls", leave=False):
+        src = gen_images if which == "gen" else true.energy
+        if kind == "low":
+            xa, xb = _low_level_inputs(src[a], cond[a]), _low_level_inputs(true.energy[b], cond[b])
+        else:
+            xa, xb = (hl_gen if which == "gen" else hl_true)[a], hl_true[b]
+        rep = classifier_test(xa, xb, kind, seed, device, epochs)
+        key = kind if which == "gen" else f"{kind}_ref"
+        result[key] = rep
+    for kind in kinds:
+        result[f"auc_{kind}"] = result[kind]["auc"]
+        result[f"jsd_{kind}"] = result[kind]["jsd"]
+        result[f"auc_{kind}_ref"] = result[f"{kind}_ref"]["auc"]
+        result[f"jsd_{kind}_ref"] = result[f"{kind}_ref"]["jsd"]
+    return result
+
+
+# --------------------------------------------------------------------------- FPD / KPD
+
+
+def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to x and y: |μx − μy|² + Tr(Σx + Σy − 2(ΣxΣy)^½)."""
+    mu1, mu2 = x.mean(axis=0), y.mean(axis=0)
+    s1, s2 = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
+    with (
+        warnings.catch_warnings()
+    ):  # a degenerate sample (e.g. a constant generator) has a singular covariance
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(s1 @ s2)
+        if not np.isfinite(covmean).all():  # regularise, as common FID code does
+            eps = np.eye(len(s1)) * 1e-6
+            covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
+    covmean = np.real(covmean)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+
+
+def fpd_extrapolated(
+    x: np.ndarray, y: np.ndarray, seed: int, num_points: int = 8, min_fraction: float = 0.2
+) -> dict[str, float]:
+    """FPD at growing subsample sizes N, fitted linearly in 1/N; value = intercept (N → ∞), error from the fit."""
+    n = min(len(x), len(y))
+    rng = np.random.default_rng(seed)
+    sizes = np.unique(np.linspace(max(int(min_fraction * n), 50), n, num_points).astype(int))
+    vals = np.array(
+        [
+            frechet_distance(x[rng.choice(len(x), s, replace=False)], y[rng.choice(len(y), s, replace=False)])
+            for s in sizes
+        ]
+    )
+    coef, cov = (
+        np.polyfit(1.0 / sizes, vals, 1, cov=True)
+        if len(sizes) > 2
+        else (np.polyfit(1.0 / sizes, vals, 1), np.zeros((2, 2)))
+    )
+    return {
+        "value": float(coef[1]),
+        "error": float(np.sqrt(max(cov[1, 1], 0.0))),
+        "at_full_n": float(vals[-1]),
+        "n": int(n),
+    }
+
+
+def _high_level_pair(gen_images: np.ndarray, true: CaloData, stats_gen, stats_true, seed: int):
+    """Gaussianised (on true[B]) high-level features of generated[A], true[A] and true[B]."""
+    a, b = split_halves(len(true), seed)
+    hg = high_level_features(gen_images, true, stats_gen)
+    ht = high_level_features(true.energy, true, stats_true)
+    ref = ht[b]
+    return gaussianise(hg[a], ref), gaussianise(ht[a], ref), gaussianise(ref, ref)
+
+
+def fpd_metric(
+    gen_images: np.ndarray,
+    true: CaloData,
+    stats_gen: np.ndarray | None = None,
+    stats_true: np.ndarray | None = None,
+    seed: int = 1337,
+    **_: Any,
+) -> dict[str, Any]:
+    """Fréchet physics distance on the 27 Gaussianised high-level features, 1/N-extrapolated, with reference."""
+    _check_inputs(gen_images, true)
+    g, ta, tb = _high_level_pair(gen_images, true, stats_gen, stats_true, seed)
+    gen = fpd_extrapolated(g, tb, seed)
+    ref = fpd_extrapolated(ta, tb, seed)
+    return {"fpd": gen["value"], "fpd_err": gen["error"], "fpd_ref": ref["value"], "fpd_ref_err": ref["error"],
+            "fpd_at_n": gen["at_full_n"], "fpd_ref_at_n": ref["at_full_n"], "n": gen["n"],
+            "features": list(HIGH_LEVEL_NAMES)}  # fmt: skip
+
+
+def _cubic_features(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of a⊗a⊗a with a = (x/√d, 1), and the diagonal kernel values: (x·y/d + 1)³ = <a_x⊗a_x⊗a_x, a_y⊗a_y⊗a_y>."""
+    a = np.concatenate([x / math.sqrt(x.shape[1]), np.ones((len(x), 1))], axis=1)
+    outer = (a[:, :, None] * a[:, None, :]).reshape(len(a), -1)  # (n, (d+1)²)
+    return outer.T @ a, (a * a).sum(axis=1) ** 3
+
+
+def mmd_poly_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased MMD² with the cubic kernel k(a, b) = (a·b / d + 1)³ (Kansal et al. 2022), in O(N·d³) via its feature map."""
+    sx, dx = _cubic_features(np.asarray(x, np.float64))
+    sy, dy = _cubic_features(np.asarray(y, np.float64))
+    m, n = len(x), len(y)
+    kxx = (float((sx * sx).sum()) - dx.sum()) / (m * (m - 1))
+    kyy = (float((sy * sy).sum()) - dy.sum()) / (n * (n - 1))
+    return float(kxx + kyy - 2.0 * float((sx * sy).sum()) / (m * n))
+
+
+def _mmd_poly_direct(x: np.ndarray, y: np.ndarray) -> float:
+    """Quadratic-cost reference of :func:`mmd_poly_unbiased` from the full Gram matrices (tests only)."""
+    d = x.shape[1]
+    kxx, kyy, kxy = ((u @ v.T / d + 1.0) ** 3 for u, v in ((x, x), (y, y), (x, y)))
+    m, n = len(x), len(y)
+    return float(
+        (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
+        + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+        - 2 * kxy.mean()
+    )
+
+
+def kpd_batches(
+    x: np.ndarray, y: np.ndarray, seed: int, batch_size: int = 5000, num_batches: int = 10
+) -> dict[str, float]:
+    """KPD over random batches: median and half the 16–84 % interquantile range (arXiv:2211.10295)."""
+    rng = np.random.default_rng(seed)
+    bs = min(batch_size, len(x) // 2, len(y) // 2)  # at most half, so batches differ
+    vals = np.array(
+        [mmd_poly_unbiased(x[rng.choice(len(x), bs, replace=False)], y[rng.choice(len(y), bs, replace=False)])
+         for _ in range(num_batches)]
+    )  # fmt: skip
+    lo, hi = np.percentile(vals, [16.275, 83.725])
+    return {"value": float(np.median(vals)), "error": float((hi - lo) / 2.0), "batch_size": int(bs)}
+
+
+def kpd_metric(
+    gen_images: np.ndarray,
+    true: CaloData,
+    stats_gen: np.ndarray | None = None,
+    stats_true: np.ndarray | None = None,
+    seed: int = 1337,
+    batch_size: int = 5000,
+    num_batches: int = 10,
+    **_: Any,
+) -> dict[str, Any]:
+    """Kernel physics distance (unbiased cubic-kernel MMD²) on the Gaussianised high-level features, with reference."""
+    _check_inputs(gen_images, true)
+    g, ta, tb = _high_level_pair(gen_images, true, stats_gen, stats_true, seed)
+    gen = kpd_batches(g, tb, seed, batch_size, num_batches)
+    ref = kpd_batches(ta, tb, seed, batch_size, num_batches)
+    return {"kpd": gen["value"], "kpd_err": gen["error"], "kpd_ref": ref["value"], "kpd_ref_err": ref["error"],
+            "batch_size": gen["batch_size"], "num_batches": int(num_batches)}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- separation power / W1
+
+
+def separation_power(a: np.ndarray, b: np.ndarray, bins: int = 50) -> float:
+    """Triangular discrimination ½·Σ(h₁−h₂)²/(h₁+h₂) of normalised histograms on common bins (0 same, 1 disjoint)."""
+    lo, hi = np.percentile(np.concatenate([a, b]), [0.5, 99.5])
+    if not hi > lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.linspace(lo, hi, bins + 1)
+    h1 = np.histogram(np.clip(a, lo, hi), edges)[0] / len(a)
+    h2 = np.histogram(np.clip(b, lo, hi), edges)[0] / len(b)
+    denom = h1 + h2
+    ok = denom > 0
+    return float(0.5 * ((h1[ok] - h2[ok]) ** 2 / denom[ok]).sum())
+
+
+def sep_metric(
+    gen_images: np.ndarray,
+    true: CaloData,
+    stats_gen: np.ndarray | None = None,
+    stats_true: np.ndarray | None = None,
+    seed: int = 1337,
+    bins: int = 50,
+    **_: Any,
+) -> dict[str, Any]:
+    """Per-observable separation power and Wasserstein-1 (also in units of the true std), with references."""
+    _check_inputs(gen_images, true)
+    a, b = split_halves(len(true), seed)
+    hg = high_level_features(gen_images, true, stats_gen)
+    ht = high_level_features(true.energy, true, stats_true)
+    table = []
+    for j, name in enumerate(SEP_NAMES):  # 27 observables, each vectorised over events
+        ref_col, gen_col, ta_col = ht[b, j], hg[a, j], ht[a, j]
+        scale = float(ref_col.std()) or 1.0
+        table.append({
+            "observable": name,
+            "sep": separation_power(gen_col, ref_col, bins), "sep_ref": separation_power(ta_col, ref_col, bins),
+            "w1": float(stats.wasserstein_distance(gen_col, ref_col)),
+            "w1_ref": float(stats.wasserstein_distance(ta_col, ref_col)),
+            "w1_scaled": float(stats.wasserstein_distance(gen_col, ref_col)) / scale,
+            "w1_scaled_ref": float(stats.wasserstein_distance(ta_col, ref_col)) / scale,
+        })  # fmt: skip
+    seps = np.array([r["sep"] for r in table])
+    refs = np.array([r["sep_ref"] for r in table])
+    return {"table": table, "sep_mean": float(seps.mean()), "sep_mean_ref": float(refs.mean()),
+            "sep_max": float(seps.max()), "sep_max_ref": float(refs.max()),
+            "sep_max_observable": table[int(seps.argmax())]["observable"],
+            "w1_scaled_mean": float(np.mean([r["w1_scaled"] for r in table])),
+            "w1_scaled_mean_ref": float(np.mean([r["w1_scaled_ref"] for r in table])),
+            "n_per_sample": int(len(a)), "bins": int(bins)}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- density / coverage
+
+
+def _kth_nn_radius(x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+    """Distance of each row of x to its k-th nearest other row of x."""
+    out = []
+    for s in range(0, len(x), chunk):
+        d = torch.cdist(x[s : s + chunk], x)
+        out.append(d.topk(k + 1, dim=1, largest=False).values[:, k])  # column 0 is the point itself
+    return torch.cat(out)
+
+
+def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5, device: torch.device | None = None,
+                     chunk: int = 2048) -> dict[str, float]:  # fmt: skip
+    """Precision, recall, density and coverage (Naeem et al. 2020) from k-NN balls, with torch.cdist in chunks."""
+    device = device or torch.device("cpu")
+    r = torch.as_tensor(real, dtype=torch.float32, device=device)
+    f = torch.as_tensor(fake, dtype=torch.float32, device=device)
+    r_rad, f_rad = _kth_nn_radius(r, k, chunk), _kth_nn_radius(f, k, chunk)
+    inside_count = torch.zeros(len(f), device=device)  # per fake: number of real balls containing it
+    covered = torch.zeros(len(r), dtype=torch.bool, device=device)
+    for s in range(0, len(f), chunk):
+        d = torch.cdist(f[s : s + chunk], r)  # (fake chunk, real)
+        inside = d < r_rad.unsqueeze(0)
+        inside_count[s : s + chunk] = inside.sum(dim=1).float()
+        covered |= inside.any(dim=0)
+    recall_hits = torch.zeros(len(r), dtype=torch.bool, device=device)
+    for s in range(0, len(r), chunk):
+        d = torch.cdist(r[s : s + chunk], f)
+        recall_hits[s : s + chunk] = (d < f_rad.unsqueeze(0)).any(dim=1)
+    return {
+        "precision": float((inside_count > 0).float().mean()),
+        "recall": float(recall_hits.float().mean()),
+        "density": float(inside_count.sum() / (k * len(f))),
+        "coverage": float(covered.float().mean()),
+    }
+
+
+def prdc_metric(
+    gen_images: np.ndarray,
+    true: CaloData,
+    emb_gen: np.ndarray | None = None,
+    emb_true: np.ndarray | None = None,
+    stats_gen: np.ndarray | None = None,
+    stats_true: np.ndarray | None = None,
+    seed: int = 1337,
+    device: torch.device | None = None,
+    k: int = 5,
+    max_samples: int = 10000,
+    **_: Any,
+) -> dict[str, Any]:
+    """Density/coverage on (embedding ⊕ conditions), Gaussianised on true[B]; without embeddings on high-level features."""
+    _check_inputs(gen_images, true)
+    if emb_gen is not None and emb_true is not None:
+        fg, ft, features = (
+            np.asarray(emb_gen, np.float64),
+            np.asarray(emb_true, np.float64),
+            "embedding+conditions",
+        )
+    else:
+        fg = high_level_features(gen_images, true, stats_gen)
+        ft, features = high_level_features(true.energy, true, stats_true), "high_level+conditions"
+    cond = condition_features(true)
+    fg, ft = np.concatenate([fg, cond], axis=1), np.concatenate([ft, cond], axis=1)
+    a, b = split_halves(len(true), seed)
+    if len(a) > max_samples:  # keep the k-NN cost bounded: subsample both halves alike
+        rng = np.random.default_rng(seed + 1)
+        a, b = (
+            np.sort(rng.choice(a, max_samples, replace=False)),
+            np.sort(rng.choice(b, max_samples, replace=False)),
+        )
+    ref = ft[b]
+    real = gaussianise(ref, ref)
+    gen = density_coverage(real, gaussianise(fg[a], ref), k, device)
+    rvr = density_coverage(real, gaussianise(ft[a], ref), k, device)
+    out: dict[str, Any] = {"features": features, "k": int(k), "n_per_sample": int(len(a))}
+    for key, value in gen.items():
+        out[key], out[f"{key}_ref"] = value, rvr[key]
+    return out
+
+
+# --------------------------------------------------------------------------- registry, parsing, plots
+
+EXTRA_METRICS: dict[str, Callable[..., dict[str, Any]]] = {
+    "cls": cls_metric,
+    "fpd": fpd_metric,
+    "kpd": kpd_metric,
+    "sep": sep_metric,
+    "prdc": prdc_metric,
+}
+
+
+def make_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Write ROC curves (cls) and the separation-power table + bar chart (sep) for whichever metrics are present."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def save(fig, name: str) -> None:
+        path = out_dir / name
+        atomic_write(path, lambda h: fig.savefig(h, format="png", dpi=110, bbox_inches="tight"))
+        plt.close(fig)
+        written.append(path)
+
+    cls = results.get("cls")
+    if cls:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+        for ax, kind, title in zip(
+            axes, ("low", "high"), ("low-level (900 log cells)", "high-level (27 features)")
+        ):
+            if kind not in cls:
+                ax.set_visible(False)
+                continue
+            for key, label, style in (
+                (kind, "generated vs true", "-"),
+                (f"{kind}_ref", "true vs true", "--"),
+            ):
+                rep = cls[key]
+                ax.plot(
+                    rep["roc_fpr"],
+                    rep["roc_tpr"],
+                    style,
+                    label=f"{label}: AUC {rep['auc']:.3f}, JSD {rep['jsd']:.3f}",
+                )
+            ax.plot([0, 1], [0, 1], ":", color="grey")
+            ax.set(
+                title=f"classifier test, {title}", xlabel="false positive rate", ylabel="true positive rate"
+            )
+            ax.legend(loc="lower right", fontsize=8)
+        save(fig, "classifier_roc.png")
+
+    sep = results.get("sep")
+    if sep:
+        rows = sep["table"]
+        cols = ["observable", "sep", "sep_ref", "w1", "w1_ref", "w1_scaled", "w1_scaled_ref"]
+
+        def write_csv(handle) -> None:
+            w = csv.writer(handle)
+            w.writerow(cols)
+            for r in rows:
+                w.writerow([r["observable"]] + [f"{r[c]:.6g}" for c in cols[1:]])
+
+        path = out_dir / "separation_power.csv"
+        atomic_write(path, write_csv, mode="w")
+        written.append(path)
+        md = [
+            "| observable | separation | real-vs-real | W1 / σ_true | real-vs-real |",
+            "|---|---|---|---|---|",
+        ]
+        md += [f"| {r['observable']} | {r['sep']:.4f} | {r['sep_ref']:.4f} | {r['w1_scaled']:.4f} | {r['w1_scaled_ref']:.4f} |"
+               for r in rows]  # fmt: skip
+        path = out_dir / "separation_power.md"
+        atomic_write_text(path, "\n".join(md) + "\n")
+        written.append(path)
+        fig, ax = plt.subplots(figsize=(11, 4.5))
+        pos = np.arange(len(rows))
+        ax.bar(pos - 0.2, [max(r["sep"], 1e-6) for r in rows], 0.4, label="generated vs true")
+        ax.bar(pos + 0.2, [max(r["sep_ref"], 1e-6) for r in rows], 0.4, label="true vs true")
+        ax.set_yscale("log")
+        ax.set_xticks(pos, [r["observable"] for r in rows], rotation=75, fontsize=7)
+        ax.set(ylabel="separation power (triangular discrimination)", title="per-observable separation power")
+        ax.legend()
+        save(fig, "separation_power.png")
+    return written
