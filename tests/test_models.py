@@ -1,0 +1,143 @@
+"""Generators and critic: shapes, non-negativity, conditioning, gradient penalty, export, loading (issue 5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from calogan.errors import InputError
+from calogan.gan import gradient_penalty
+from calogan.models import (
+    Baseline2019Generator,
+    ShowerGenerator,
+    build_critic,
+    build_generator,
+    critic_features,
+    load_generator,
+)
+
+SMALL = {"noise_dim": 8, "latent": 16, "gen_channels": 4, "critic_channels": 4, "critic_hidden": 16}
+
+
+def conditions(n: int, seed: int = 0) -> torch.Tensor:
+    """Random raw conditions (x, y, px, py, pz, is_photon) like the competition's."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.randn(n, 2, generator=g) * 2.7
+    pxy = torch.randn(n, 2, generator=g) * 3.0
+    pz = torch.rand(n, 1, generator=g) * 99 + 1
+    photon = (torch.rand(n, 1, generator=g) > 0.5).float()
+    return torch.cat([xy, pxy, pz, photon], dim=1)
+
+
+@pytest.mark.parametrize("model", ["shower", "baseline2019"])
+def test_generator_shape_nonnegative_finite(model):
+    torch.manual_seed(0)
+    gen = build_generator({"model": model, **SMALL})
+    cond = conditions(7)
+    out = gen(torch.randn(7, gen.noise_dim), cond)
+    assert out.shape == (7, 30, 30)
+    assert torch.isfinite(out).all() and (out >= 0).all()
+
+
+def test_shower_generator_energy_scale_and_conditioning():
+    torch.manual_seed(0)
+    gen = ShowerGenerator(**{k: SMALL[k] for k in ("noise_dim", "latent")}, channels=4).eval()
+    cond = conditions(5)
+    out = gen(torch.randn(5, gen.noise_dim), cond)
+    # energy head starts at zero: the image sum is exactly 165 * |p| before training
+    expected = 165.0 * cond[:, 2:5].norm(dim=1)
+    torch.testing.assert_close(out.sum(dim=(1, 2)), expected, rtol=1e-4, atol=1e-2)
+    # the particle type and the noise both change the shower
+    flipped = cond.clone()
+    flipped[:, 5] = 1 - flipped[:, 5]
+    z = torch.randn(5, gen.noise_dim)
+    assert not torch.allclose(gen(z, cond), gen(z, flipped))
+    assert not torch.allclose(gen(z, cond), gen(torch.randn(5, gen.noise_dim), cond))
+
+
+def test_baseline2019_layer_sizes():
+    gen = Baseline2019Generator()
+    linears = [m for m in gen.fc if isinstance(m, torch.nn.Linear)]
+    assert [m.in_features for m in linears] == [15, 64, 128, 512]
+    assert linears[-1].out_features == 256 * 9 * 9
+    assert [m.out_channels for m in gen.deconv if isinstance(m, torch.nn.ConvTranspose2d)] == [256, 128, 64, 32, 16, 1]
+
+
+def test_critic_has_no_batchnorm_and_scores_per_sample():
+    critic = build_critic(SMALL)
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in critic.modules())
+    cond = conditions(4)
+    images = torch.rand(4, 30, 30) * 10
+    feats = critic_features(images, cond)
+    assert feats.shape == (4, 901)
+    scores = critic(feats, cond)
+    assert scores.shape == (4,)
+    # per-sample: changing one image changes only its own score
+    feats2 = feats.clone()
+    feats2[0, :900] += 0.5
+    changed = critic(feats2, cond) != scores
+    assert changed.tolist() == [True, False, False, False]
+
+
+def test_gradient_penalty_uses_per_sample_norm_over_all_inputs():
+    torch.manual_seed(1)
+    critic = build_critic(SMALL)
+    cond = conditions(6)
+    real = critic_features(torch.rand(6, 30, 30), cond)
+    fake = critic_features(torch.rand(6, 30, 30), cond)
+    torch.manual_seed(5)
+    penalty, norms = gradient_penalty(critic, real, fake, cond, weight=10.0)
+    torch.manual_seed(5)  # same interpolation weights
+    alpha = torch.rand(6, 1)
+    expected = []
+    for i in range(6):  # one sample at a time: its gradient norm over all 901 inputs
+        x = (alpha[i] * real[i : i + 1] + (1 - alpha[i]) * fake[i : i + 1]).requires_grad_(True)
+        (grad,) = torch.autograd.grad(critic(x, cond[i : i + 1]).sum(), x)
+        expected.append(grad.norm())
+    expected = torch.stack(expected)
+    torch.testing.assert_close(norms, expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(penalty, 10.0 * ((expected - 1) ** 2).mean(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("model", ["shower", "baseline2019"])
+def test_generators_trace_and_script(model):
+    torch.manual_seed(0)
+    gen = build_generator({"model": model, **SMALL}).eval()
+    cond = conditions(3)
+    z = torch.randn(3, gen.noise_dim)
+    ref = gen(z, cond)
+    traced = torch.jit.trace(gen, (torch.randn(5, gen.noise_dim), conditions(5, 1)))
+    torch.testing.assert_close(traced(z, cond), ref)
+    scripted = torch.jit.script(gen)
+    torch.testing.assert_close(scripted(z, cond), ref)
+
+
+def test_unknown_model_is_input_error():
+    with pytest.raises(InputError, match="unknown model"):
+        build_generator({"model": "nope"})
+
+
+def test_load_generator_rejects_foreign_and_corrupt_files(tmp_path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(InputError, match="not a calogan checkpoint"):
+        load_generator(foreign)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(InputError, match="corrupt.pt"):
+        load_generator(corrupt)
+    with pytest.raises(InputError, match="not found"):
+        load_generator(tmp_path / "missing.pt")
+
+
+def test_load_generator_from_tiny_checkpoint(tiny_checkpoint):
+    gen, meta = load_generator(tiny_checkpoint)
+    assert meta["step"] >= 1 and len(meta["data_sha256"]) == 64
+    cond = conditions(4)
+    out = gen(torch.randn(4, gen.noise_dim), cond)
+    assert out.shape == (4, 30, 30) and (out >= 0).all()
+    raw, _ = load_generator(tiny_checkpoint, ema=False)
+    differs = any(not torch.equal(a, b) for a, b in zip(gen.state_dict().values(), raw.state_dict().values()))
+    assert differs, "EMA and raw generator weights should differ after training"
+    assert np.isfinite(out.detach().numpy()).all()
