@@ -36,8 +36,8 @@ def build_models() -> dict[str, torch.nn.Module]:
 
     torch.manual_seed(0)
     return {
-        "default": build_generator({"arch": "default"}).eval(),
-        "baseline2019": build_generator({"arch": "baseline2019"}).eval(),
+        "default": build_generator({"model": "shower"}).eval(),
+        "baseline2019": build_generator({"model": "baseline2019"}).eval(),
     }
 
 

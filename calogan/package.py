@@ -35,7 +35,7 @@ from calogan.data import (
     split_path,
 )
 from calogan.errors import InputError, run_cli
-from calogan.predict import PREDICT_SPLITS
+from calogan.predict import PREDICT_SPLITS, ZIP_EPOCH, add_file_to_zip
 
 PREDICTION_NAMES = tuple(f"data_{split}_prediction.npz" for split in PREDICT_SPLITS)
 #: Codalab's usual upload limit; a bigger zip is reported (not refused: the limit is set per competition).
@@ -171,9 +171,11 @@ def _write_zip_atomic(out: Path, entries: dict[str, Path | bytes], compression: 
         with zipfile.ZipFile(tmp, "w", compression, allowZip64=True) as zf:
             for arcname, content in entries.items():
                 if isinstance(content, bytes):
-                    zf.writestr(arcname, content)
+                    info = zipfile.ZipInfo(arcname, date_time=ZIP_EPOCH)
+                    info.external_attr = 0o644 << 16
+                    zf.writestr(info, content, compress_type=compression)
                 else:
-                    zf.write(content, arcname=arcname)
+                    add_file_to_zip(zf, content, arcname)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

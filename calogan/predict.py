@@ -108,9 +108,26 @@ def write_prediction_streamed(
         del out
         staged = Path(tmp) / path.name
         with zipfile.ZipFile(staged, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            zf.write(npy, arcname=f"{KEY_ENERGY}.npy")
+            add_file_to_zip(zf, npy, f"{KEY_ENERGY}.npy")
         os.replace(staged, path)
     return path
+
+
+#: Fixed member timestamp, so the same content always gives byte-identical npz/zip files.
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def add_file_to_zip(
+    zf: zipfile.ZipFile, source: str | os.PathLike, arcname: str, chunk: int = 1 << 22
+) -> None:
+    """Stream a file into an open zip under ``arcname`` with a fixed timestamp (reproducible archives)."""
+    info = zipfile.ZipInfo(arcname, date_time=ZIP_EPOCH)
+    info.compress_type = zf.compression
+    info.external_attr = 0o644 << 16
+    big = os.path.getsize(source) > (1 << 31) - (1 << 24)  # zip64 only where needed (max compatibility)
+    with open(source, "rb") as src, zf.open(info, "w", force_zip64=big) as dst:
+        while block := src.read(chunk):
+            dst.write(block)
 
 
 def prediction_paths(out_dir: str | os.PathLike) -> list[Path]:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
-from test_predict import StandInGenerator
+from test_predict import StandInGenerator, save_small_checkpoint
 
-from calogan.errors import InputError
+from calogan.errors import InputError, run_cli
 from calogan.export import (
     PARITY_RTOL,
     RawInputGenerator,
@@ -18,6 +15,7 @@ from calogan.export import (
     example_inputs,
     export_generator,
     load_torchscript,
+    main,
     onnx_session,
 )
 
@@ -71,23 +69,25 @@ def test_export_refuses_existing_and_bad_format(standin, tmp_path):
         export_generator(standin, tmp_path / "g.x", "tflite")
 
 
-def test_export_cli_bad_checkpoint(tmp_path):
+def test_export_cli_bad_checkpoint(tmp_path, capsys):
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint")
     for ckpt in (bad, tmp_path / "missing.pt"):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "calogan.export",
-                "--checkpoint",
-                str(ckpt),
-                "--out",
-                str(tmp_path / "g.pt"),
-            ],
-            capture_output=True,
-            text=True,
-        )
-        assert proc.returncode == 2, proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1 and str(ckpt.name) in proc.stderr
+        assert run_cli(main, ["--checkpoint", str(ckpt), "--out", str(tmp_path / "g.pt")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and ckpt.name in err
     assert not (tmp_path / "g.pt").exists()
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_export_cli_real_generator(tmp_path, capsys, fmt):
+    """The default calogan.models generator exports from a checkpoint and matches eager (fresh batch sizes)."""
+    from calogan.models import load_generator
+
+    ckpt = save_small_checkpoint(tmp_path / "c.pt")
+    out = tmp_path / f"g.{fmt}"
+    assert run_cli(main, ["--checkpoint", str(ckpt), "--format", fmt, "--out", str(out)]) == 0
+    assert "parity" in capsys.readouterr().out
+    generator, _ = load_generator(ckpt)
+    assert check_parity(generator, out, fmt, batch_sizes=(2, 65)) <= PARITY_RTOL
+    assert run_cli(main, ["--checkpoint", str(ckpt), "--format", fmt, "--out", str(out)]) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -14,8 +15,15 @@ import torch
 from test_predict import StandInGenerator, write_fake_data
 
 from calogan.data import split_path
-from calogan.errors import InputError
-from calogan.package import PREDICTION_NAMES, build_code_zip_from_generator, build_results_zip, check_zip
+from calogan.errors import InputError, run_cli
+from calogan.package import (
+    PREDICTION_NAMES,
+    build_code_zip_from_generator,
+    build_results_zip,
+    check_zip,
+    default_zip_name,
+    main,
+)
 from calogan.predict import predict_with_generator
 
 N_VAL, N_TEST = 150, 130
@@ -149,25 +157,45 @@ def run_module(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
-def test_package_cli_check_and_exit_codes(workspace, tmp_path):
+def test_package_cli_check_and_exit_codes(workspace, tmp_path, capsys):
     _, data_dir, pred = workspace
     out = tmp_path / "s.zip"
-    proc = run_module(
-        "calogan.package", "--predictions", str(pred), "--data", str(data_dir), "--out", str(out)
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "sha256" in proc.stdout and "N=150" in proc.stdout
-    proc = run_module("calogan.package", "--check", str(out), "--data", str(data_dir))
-    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr
-    proc = run_module(
-        "calogan.package", "--predictions", str(pred), "--data", str(data_dir), "--out", str(out)
-    )
-    assert proc.returncode == 2 and "already exists" in proc.stderr
+    build = ["--predictions", str(pred), "--data", str(data_dir), "--out", str(out), "--no-score"]
+    assert run_cli(main, build) == 0
+    text = capsys.readouterr().out
+    assert "sha256" in text and "N=150" in text
+    assert run_cli(main, ["--check", str(out), "--data", str(data_dir), "--no-score"]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert run_cli(main, build) == 2
+    assert "already exists" in capsys.readouterr().err
     entries, _ = bad_zip_cases(workspace)["nested"]
     bad = make_zip(tmp_path / "nested.zip", entries)
-    proc = run_module("calogan.package", "--check", str(bad), "--data", str(data_dir))
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "nested.zip" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert run_cli(main, ["--check", str(bad), "--data", str(data_dir)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "nested.zip" in err and "Traceback" not in err
+    assert (
+        run_cli(main, ["--predictions", str(pred), "--kind", "code", "--out", str(tmp_path / "c.zip")]) == 2
+    )
+    assert "needs --checkpoint" in capsys.readouterr().err
+
+
+def test_package_from_checkpoint_results_and_code(workspace, tmp_path, capsys):
+    """One command from a checkpoint: results zip (predicts first) and code zip, both validated."""
+    from test_predict import save_small_checkpoint
+
+    _, data_dir, _ = workspace
+    ckpt = save_small_checkpoint(tmp_path / "runs" / "myrun" / "checkpoints" / "best.pt")
+    out = tmp_path / "r.zip"
+    assert run_cli(main, ["--checkpoint", str(ckpt), "--data", str(data_dir), "--out", str(out)]) == 0
+    assert "valid results submission" in capsys.readouterr().out
+    reports, _ = check_zip(out, data_dir)
+    assert [r.n for r in reports] == [N_VAL, N_TEST]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zip", "runs"]  # staging folder removed
+    code = tmp_path / "c.zip"
+    assert run_cli(main, ["--checkpoint", str(ckpt), "--kind", "code", "--out", str(code)]) == 0
+    with zipfile.ZipFile(code) as zf:
+        assert json.loads(zf.read("generator.json"))["noise_dim"] == 8 + 900
+    assert default_zip_name(ckpt, "results").name.startswith("myrun-")
 
 
 def test_code_submission_runs_without_calogan(workspace, standin, tmp_path):
@@ -209,8 +237,6 @@ def test_code_submission_runs_without_calogan(workspace, standin, tmp_path):
 
 def test_package_main_prints_local_score(tiny_data_dir, standin, tmp_path, capsys):
     """With solution files present the summary carries a local score (physics-only without an embedder)."""
-    from calogan.package import main
-
     predict_with_generator(standin, tiny_data_dir, tmp_path / "pred", seed=0, progress=False)
     out = tmp_path / "s.zip"
     assert (

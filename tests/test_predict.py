@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from calogan.data import CaloData, load_prediction, save_npz, split_path
-from calogan.errors import InputError
-from calogan.predict import generate, predict_with_generator, write_prediction_streamed
+from calogan.data import CaloData, load_npz, load_prediction, save_npz, split_path
+from calogan.errors import InputError, run_cli
+from calogan.predict import generate, main, predict_with_generator, write_prediction_streamed
 
 
 class StandInGenerator(torch.nn.Module):
@@ -50,6 +50,25 @@ def write_fake_data(directory, n_val: int = 150, n_test: int = 130):
     save_npz(split_path(directory, "val"), fake_split(n_val, 1).to_arrays())
     save_npz(split_path(directory, "test"), fake_split(n_test, 2).to_arrays())
     return directory
+
+
+def save_small_checkpoint(path, model: str = "shower"):
+    """A calogan-checkpoint-v1 file with a small untrained calogan.models generator (as calogan.train writes)."""
+    from calogan.models import CHECKPOINT_FORMAT, build_generator
+    from calogan.runtime import atomic_torch_save
+
+    torch.manual_seed(0)
+    config = {"model": model, "noise_dim": 8, "latent": 16, "gen_channels": 8}
+    ema = build_generator(config).state_dict()
+    raw = {k: v + 0.01 if v.is_floating_point() else v for k, v in ema.items()}
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "model_config": config,
+        "generator": raw,
+        "generator_ema": ema,
+        "step": 7,
+    }
+    return atomic_torch_save(path, ckpt)
 
 
 @pytest.fixture(scope="module")
@@ -132,20 +151,53 @@ def run_module(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
 
 
-def test_predict_cli_bad_checkpoint(tmp_path):
+def test_predict_cli_bad_checkpoint(tmp_path, capsys):
     data_dir = write_fake_data(tmp_path / "data", 20, 20)
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"\x00garbage")
-    for ckpt in (bad, tmp_path / "missing.pt"):
-        proc = run_module(
-            "calogan.predict",
-            "--checkpoint",
-            str(ckpt),
-            "--data",
-            str(data_dir),
-            "--out",
-            str(tmp_path / "o"),
-        )
-        assert proc.returncode == 2, proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1 and ckpt.name in proc.stderr
-    assert not (tmp_path / "o").exists()
+    out = tmp_path / "o"
+    # once through the real `python -m` entry point, then in-process (same run_cli wrapper)
+    proc = run_module("calogan.predict", "--checkpoint", str(bad), "--data", str(data_dir), "--out", str(out))
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and bad.name in proc.stderr
+    capsys.readouterr()
+    for ckpt in (tmp_path / "missing.pt", save_small_checkpoint(tmp_path / "ok.pt")):
+        argv = ["--checkpoint", str(ckpt), "--data", str(tmp_path / "nodata"), "--out", str(out)]
+        assert run_cli(main, argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and (
+            "missing.pt" in err or "data_val.npz: file not found" in err
+        ), err
+    assert not out.exists()
+
+
+def test_predict_cli_end_to_end_with_checkpoint(tmp_path, capsys):
+    """The predict CLI on a real calogan.models checkpoint: EMA weights, seeded, valid files."""
+    from calogan.models import load_generator
+
+    data_dir = write_fake_data(tmp_path / "data", 70, 50)
+    ckpt = save_small_checkpoint(tmp_path / "best.pt")
+    argv = [
+        "--checkpoint",
+        str(ckpt),
+        "--data",
+        str(data_dir),
+        "--seed",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert run_cli(main, argv) == 0
+    val = load_prediction(tmp_path / "out" / "data_val_prediction.npz", n_expected=70)
+    load_prediction(tmp_path / "out" / "data_test_prediction.npz", n_expected=50)
+    ema, _ = load_generator(ckpt, ema=True)
+    raw, _ = load_generator(ckpt, ema=False)
+    data = load_npz(split_path(data_dir, "val"), require_energy=False)
+    expected = generate(ema, data, seed=(2, 0), device="cpu")
+    np.testing.assert_allclose(val, expected, rtol=1e-5, atol=1e-6 * expected.max())
+    assert not np.allclose(val, generate(raw, data, seed=(2, 0), device="cpu"), rtol=1e-3)
+    capsys.readouterr()
+    assert run_cli(main, argv) == 2
+    assert "already exists" in capsys.readouterr().err
