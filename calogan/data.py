@@ -105,9 +105,10 @@ def open_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if path.is_dir():
         raise InputError(f"{path}: is a directory, expected an .npz file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise InputError(f"{path}: not an npz archive (a single .npy array?)")
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):  # a bare .npy array has no context manager
+            raise InputError(f"{path}: not an npz archive (a single .npy array?)")
+        with npz:
             return {key: npz[key] for key in npz.files}
     except InputError:
         raise
