@@ -220,12 +220,19 @@ def _split_data(
     energy = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), np.float32)
     starts = range(0, n, CHUNK_EVENTS)
     chunk_seqs = shower_seq.spawn(len(starts))
-    with tqdm(total=n, desc=desc or "simulate", unit="ev", disable=not progress, leave=False) as bar:
+    with tqdm(
+        total=n, desc=desc or "simulate", unit="ev", disable=not _progress_enabled(progress), leave=False
+    ) as bar:
         for start, seq in zip(starts, chunk_seqs, strict=True):
             sl = slice(start, start + CHUNK_EVENTS)
             energy[sl] = _showers_chunk(point[sl], momentum[sl], pdg[sl], np.random.default_rng(seq), prm)
             bar.update(energy[sl].shape[0])
     return CaloData(point=point, momentum=momentum, pdg=pdg, energy=energy)
+
+
+def _progress_enabled(progress: bool) -> bool:
+    """Show a bar only when asked and not switched off with TQDM_DISABLE=1."""
+    return progress and os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true", "yes")
 
 
 def simulate_dataset(
