@@ -41,6 +41,52 @@ def events_per_second(n: int, chunk: int, seed: int = 0) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def physics_table(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """The issue 3 physics checks on n simulated events, as (quantity, value) rows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import QuantileTransformer
+
+    from calogan.physics import barycentre_residual, physical_statistics
+    from calogan.simulate import simulate_dataset
+
+    data = simulate_dataset(n, seed=seed)
+    e = data.energy.reshape(n, -1).astype(np.float64)
+    total, p = e.sum(axis=1), data.p_abs
+    ratio = total / p
+    centre = data.point[:, :2] + 25.0 * data.momentum[:, :2] / data.momentum[:, 2:3]
+    contained = (np.abs(centre) < 6.0).all(axis=1)
+    rows = [("median image sum / abs(p) [units/GeV]", f"{np.median(ratio):.1f}")]
+    for lo, hi in [(2, 6), (6, 20), (20, 100)]:
+        sel = contained & (p >= lo) & (p < hi)
+        q16, q50, q84 = np.percentile(ratio[sel], [16, 50, 84])
+        expect = np.hypot(0.10 / np.sqrt(np.sqrt(lo * hi)), 0.01)
+        rows.append(
+            (
+                f"relative spread, contained, {lo}-{hi} GeV (a/sqrt(E) (+) b gives {expect:.3f})",
+                f"{(q84 - q16) / 2 / q50:.3f}",
+            )
+        )
+    res = barycentre_residual(data.energy, data.point, data.momentum)[contained]
+    rows.append(
+        (
+            "barycentre - expected centre, RMS x / y, contained [cm]",
+            "{:.2f} / {:.2f}".format(*np.sqrt((res**2).mean(0))),
+        )
+    )
+    frac = (e >= 1e-5 * total[:, None]).mean(axis=1)
+    rows.append(("mean fraction of cells >= 1e-5 of the sum", f"{frac.mean():.2f}"))
+    feats = np.column_stack([physical_statistics(data.energy, data.point, data.momentum), np.log(p)])
+    y = data.pdg == 22
+    half = n // 2
+    scaler = QuantileTransformer(n_quantiles=200, output_distribution="normal")
+    clf = make_pipeline(scaler, LogisticRegression(max_iter=2000)).fit(feats[:half], y[:half])
+    auc = roc_auc_score(y[half:], clf.predict_proba(feats[half:])[:, 1])
+    rows.append(("e/gamma ROC AUC, logistic regression on the 24 statistics + log abs(p)", f"{auc:.3f}"))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the results as a Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -52,6 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--loop-events", type=int, default=1000, help="events for the per-event-loop baseline"
+    )
+    parser.add_argument(
+        "--physics", type=int, default=0, help="also print the physics checks on this many events"
     )
     args = parser.parse_args(argv)
 
@@ -69,6 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| simulate_showers vectorised (chunks of 4096), events/s | {vec:,.0f} |")
     print(f"| baseline: same code one event at a time, events/s | {loop:,.0f} |")
     print(f"| speed-up of the vectorised path over the per-event loop | {vec / loop:.0f}x |")
+    if args.physics:
+        print(f"\n| physics check ({args.physics:,} events, seed 0) | value |\n|---|---|")
+        for name, value in physics_table(args.physics):
+            print(f"| {name} | {value} |")
 
 
 if __name__ == "__main__":
