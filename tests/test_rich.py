@@ -1,0 +1,193 @@
+"""RICH PID GANs: simulator physics and sWeights, data validation, metrics, tiny train -> evaluate -> transfer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from calogan.data import open_npz, save_npz
+from calogan.errors import InputError, run_cli
+from calogan.rich import COLUMNS, SENTINEL
+from calogan.rich import evaluate as rich_eval
+from calogan.rich import simulate as rich_sim
+from calogan.rich import train as rich_train
+from calogan.rich import transfer as rich_transfer
+from calogan.rich.data import QuantileNormal, load_sample, sample_path
+from calogan.rich.models import load_rich_model
+
+
+@pytest.fixture(scope="module")
+def rich_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rich")
+    rich_sim.write_samples(out, n=6000, seed=3, particles=("pion", "kaon"), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(rich_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("rich_run")
+    cfg = rich_train.TrainConfig.from_preset(
+        "tiny", particle="kaon", data=str(rich_dir), run_dir=str(run), steps=15
+    )
+    cfg.progress = False
+    return rich_train.train(cfg) / "checkpoints" / "last.pt"
+
+
+def test_simulated_files_have_contract_columns_and_sweights(rich_dir):
+    arrays = open_npz(sample_path(rich_dir, "kaon", "train"))
+    assert set(COLUMNS) <= set(arrays)
+    w, sig = arrays["sWeight"], arrays["IsSignal"] == 1
+    assert (w < 0).any(), "sPlot weights must include negative values"
+    # sum of sWeights estimates the true signal yield (Poisson-level agreement)
+    assert abs(w.sum() - sig.sum()) < 4 * np.sqrt(len(w))
+    # sWeighted kinematics reproduce the true signal's (background is softer and busier)
+    for col in ("P", "NTRACKS"):
+        weighted = (arrays[col] * w).sum() / w.sum()
+        assert abs(weighted - arrays[col][sig].mean()) < 0.05 * arrays[col][sig].mean()
+        assert abs(arrays[col][~sig].mean() - arrays[col][sig].mean()) > 0.05 * arrays[col][sig].mean()
+    dll = np.stack([arrays[c] for c in ("RichDLLe", "RichDLLmu", "RichDLLk", "RichDLLp", "RichDLLbt")], 1)
+    missing = dll == SENTINEL
+    assert missing.any() and (missing.all(1) == missing.any(1)).all(), (
+        "sentinel must be set on all 5 DLLs together"
+    )
+    assert (arrays["P"] >= 3).all() and (arrays["P"] <= 200).all()
+    assert (arrays["ETA"] >= 1.5).all() and (arrays["ETA"] <= 5.5).all()
+
+
+def test_rich_physics_separation_and_threshold():
+    rng = np.random.default_rng(0)
+    n = 4000
+    for p, expect_sep in ((5.0, True), (150.0, False)):
+        mom = np.full(n, p)
+        eta = np.full(n, 3.3)
+        ntr = np.full(n, 50.0)
+        dk = rich_sim.rich_response(mom, eta, ntr, np.full(n, rich_sim.MASS_GEV["kaon"]), rng)
+        dpi = rich_sim.rich_response(mom, eta, ntr, np.full(n, rich_sim.MASS_GEV["pion"]), rng)
+        ok = (dk[:, 2] > SENTINEL) & (dpi[:, 2] > SENTINEL)
+        gap = np.median(dk[ok, 2]) - np.median(dpi[ok, 2])
+        assert (gap > 20) == expect_sep, (p, gap)
+    # occupancy degrades separation
+    mom, eta = np.full(n, 30.0), np.full(n, 3.3)
+    gaps = []
+    for ntr in (20.0, 500.0):
+        dk = rich_sim.rich_response(mom, eta, np.full(n, ntr), np.full(n, rich_sim.MASS_GEV["kaon"]), rng)
+        gaps.append(np.median(dk[dk[:, 2] > SENTINEL, 2]))
+    assert gaps[0] > gaps[1]
+
+
+def test_transfer_sample_is_harder(rich_dir):
+    a = open_npz(sample_path(rich_dir, "pion", "train"))
+    b = open_npz(sample_path(rich_dir, "pion", "transfer"))
+    s_a, s_b = a["IsSignal"] == 1, b["IsSignal"] == 1
+    assert np.median(b["P"][s_b]) > 1.3 * np.median(a["P"][s_a])
+
+
+def test_splot_recovers_yield():
+    rng = np.random.default_rng(1)
+    sig = np.clip(rng.normal(0, 0.08, 3000), -0.99, 0.99)
+    bkg = rng.uniform(-1, 1, 2000)
+    w, info = rich_sim.splot_weights(np.concatenate([sig, bkg]))
+    assert abs(w.sum() - 3000) < 150 and abs(info["n_signal"] - w.sum()) < 1
+    assert w[3000:].mean() < 0.2 < w[:3000].mean()
+
+
+def test_weighted_auc_matches_sklearn_and_accepts_negative_weights():
+    rng = np.random.default_rng(2)
+    y = rng.random(500) < 0.5
+    s = rng.normal(size=500) + y
+    w = rng.uniform(0.1, 2, 500)
+    assert rich_eval.weighted_auc(y, s, w) == pytest.approx(roc_auc_score(y, s, sample_weight=w), abs=1e-9)
+    s_tied = np.round(s)
+    assert rich_eval.weighted_auc(y, s_tied, w) == pytest.approx(
+        roc_auc_score(y, s_tied, sample_weight=w), abs=1e-9
+    )
+    w_neg = rng.normal(0.6, 1.0, 500)
+    assert np.isfinite(rich_eval.weighted_auc(y, s, w_neg))
+
+
+def test_weighted_efficiency_errors():
+    passed = np.array([1, 0, 1, 1] * 250, bool)
+    res = rich_eval.binned_efficiency(passed, np.full(1000, 5.0), np.ones(1000), np.array([0.0, 10.0]))
+    assert res["eff"][0] == pytest.approx(0.75)
+    assert res["err"][0] == pytest.approx(np.sqrt(0.75 * 0.25 / 1000))
+
+
+def test_quantile_transform_roundtrip_without_pickle():
+    x = np.random.default_rng(3).lognormal(size=(2000, 2))
+    qn = QuantileNormal.fit(x)
+    arrays = {k: torch.from_numpy(v) for k, v in qn.to_arrays().items()}
+    back = QuantileNormal.from_arrays(arrays["quantiles"].numpy(), arrays["references"].numpy())
+    np.testing.assert_allclose(back.transform(x[:50]), qn.transform(x[:50]))
+    np.testing.assert_allclose(back.inverse_transform(back.transform(x[:50])), x[:50], rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda a: a.pop("RichDLLk"), "missing column"),
+        (lambda a: a["P"].__setitem__(0, np.nan), "NaN"),
+        (lambda a: a["sWeight"].__setitem__(slice(None), 0.0), "all sWeights are zero"),
+    ],
+)
+def test_bad_samples_raise_input_error(rich_dir, tmp_path, mutate, message):
+    arrays = {k: v.copy() for k, v in open_npz(sample_path(rich_dir, "pion", "train")).items()}
+    mutate(arrays)
+    path = save_npz(tmp_path / "rich_pion_train.npz", arrays)
+    with pytest.raises(InputError, match=message):
+        load_sample(path)
+    assert run_cli(rich_train.main, ["--particle", "pion", "--data", str(tmp_path), "--preset", "tiny"]) == 2
+
+
+def test_cli_bad_inputs_exit_2(rich_dir, tmp_path, capsys):
+    assert run_cli(rich_train.main, ["--particle", "pionn", "--data", str(rich_dir)]) == 2
+    assert "unknown particle" in capsys.readouterr().err
+    assert (
+        run_cli(
+            rich_eval.main,
+            ["--checkpoint", str(tmp_path / "no.pt"), "--data", str(rich_dir), "--out", str(tmp_path)],
+        )
+        == 2
+    )
+    assert (
+        run_cli(rich_sim.main, ["--out", str(rich_dir), "--n", "200", "--particles", "pion"]) == 2
+    )  # exists
+    assert not list(tmp_path.iterdir())
+
+
+def test_train_evaluate_transfer_end_to_end(tiny_ckpt, rich_dir, tmp_path):
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    assert ckpt["format"] == "calogan-rich-checkpoint-v1" and ckpt["particle"] == "kaon"
+    assert isinstance(ckpt["qt_out"]["quantiles"], torch.Tensor)
+    model = load_rich_model(tiny_ckpt)
+    inputs = load_sample(sample_path(rich_dir, "kaon", "test")).inputs[:500]
+    a, b = model.generate(inputs, seed=5), model.generate(inputs, seed=5)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (500, 5) and np.isfinite(a).all()
+    assert (
+        run_cli(
+            rich_transfer.main,
+            ["--checkpoint", str(tiny_ckpt), "--data", str(rich_dir), "--out", str(tmp_path)],
+        )
+        == 0
+    )
+    res = json.loads((tmp_path / "transfer.json").read_text())
+    assert set(res["samples"]) == {"test", "transfer"}
+    rep = json.loads((tmp_path / "test" / "report.json").read_text())
+    assert 0.0 <= rep["summary"]["auc"] <= 1.0
+    assert set(rep["efficiencies"]) == {"DLLk>0", "DLLk-DLLp>5", "DLLmu>2"}
+    assert (tmp_path / "test" / "plots" / "eff_DLLkgt0.png").stat().st_size > 1000
+    assert (tmp_path / "transfer" / "report.md").exists()
+
+
+def test_classifier_detects_a_wrong_model(rich_dir):
+    real = load_sample(sample_path(rich_dir, "kaon", "test"))
+    same = rich_eval.classifier_test(real, real.dlls.copy(), max_iter=30)
+    shifted = rich_eval.classifier_test(
+        real, real.dlls + np.where(real.has_rich[:, None], 15.0, 0.0), max_iter=30
+    )
+    assert abs(same["auc"] - 0.5) < 0.05
+    assert shifted["auc"] > 0.7
