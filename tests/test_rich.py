@@ -23,7 +23,7 @@ from calogan.rich.models import load_rich_model
 @pytest.fixture(scope="module")
 def rich_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("rich")
-    rich_sim.write_samples(out, n=6000, seed=3, particles=("pion", "kaon"), progress=False)
+    rich_sim.write_samples(out, n=4000, seed=3, particles=("pion", "kaon"), progress=False)
     return out
 
 
@@ -167,13 +167,17 @@ def test_train_evaluate_transfer_end_to_end(tiny_ckpt, rich_dir, tmp_path):
     a, b = model.generate(inputs, seed=5), model.generate(inputs, seed=5)
     np.testing.assert_array_equal(a, b)
     assert a.shape == (500, 5) and np.isfinite(a).all()
-    assert (
-        run_cli(
-            rich_transfer.main,
-            ["--checkpoint", str(tiny_ckpt), "--data", str(rich_dir), "--out", str(tmp_path)],
-        )
-        == 0
-    )
+    args = [
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--data",
+        str(rich_dir),
+        "--out",
+        str(tmp_path),
+        "--classifier-iters",
+        "10",
+    ]
+    assert run_cli(rich_transfer.main, args) == 0
     res = json.loads((tmp_path / "transfer.json").read_text())
     assert set(res["samples"]) == {"test", "transfer"}
     rep = json.loads((tmp_path / "test" / "report.json").read_text())
@@ -185,7 +189,7 @@ def test_train_evaluate_transfer_end_to_end(tiny_ckpt, rich_dir, tmp_path):
 
 def test_classifier_detects_a_wrong_model(rich_dir):
     real = load_sample(sample_path(rich_dir, "kaon", "test"))
-    same = rich_eval.classifier_test(real, real.dlls.copy(), max_iter=30)
+    same = rich_eval.classifier_test(real, real.dlls.copy(), max_iter=15)
     shifted = rich_eval.classifier_test(
         real, real.dlls + np.where(real.has_rich[:, None], 15.0, 0.0), max_iter=30
     )

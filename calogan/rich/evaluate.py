@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from calogan.errors import run_cli
+from calogan.errors import InputError, run_cli
 from calogan.rich import DLL_COLUMNS, SAMPLES
 from calogan.rich.data import RichSample, load_sample, sample_path
 from calogan.rich.models import RichModel, load_rich_model
@@ -155,10 +155,12 @@ def _summarise_efficiencies(table: dict) -> dict:
     }
 
 
-def evaluate_model(model: RichModel, real: RichSample, seed: int = 0, oversample: int = 4) -> dict:
+def evaluate_model(
+    model: RichModel, real: RichSample, seed: int = 0, oversample: int = 4, classifier_iters: int = 200
+) -> dict:
     """Full comparison of one model with one sample; returns a JSON-ready report (plots not included)."""
     gen_dlls = model.generate(real.inputs, seed=seed)
-    clf = classifier_test(real, gen_dlls, seed=seed)
+    clf = classifier_test(real, gen_dlls, seed=seed, max_iter=classifier_iters)
     big_inputs = np.tile(real.inputs, (oversample, 1))
     big_dlls = model.generate(big_inputs, seed=seed + 1)
     big_w = np.tile(real.weights, oversample) / oversample
@@ -280,11 +282,12 @@ def evaluate_checkpoint(
     seed: int = 0,
     device: str = "auto",
     plots: bool = True,
+    classifier_iters: int = 200,
 ) -> dict:
     """Load a checkpoint, evaluate it on DIR/rich_{particle}_{sample}.npz, write report.json/.md and plots."""
     model = load_rich_model(checkpoint, device=select_device(device))
     real = load_sample(sample_path(data_dir, model.particle, sample))
-    report = evaluate_model(model, real, seed=seed)
+    report = evaluate_model(model, real, seed=seed, classifier_iters=classifier_iters)
     gen = report.pop("_gen")
     out_dir = Path(out_dir)
     if plots:
@@ -307,9 +310,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument(
+        "--classifier-iters", type=int, default=200, help="boosting iterations of the two-sample test"
+    )
     args = ap.parse_args(argv)
+    if args.classifier_iters < 1:
+        raise InputError(f"--classifier-iters: must be positive, got {args.classifier_iters}")
     rep = evaluate_checkpoint(
-        args.checkpoint, args.data, args.out, args.sample, args.seed, args.device, not args.no_plots
+        args.checkpoint,
+        args.data,
+        args.out,
+        args.sample,
+        args.seed,
+        args.device,
+        not args.no_plots,
+        args.classifier_iters,
     )
     s = rep["summary"]
     print(

@@ -25,11 +25,12 @@ def transfer_test(
     seed: int = 0,
     device: str = "auto",
     plots: bool = True,
+    classifier_iters: int = 200,
 ) -> dict:
     """Evaluate on test and transfer samples; write out_dir/{test,transfer}/ reports and transfer.json/.md."""
     out_dir = Path(out_dir)
     reports = {
-        s: evaluate_checkpoint(checkpoint, data_dir, out_dir / s, s, seed, device, plots)
+        s: evaluate_checkpoint(checkpoint, data_dir, out_dir / s, s, seed, device, plots, classifier_iters)
         for s in ("test", "transfer")
     }
     result: dict = {"checkpoint": str(checkpoint), "samples": {}}
@@ -74,8 +75,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument(
+        "--classifier-iters", type=int, default=200, help="boosting iterations of the two-sample test"
+    )
     args = ap.parse_args(argv)
-    res = transfer_test(args.checkpoint, args.data, args.out, args.seed, args.device, not args.no_plots)
+    res = transfer_test(
+        args.checkpoint, args.data, args.out, args.seed, args.device, not args.no_plots, args.classifier_iters
+    )
     for s, m in res["samples"].items():
         print(f"{s}: AUC {m['auc']:.3f}; eff ratios within 5%: {m['bins_within_5pct']}/{m['bins_checked']}")
     print(f"consistent: {res['consistent']}; report: {Path(args.out) / 'transfer.md'}")
