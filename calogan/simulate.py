@@ -288,7 +288,10 @@ def write_dataset(
         return _read_manifest(paths[MANIFEST_NAME]) | {"skipped": True}
 
     prm = params or ShowerParams()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot create the output directory ({exc.strerror or exc})") from None
     tag = f".partial-{os.getpid()}-"
     temps: dict[str, Path] = {}
     t0 = time.perf_counter()

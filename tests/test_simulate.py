@@ -240,3 +240,11 @@ def test_cli_out_is_a_file_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(target) in err[0]
     assert Path(target).read_text() == "x"
+    assert (
+        run_cli(
+            simulate.main, ["--out", str(target / "sub"), "--n-train", "5", "--n-val", "5", "--n-test", "5"]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create" in err[0]
