@@ -23,7 +23,7 @@ from calogan.data import ConditionNormalizer, load_npz, require_file, sha256_fil
 from calogan.errors import InputError, run_cli
 from calogan.runtime import atomic_write, seed_everything, select_device
 
-FORMAT = "calogan-embedder-v1"
+FORMAT = "calogan-embedder-v2"
 EMBED_DIM = 64
 DEFAULT_NAME = "embedder.safetensors"
 
@@ -40,7 +40,8 @@ class Embedder(nn.Module):
             )
 
         self.features = nn.Sequential(block(1, width), block(width, 2 * width), block(2 * width, 4 * width))
-        self.embedding = nn.Sequential(nn.Flatten(), nn.Linear(4 * width * 9, embed_dim))
+        self.flatten = nn.Flatten()
+        self.embedding = nn.Linear(4 * width * 9 + 1, embed_dim)
         self.head = nn.Sequential(nn.BatchNorm1d(embed_dim), nn.ReLU(), nn.Linear(embed_dim, 6))
         self.width, self.embed_dim = width, embed_dim
         self.normalizer: ConditionNormalizer | None = None
@@ -52,7 +53,9 @@ class Embedder(nn.Module):
         return torch.log1p(images.clamp_min(0)).unsqueeze(1)
 
     def forward_embedding(self, images: torch.Tensor) -> torch.Tensor:
-        return self.embedding(self.features(self.preprocess(images)))
+        """64-d embedding from the conv features plus the log image sum (makes the energy scale explicit)."""
+        log_sum = torch.log1p(images.clamp_min(0).sum(dim=(1, 2))).unsqueeze(1) / 10.0
+        return self.embedding(torch.cat([self.flatten(self.features(self.preprocess(images))), log_sum], dim=1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B,30,30) → (B,6): normalised x, y, px, py, pz and the photon logit."""

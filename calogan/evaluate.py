@@ -271,7 +271,9 @@ def evaluate_predictions(
     dev = select_device("auto") if device is None else torch.device(device)
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="calogan-eval-") as tmpdir:
-        if pred.is_file() and zipfile.is_zipfile(pred) and pred.suffix != ".npz":
+        if pred.is_file() and (
+            pred.suffix.lower() == ".zip" or (pred.suffix != ".npz" and zipfile.is_zipfile(pred))
+        ):
             files = _read_zip(pred, splits, Path(tmpdir))
             shown = {s: f"{pred}:{PREDICTION_NAMES[s]}" for s in splits}
         elif pred.is_dir():
