@@ -1,0 +1,127 @@
+"""Fine-tuning: surrogate learns the statistic; the CLI writes checkpoint + report; bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from calogan.data import load_npz, split_path
+from calogan.errors import InputError, run_cli
+from calogan.finetune import main
+from calogan.physics import physical_statistics
+from calogan.surrogate import (
+    binned_wasserstein,
+    column_correlations,
+    energy_distance,
+    moment_matching,
+    parse_targets,
+    predict_surrogate,
+    soft_asymmetries,
+    target_values,
+    train_surrogate,
+)
+
+#: Stated threshold: Pearson correlation of the surrogate with the true transverse asymmetry on held-out images.
+CORRELATION_THRESHOLD = 0.8
+
+
+def test_surrogate_learns_transverse_asymmetry(tiny_data_dir):
+    train = load_npz(split_path(tiny_data_dir, "train"), require_energy=True)
+    held = load_npz(split_path(tiny_data_dir, "val", "solution"), require_energy=True)
+    names = ["transverse_asymmetry"]
+    t_train = target_values(physical_statistics(train.energy, train.point, train.momentum), names)
+    t_held = target_values(physical_statistics(held.energy, held.point, held.momentum), names)
+    model = train_surrogate(train.energy, train.conditions(), t_train, steps=150, seed=0)
+    corr = column_correlations(predict_surrogate(model, held.energy, held.conditions()), t_held)
+    assert corr[0] > CORRELATION_THRESHOLD, corr
+
+
+def test_soft_asymmetries_approach_hard_ones(tiny_data_dir):
+    data = load_npz(split_path(tiny_data_dir, "val", "solution"), require_energy=True)
+    hard = physical_statistics(data.energy, data.point, data.momentum)[:, :2]
+    soft = soft_asymmetries(
+        torch.from_numpy(data.energy).double(), torch.from_numpy(data.conditions()).double(), 1e-4
+    )
+    ok = np.abs(data.momentum[:, 0]) > 0  # the signed-zero convention differs only at px == 0
+    assert np.corrcoef(soft.numpy()[ok, 1], hard[ok, 1])[0, 1] > 0.999
+    assert np.corrcoef(soft.numpy()[ok, 0], hard[ok, 0])[0, 1] > 0.999
+
+
+def test_losses_are_zero_on_equal_samples_and_grow_with_shift():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 3, generator=g)
+    bins = torch.randint(0, 4, (256,), generator=g)
+    assert float(binned_wasserstein(x, x, bins)) == pytest.approx(0.0, abs=1e-7)
+    assert float(moment_matching(x, x, bins, 4)) == pytest.approx(0.0, abs=1e-6)
+    assert float(energy_distance(x, x)) == pytest.approx(0.0, abs=1e-5)
+    shifted = x + 0.5
+    assert float(binned_wasserstein(shifted, x, bins)) == pytest.approx(0.5, rel=1e-5)
+    assert float(binned_wasserstein(shifted, x, bins, projections=8)) > 0.1
+    assert float(moment_matching(shifted, x, bins, 4)) > 0.5
+    assert float(energy_distance(shifted, x)) > 0.05
+    y = x.clone().requires_grad_(True)
+    binned_wasserstein(y + 0.5, x, bins).backward()
+    assert y.grad is not None and torch.isfinite(y.grad).all()
+
+
+def test_parse_targets_rejects_unknown_names():
+    assert parse_targets("sparsity,energy_response") == ["sparsity", "energy_response"]
+    with pytest.raises(InputError, match="valid: longitudinal_asymmetry"):
+        parse_targets("transverse_asymetry")
+
+
+def test_finetune_cli_writes_checkpoint_and_report(tiny_data_dir, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "ft"
+    argv = ["--checkpoint", str(tiny_checkpoint), "--data", str(tiny_data_dir), "--preset", "tiny",
+            "--target", "transverse_asymmetry,energy_response", "--weight", "2", "--out", str(out), "--device", "cpu"]  # fmt: skip
+    assert run_cli(main, argv) == 0, capsys.readouterr().err
+    for name in (
+        "checkpoint.pt",
+        "report.md",
+        "results.json",
+        "hist_transverse_asymmetry.png",
+        "hist_energy_response.png",
+    ):
+        assert (out / name).is_file(), name
+    result = json.loads((out / "results.json").read_text())
+    assert set(result["statistics"]) == {"transverse_asymmetry", "energy_response"}
+    assert len(result["statistics"]["energy_response"]["after"]["w1_bins"]) == 4
+    assert "W1 before" in (out / "report.md").read_text()
+    from calogan.models import load_generator
+
+    gen, meta = load_generator(out / "checkpoint.pt")
+    assert gen.noise_dim > 0 and meta["step"] > 0
+
+
+def test_finetune_bad_inputs_exit_2(tiny_data_dir, tiny_checkpoint, tmp_path, capsys):
+    base = [
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--data",
+        str(tiny_data_dir),
+        "--preset",
+        "tiny",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert run_cli(main, base + ["--target", "bogus"]) == 2
+    assert "valid:" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "data_train.npz").write_bytes(split_path(tiny_data_dir, "val", "solution").read_bytes())
+    argv = [
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--data",
+        str(other),
+        "--target",
+        "sparsity",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    assert run_cli(main, argv) == 2
+    assert "sha256" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
