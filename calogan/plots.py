@@ -61,7 +61,7 @@ def plot_showers(
 ) -> Path:
     """Grid of real (top row) vs generated (bottom row) showers for the same conditions, log colour scale."""
     idx = np.random.default_rng(seed).choice(len(true_images), size=min(n, len(true_images)), replace=False)
-    fig, axes = plt.subplots(2, len(idx), figsize=(2.6 * len(idx), 5.4), squeeze=False)
+    fig, axes = plt.subplots(2, len(idx), figsize=(3.2 * len(idx), 5.8), squeeze=False, layout="constrained")
     ext = (CELL_CENTRES[0] - 0.5, CELL_CENTRES[-1] + 0.5, CELL_CENTRES[0] - 0.5, CELL_CENTRES[-1] + 0.5)
     for col, i in enumerate(idx):
         vmax = max(float(true_images[i].max()), float(gen_images[i].max()), 1e-3)
@@ -73,9 +73,12 @@ def plot_showers(
             )
             ax.set_title(f"{label} #{i}", fontsize=9)
             ax.set_xlabel("x [cm]", fontsize=8)
-            ax.set_ylabel("y [cm]", fontsize=8)
+            if col == 0:
+                ax.set_ylabel("y [cm]", fontsize=8)
             ax.tick_params(labelsize=7)
-        fig.colorbar(im, ax=axes[:, col], shrink=0.6, label="energy [a.u.]")
+        cbar = fig.colorbar(im, ax=axes[:, col], shrink=0.5, location="bottom")
+        cbar.set_label("energy [a.u.]", fontsize=8)
+        cbar.ax.tick_params(labelsize=7)
     fig.suptitle("Showers for identical conditions: real (top) vs generated (bottom)")
     fig.savefig(path, dpi=110)
     plt.close(fig)
