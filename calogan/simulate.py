@@ -89,7 +89,7 @@ class ShowerParams:
     n_spots: int = 96  # energy spots per event (more spots = smoother showers, slower)
     spot_weight_shape: float = 1.5  # Gamma shape of the spot weights (smaller = spikier showers)
     # --- low-level halo (makes ~half of the cells hold >= 1e-5 of the sum)
-    halo_fraction: float = 0.025  # mean fraction of the visible energy in the smooth halo
+    halo_fraction: float = 0.035  # mean fraction of the visible energy in the smooth halo
     halo_fraction_spread: float = 0.5  # per-event lognormal spread of that fraction
     halo_length_cm: float = 5.0  # exponential fall-off length of the halo around the shower centre
     halo_cell_shape: float = 1.0  # Gamma shape of the per-cell halo fluctuation (1 = exponential)
