@@ -318,7 +318,8 @@ def evaluate_predictions(
         make_all_plots(details, Path(plots_dir))
         mod = _extra_module() if any(m != "prd" for m in metrics) else None
         if mod is not None and hasattr(mod, "make_plots"):
-            mod.make_plots(results, Path(plots_dir))
+            for s in splits:  # make_plots reads one split's result dict; one folder per split
+                mod.make_plots(results[s], Path(plots_dir) / f"extra_{s}")
     return results
 
 

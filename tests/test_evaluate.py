@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import zipfile
 
 import numpy as np
@@ -250,3 +251,27 @@ def test_cli_bad_options(pred_dir, tiny_data_dir, embedder_path, tmp_path, capsy
     assert run_cli(main, [str(pred_dir), "--solution-dir", str(tmp_path)]) == 2
     assert "solution file not found" in capsys.readouterr().err
     assert run_cli(main, [str(tmp_path / "nothing.zip")]) == 2
+
+
+def test_extra_metrics_hook(monkeypatch, resim, true_val, embedder):
+    """Extra metrics are looked up in calogan.extra_metrics.EXTRA_METRICS and called with the shared arrays."""
+    import types
+
+    seen = {}
+
+    def dummy(**kw):
+        seen.update(kw)
+        return {"n": len(kw["gen_images"])}
+
+    fake = types.ModuleType("calogan.extra_metrics")
+    fake.EXTRA_METRICS = {"dummy": dummy}
+    monkeypatch.setitem(sys.modules, "calogan.extra_metrics", fake)
+    assert parse_metrics("all") == ["prd", "dummy"]
+    r = score_arrays(
+        resim, true_val, embedder, clusters=10, runs=1, seed=1, ceiling=False, standardised=False,
+        metrics=["prd", "dummy"],
+    )  # fmt: skip
+    assert r["dummy"] == {"n": len(resim)}
+    assert seen["stats_gen"].shape == (len(resim), 24) and seen["emb_true"].shape == (len(resim), 64)
+    assert set(seen) == {"gen_images", "true_images", "true", "stats_gen", "stats_true", "emb_gen", "emb_true",
+                         "seed", "device"}  # fmt: skip
