@@ -142,17 +142,18 @@ def test_separation_and_density_coverage(samples, tmp_path):
 
 def test_classifier_tests_separate_broken_generators(samples, tmp_path):
     true, gens, stats_true, stats = samples
-    high = _run("cls", samples, kinds=("high",))
+    high = _run("cls", samples, kinds=("high",), hgb_iter=30)
     assert abs(high["resim"]["auc_high"] - 0.5) < 0.1 and abs(high["resim"]["auc_high_ref"] - 0.5) < 0.1
     for g in ("shuffled", "scale1.3", "blur", "constant"):
         assert high[g]["auc_high"] > 0.9 and high[g]["jsd_high"] > 0.3, g
-    low = {g: xm.cls_metric(gen_images=gens[g], true=true, seed=7, kinds=("low",), epochs=8, stats_gen=stats[g],
-                            stats_true=stats_true) for g in ("resim", "scale1.3", "constant")}  # fmt: skip
+    low = {
+        g: xm.cls_metric(gen_images=gens[g], true=true, seed=7, kinds=("low",), epochs=4)
+        for g in ("resim", "constant")
+    }
     assert abs(low["resim"]["auc_low"] - low["resim"]["auc_low_ref"]) < 0.1
-    for g in ("scale1.3", "constant"):
-        assert low[g]["auc_low"] > 0.85, g
-    again = xm.cls_metric(gen_images=gens["constant"], true=true, seed=7, kinds=("low",), epochs=8)
+    assert low["constant"]["auc_low"] > 0.85
+    again = xm.cls_metric(gen_images=gens["constant"], true=true, seed=7, kinds=("low",), epochs=4)
     assert again["auc_low"] == low["constant"]["auc_low"]  # seeded: reproducible
-    both = {**high["blur"], **{k: v for k, v in low["scale1.3"].items() if k.startswith("low")}}
+    both = {**high["blur"], **{k: v for k, v in low["constant"].items() if k.startswith("low")}}
     assert [p.name for p in xm.make_plots({"cls": both}, tmp_path)] == ["classifier_roc.png"]
     json.dumps(both)
