@@ -41,7 +41,30 @@ def build_models() -> dict[str, torch.nn.Module]:
     }
 
 
-def time_call(fn, n_events: int, min_time: float = 1.0, repeats: int = 3) -> float:
+def macs_per_shower(generator) -> float:
+    """Multiply-accumulates per shower of the Linear/Conv/ConvTranspose layers (machine-independent cost)."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        if isinstance(module, torch.nn.Linear):
+            total += module.in_features * module.out_features * output.shape[0]
+        elif isinstance(module, torch.nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total += k * output.numel()
+        elif isinstance(module, torch.nn.ConvTranspose2d):
+            k = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+            total += k * inputs[0].numel()
+
+    handles = [m.register_forward_hook(hook) for m in generator.modules()]
+    with torch.inference_mode():
+        RawInputGenerator(generator)(*example_inputs(4, generator.noise_dim))
+    for h in handles:
+        h.remove()
+    return total / 4
+
+
+def time_call(fn, n_events: int, min_time: float = 0.5, repeats: int = 3) -> float:
     """Best-of-``repeats`` showers/s of fn() producing n_events showers (each repeat runs >= min_time)."""
     fn()  # warm-up
     best = 0.0
@@ -65,7 +88,7 @@ def bench_backends(name: str, generator, tmp: Path, repeats: int) -> dict[str, d
     session = None
     try:
         onnx_path = save_onnx(generator, tmp / f"{name}.onnx")
-        session = onnx_session(onnx_path)
+        session = onnx_session(onnx_path, threads=torch.get_num_threads())
     except Exception as exc:  # noqa: BLE001 - report and go on with the torch backends
         print(f"  onnx export of {name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
     for backend, module in backends.items():
@@ -132,32 +155,42 @@ def main(argv: list[str] | None = None) -> int:
         "--predict-events", type=int, nargs=2, default=(50250, 49500), metavar=("N_VAL", "N_TEST")
     )
     parser.add_argument("--json", help="also write the results as JSON")
+    parser.add_argument("--threads", type=int, help="torch/onnxruntime intra-op threads (default: torch's)")
+    parser.add_argument("--models", nargs="+", default=["default", "baseline2019"], help="subset of models")
     args = parser.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
     )
-    models = build_models()
+    models = {k: v for k, v in build_models().items() if k in args.models}
     results: dict = {"threads": torch.get_num_threads(), "torch": torch.__version__}
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
         tmp = Path(tmp)
         for name, gen in models.items():
             params = sum(p.numel() for p in gen.parameters())
-            print(f"{name}: {params:,} parameters, noise_dim {gen.noise_dim}")
-            results[name] = {"parameters": params, **bench_backends(name, gen, tmp, args.repeats)}
-        base = results["baseline2019"]["eager"][1024]
-        results["ratio_default_vs_baseline_b1024"] = {
-            backend: results["default"][backend][1024] / base
-            for backend in ("eager", "torchscript", "onnxruntime")
-            if backend in results["default"]
-        }
+            macs = macs_per_shower(gen)
+            print(f"{name}: {params:,} parameters, noise_dim {gen.noise_dim}, {macs / 1e6:.1f} M MAC/shower")
+            results[name] = {
+                "parameters": params,
+                "macs_per_shower": macs,
+                **bench_backends(name, gen, tmp, args.repeats),
+            }
+        if "baseline2019" in results and "default" in results:
+            base = results["baseline2019"]["eager"][1024]
+            results["ratio_default_vs_baseline_b1024"] = {
+                backend: results["default"][backend][1024] / base
+                for backend in ("eager", "torchscript", "onnxruntime")
+                if backend in results["default"]
+            }
         results["simulator_ms_per_shower"] = 1e3 * bench_simulator()
-        results["predict_both_splits_s"] = bench_predict(models["default"], tmp, *args.predict_events)
+        results["predict_both_splits_s"] = bench_predict(
+            next(iter(models.values())), tmp, *args.predict_events
+        )
         results["predict_events"] = sum(args.predict_events)
-    print(
-        "ratio default / baseline2019 eager @1024:",
-        {k: round(v, 2) for k, v in results["ratio_default_vs_baseline_b1024"].items()},
-    )
+    ratios = results.get("ratio_default_vs_baseline_b1024", {})
+    print("ratio default / baseline2019 eager @1024:", {k: round(v, 2) for k, v in ratios.items()})
     print(f"simulator: {results['simulator_ms_per_shower']:.3f} ms/shower")
     print(
         f"predict {results['predict_events']:,} events (both splits): {results['predict_both_splits_s']:.1f} s"
