@@ -46,62 +46,98 @@ def expected_centre(point: np.ndarray, momentum: np.ndarray) -> np.ndarray:
         )
 
 
-def _side_indicator(line: torch.Tensor, ys: torch.Tensor, sign: torch.Tensor | None) -> torch.Tensor:
-    """z[n, i, j] = not((y_i - line[n, j]) * sign[n] < 0): 1 on side A; a NaN comparison counts as A."""
-    diff = ys.view(1, -1, 1) - line.unsqueeze(1)  # (n, rows=y, cols=x)
-    if sign is not None:
-        diff = diff * sign.view(-1, 1, 1)
-    return ~(diff < 0)
+def _first_row_at_or_above(line: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """Per column, the first row index i with y_i >= line (30 if none); a NaN line gives 0 (all rows)."""
+    idx = torch.bucketize(line, ys, right=False)  # number of rows with y < line
+    return torch.where(torch.isnan(line), 0, idx)
+
+
+def _rows_at_or_below(line: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """Per column, the number of rows with y <= line; a NaN line gives 30 (all rows)."""
+    idx = torch.bucketize(line, ys, right=True)
+    return torch.where(torch.isnan(line), IMAGE_SIZE, idx)
+
+
+def _range_sum(csum: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """Σ_{lo <= i < hi} img[i, j] per column from the row prefix sums csum (n, 31, 30); lo, hi (n, 30)."""
+    return csum.gather(1, hi.unsqueeze(1))[:, 0] - csum.gather(1, lo.unsqueeze(1))[:, 0]
 
 
 def _chunk_statistics(img: torch.Tensor, point: torch.Tensor, mom: torch.Tensor) -> torch.Tensor:
-    """The 24 statistics of one chunk: img (n,30,30), point (n,3), mom (n,3), all float64."""
+    """The 24 statistics of one chunk: img (n,30,30), point (n,3), mom (n,3), all float64.
+
+    In every column the side indicator of a line is a run of rows (rows are sorted in y), so side sums and
+    boundary sums come from row prefix sums at the line's crossing row: O(30) work per line and image.
+    A cell is on side A when not((y - line) * sign < 0), which for sign = +1 is y >= line (or NaN line) and
+    for sign = -1 is y <= line (or NaN line): IEEE subtraction keeps the sign of y - line exactly.
+    """
+    n = img.shape[0]
     xs = torch.as_tensor(CELL_CENTRES, dtype=torch.float64)
     px, py, pz = mom[:, 0:1], mom[:, 1:2], mom[:, 2:3]
     x0 = point[:, 0:1] + SHOWER_DEPTH_CM * px / pz
     y0 = point[:, 1:2] + SHOWER_DEPTH_CM * py / pz
     dx = xs.view(1, -1) - x0  # (n, 30): x - c_x per column
     py_px, px_py = py / px, px / py
-    total = img.sum(dim=(1, 2))
-    out = torch.empty(img.shape[0], 24, dtype=torch.float64)
+    csum = torch.zeros(n, IMAGE_SIZE + 1, IMAGE_SIZE, dtype=torch.float64)
+    torch.cumsum(img, dim=1, out=csum[:, 1:])
+    total = csum[:, -1].sum(dim=1)
+    out = torch.empty(n, 24, dtype=torch.float64)
+    zero = torch.zeros(n, IMAGE_SIZE, dtype=torch.long)
+    full = torch.full((n, IMAGE_SIZE), IMAGE_SIZE, dtype=torch.long)
 
-    # asymmetries: (E_A - E_B) / E = (2 E_A - E) / E
-    sign_py = torch.where(py[:, 0] > 0, 1.0, -1.0).to(torch.float64)
-    for col, line, sign in (
-        (0, -dx / py_px + y0, sign_py),  # longitudinal: slope -px/py, side by sign(py)
-        (1, dx / px_py + y0, None),  # transverse: slope py/px
-    ):
-        z = _side_indicator(line, xs, sign)
-        e_a = (img * z).sum(dim=(1, 2))
-        out[:, col] = (e_a - (total - e_a)) / total
+    # longitudinal asymmetry: slope -px/py; side A above the line if py > 0, below it otherwise
+    line = -dx / py_px + y0
+    above = py[:, 0] > 0
+    lo = torch.where(above[:, None], _first_row_at_or_above(line, xs), zero)
+    hi = torch.where(above[:, None], full, _rows_at_or_below(line, xs))
+    e_a = _range_sum(csum, lo, hi).sum(dim=1)
+    out[:, 0] = (e_a - (total - e_a)) / total
+    # transverse asymmetry: slope py/px, side A above the line
+    lo = _first_row_at_or_above(dx / px_py + y0, xs)
+    e_a = _range_sum(csum, lo, full).sum(dim=1)
+    out[:, 1] = (e_a - (total - e_a)) / total
 
-    # widths: boundary cells of the half-plane indicator, weighted std of x * sqrt(1 + (py/px)^2)
+    # widths: boundary cells of the half-plane indicator z (1 on rows >= i0 in each column), weighted std of
+    # x * sqrt(1 + (py/px)^2). Boundary cells of column j: rows where z differs from column j + 1, i.e.
+    # [min(i0_j, i0_j+1), max(...)), plus the row i0_j - 1 just below the vertical transition.
     rescale = torch.sqrt(1 + py_px**2)  # (n, 1)
+    u = rescale * xs.view(1, -1)  # (n, 30) rescaled x per column
     for col, line in ((2, dx / py_px + y0), (3, -dx / px_py + y0)):
-        z = _side_indicator(line, xs, None)
-        edge = torch.zeros_like(z)
-        edge[:, :, :-1] = z[:, :, 1:] != z[:, :, :-1]  # differs from the next cell in the row
-        edge[:, :-1, :] |= z[:, 1:, :] != z[:, :-1, :]  # ... or in the column
-        w_col = (img * edge).sum(dim=1)  # (n, 30) boundary energy per column (x)
+        i0 = _first_row_at_or_above(line, xs)
+        lo, hi = i0.clone(), i0.clone()
+        lo[:, :-1] = torch.minimum(i0[:, :-1], i0[:, 1:])
+        hi[:, :-1] = torch.maximum(i0[:, :-1], i0[:, 1:])
+        w_col = _range_sum(csum, lo, hi)
+        v = i0 - 1
+        extra = (v >= 0) & (v < IMAGE_SIZE - 1) & ~((v >= lo) & (v < hi))
+        cell = img.gather(1, v.clamp(0, IMAGE_SIZE - 1).unsqueeze(1))[:, 0]
+        w_col = w_col + torch.where(extra, cell, 0.0)
         s0 = w_col.sum(dim=1, keepdim=True)
-        u = rescale * xs.view(1, -1)  # (n, 30) rescaled x per column
         m1 = (w_col * u).sum(dim=1, keepdim=True) / (s0 + WIDTH_EPS)
         m2 = (w_col * u * u).sum(dim=1, keepdim=True) / (s0 + WIDTH_EPS)
         out[:, col] = torch.sqrt(m2 - m1 * m1)[:, 0]
 
-    # sparsity: count cells with e >= alpha_k * total via a batched searchsorted over the thresholds
-    flat = img.reshape(img.shape[0], -1)
+    # sparsity: per cell, the number of levels k with e >= alpha_k * total. A candidate from e / total against
+    # the alphas, then one exact correction step each way against the products alpha_k * total.
+    flat = img.reshape(n, -1)
+    nk = len(SPARSITY_ALPHAS)
     alphas = torch.as_tensor(SPARSITY_ALPHAS, dtype=torch.float64)
-    thresholds = total.unsqueeze(1) * alphas.view(1, -1)  # (n, 20), increasing when total >= 0
-    levels = torch.searchsorted(thresholds.contiguous(), flat.contiguous(), right=True)  # (n, 900) in 0..20
-    hist = torch.zeros(img.shape[0], len(SPARSITY_ALPHAS) + 1, dtype=torch.float64)
-    hist.scatter_add_(1, levels, torch.ones_like(flat))
-    # cells with level > k satisfy e >= threshold_k
-    above = hist.flip(1).cumsum(1).flip(1)[:, 1:]
-    out[:, 4:] = above / N_CELLS
-    negative = total < 0  # thresholds not sorted: compare directly (never happens for valid images)
+    # thresholds padded with -inf below level 0 and +inf above level nk-1
+    thr = torch.empty(n, nk + 2, dtype=torch.float64)
+    thr[:, 0], thr[:, -1] = -torch.inf, torch.inf
+    thr[:, 1:-1] = total.unsqueeze(1) * alphas.view(1, -1)
+    with torch.no_grad():
+        ratio = flat / total.unsqueeze(1)
+    level = torch.bucketize(torch.nan_to_num(ratio, nan=torch.inf), alphas, right=True)  # (n, 900) in 0..nk
+    level -= (flat < thr.gather(1, level)).long()  # threshold of the last counted level not reached
+    level += (flat >= thr.gather(1, level + 1)).long()  # next threshold reached after all
+    offs = (torch.arange(n) * (nk + 1)).unsqueeze(1)
+    hist = torch.bincount((level + offs).reshape(-1), minlength=n * (nk + 1)).reshape(n, nk + 1)
+    above = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # cells with level > k satisfy e >= threshold_k
+    out[:, 4:] = above.to(torch.float64) / N_CELLS
+    negative = total < 0  # thresholds not increasing: compare directly (never happens for valid images)
     if bool(negative.any()):
-        cmp = flat[negative].unsqueeze(2) >= thresholds[negative].unsqueeze(1)
+        cmp = flat[negative].unsqueeze(2) >= thr[negative, 1:-1].unsqueeze(1)
         out[negative, 4:] = cmp.sum(dim=1).to(torch.float64) / N_CELLS
     return out
 
