@@ -1,0 +1,59 @@
+"""Time each extra metric (issue 10) on simulator data, as ratios to the 24-statistics computation in the same run.
+
+Usage: python benchmarks/bench_extra_metrics.py [--n 50000] [--metrics cls,fpd,kpd,sep,prdc] [--seed 0] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from calogan import extra_metrics as xm
+from calogan.errors import run_cli
+from calogan.physics import physical_statistics
+from calogan.runtime import atomic_write_json, select_device
+from calogan.simulate import simulate_dataset, simulate_showers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Simulate n events and a re-simulation of the same conditions, then time every selected metric."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--n", type=int, default=50000)
+    ap.add_argument("--metrics", default=",".join(xm.EXTRA_METRICS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    device = select_device("auto")
+    true = simulate_dataset(args.n, seed=args.seed)
+    gen = simulate_showers(true.point, true.momentum, true.pdg, np.random.default_rng(args.seed + 1))
+    t0 = time.perf_counter()
+    stats_true = physical_statistics(true.energy, true.point, true.momentum)
+    stats_gen = physical_statistics(gen, true.point, true.momentum)
+    base = time.perf_counter() - t0
+    rows = {"n": args.n, "device": str(device), "baseline_stats_s": base, "metrics": {}}
+    print(f"baseline: 24 statistics of both samples, {args.n} + {args.n} events: {base:.1f} s")
+    for name in args.metrics.split(","):
+        t0 = time.perf_counter()
+        res = xm.EXTRA_METRICS[name](
+            gen_images=gen, true_images=true.energy, true=true, stats_gen=stats_gen, stats_true=stats_true,
+            emb_gen=None, emb_true=None, seed=args.seed, device=device,
+        )  # fmt: skip
+        dt = time.perf_counter() - t0
+        summary = {k: v for k, v in res.items() if isinstance(v, float)}
+        rows["metrics"][name] = {"seconds": dt, "ratio_to_baseline": dt / base, "summary": summary}
+        print(
+            f"{name:5s} {dt:7.1f} s  ({dt / base:5.1f}x baseline)  {json.dumps({k: round(v, 4) for k, v in summary.items()})}"
+        )
+    total = sum(r["seconds"] for r in rows["metrics"].values())
+    print(f"total extra metrics: {total:.1f} s")
+    if args.json:
+        atomic_write_json(args.json, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
