@@ -318,7 +318,9 @@ def compare_generators(
         w1b, w1a = entry["before"]["w1"], entry["after"]["w1"]
         entry["w1_change"] = (w1a - w1b) / w1b if w1b > 0 else None
         col = 10 if name == "sparsity" else 0
-        label = name if name in DIRECT_TARGETS else target_labels([name])[col].replace("log1p(", "").rstrip(")")
+        label = (
+            name if name in DIRECT_TARGETS else target_labels([name])[col].replace("log1p(", "").rstrip(")")
+        )
         plot_histograms(out_dir / f"hist_{name}.png", label,
                         real[name][:, col : col + 1], {k: t[name][:, col : col + 1] for k, t in tables.items()})  # fmt: skip
         entry["plot"] = f"hist_{name}.png"

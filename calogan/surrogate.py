@@ -242,7 +242,7 @@ def surrogate_inputs(
 
     Channels: log10 of the energy fraction (scaled to about [-1, 1]), the shower-frame coordinates along
     and across·sign(px) (the orientation of the reference lines), the distance to the expected centre, and
-    tanh-smoothed half-plane indicators of the two frame axes; the weights are the energy fractions used to pool per-cell features.
+    sharp (0.04 cm) tanh half-plane indicators of the two frame axes; the weights are the energy fractions used to pool per-cell features.
     """
     img = images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE).clamp_min(0.0)
     frac = img / (img.sum((1, 2), keepdim=True) + 1e-12)
@@ -253,7 +253,14 @@ def surrogate_inputs(
     radial = torch.sqrt(along * along + across * across)
     across_s = across * sign_px
     chans = torch.stack(
-        [logf, along / 10.0, across_s / 10.0, radial / 10.0, torch.tanh(2 * along), torch.tanh(2 * across_s)],
+        [
+            logf,
+            along / 10.0,
+            across_s / 10.0,
+            radial / 10.0,
+            torch.tanh(25 * along),
+            torch.tanh(25 * across_s),
+        ],
         dim=1,
     )
     p = torch.linalg.vector_norm(conditions[:, 2:5], dim=1)
