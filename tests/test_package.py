@@ -235,27 +235,16 @@ def test_code_submission_runs_without_calogan(workspace, standin, tmp_path):
     check_zip(tmp_path / "r.zip", data_dir)
 
 
-def test_package_main_prints_local_score(tiny_data_dir, standin, tmp_path, capsys):
-    """With solution files present the summary carries a local score (physics-only without an embedder)."""
-    predict_with_generator(standin, tiny_data_dir, tmp_path / "pred", seed=0, progress=False)
+def test_package_trained_checkpoint_with_local_score(tiny_data_dir, tiny_checkpoint, tmp_path, capsys):
+    """checkpoint of calogan.train -> validated results zip + local score (physics-only without an embedder)."""
     out = tmp_path / "s.zip"
-    assert (
-        main(
-            [
-                "--predictions",
-                str(tmp_path / "pred"),
-                "--data",
-                str(tiny_data_dir),
-                "--out",
-                str(out),
-                "--score-runs",
-                "2",
-            ]
-        )
-        == 0
-    )
+    argv = ["--checkpoint", str(tiny_checkpoint), "--data", str(tiny_data_dir), "--out", str(out)]
+    assert main([*argv, "--score-runs", "1", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     for split in ("val", "test"):
         assert f"local score [{split}]: score=" in text
     score = float(text.split("local score [val]: score=")[1].split()[0])
     assert 0.0 <= score <= 1.0
+    reports, images = check_zip(out, tiny_data_dir)
+    assert [r.n for r in reports] == [600, 600]
+    assert all(np.isfinite(v).all() and (v >= 0).all() for v in images.values())
