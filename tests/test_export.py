@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -91,3 +93,10 @@ def test_export_cli_real_generator(tmp_path, capsys, fmt):
     generator, _ = load_generator(ckpt)
     assert check_parity(generator, out, fmt, batch_sizes=(2, 65)) <= PARITY_RTOL
     assert run_cli(main, ["--checkpoint", str(ckpt), "--format", fmt, "--out", str(out)]) == 2
+
+
+def test_onnx_without_the_extra_is_one_clear_error(standin, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.raises(InputError, match=r"optional onnx extra .*pip install"):
+        export_generator(standin, tmp_path / "g.onnx", "onnx")
+    assert not (tmp_path / "g.onnx").exists()
