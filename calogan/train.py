@@ -325,7 +325,7 @@ def train(
         }
         steps, device, data = cfg.steps, cfg.device, cfg.data
         cfg = TrainConfig(**saved)
-        cfg.steps, cfg.device = max(steps, cfg.steps) if steps else cfg.steps, device
+        cfg.steps, cfg.device = (steps or cfg.steps), device
         cfg.data = data or cfg.data
     else:
         validate_config(cfg)
