@@ -33,6 +33,7 @@ from calogan.surrogate import (
     LOSSES,
     TARGET_COLUMNS,
     TARGET_NAMES,
+    bar_disabled,
     distribution_loss,
     energy_response_t,
     momentum_bins,
@@ -237,7 +238,7 @@ def finetune(
         return torch.randint(0, images.shape[0], (cfg.batch_size,), generator=sampler).to(dev)
 
     generator.train()
-    for step in tqdm(range(cfg.steps), desc="finetune", disable=not progress):
+    for step in tqdm(range(cfg.steps), desc="finetune", disable=bar_disabled(progress)):
         for _ in range(cfg.n_critic):
             idx = batch()
             real, cond = images[idx], conds[idx]

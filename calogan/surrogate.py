@@ -44,6 +44,13 @@ LOG_TARGETS = ("longitudinal_width", "transverse_width")
 _LOG_FLOOR = 1e-7
 
 
+def bar_disabled(progress: bool) -> bool:
+    """True when no progress bar should be drawn (progress=False or TQDM_DISABLE set)."""
+    import os
+
+    return not progress or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
+
+
 def parse_targets(text: str, option: str = "--target") -> list[str]:
     """Split a comma list of statistic names; unknown names raise InputError listing the valid ones."""
     names = [t.strip() for t in (text or "").split(",") if t.strip()]
@@ -354,7 +361,7 @@ def train_surrogate(
     cond_t = torch.as_tensor(conditions, dtype=torch.float32)
     tgt_t = torch.as_tensor(targets, dtype=torch.float32)
     gen = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(steps), desc="surrogate", disable=not progress):
+    for _ in tqdm(range(steps), desc="surrogate", disable=bar_disabled(progress)):
         idx = torch.randint(0, img_t.shape[0], (min(batch_size, img_t.shape[0]),), generator=gen)
         surrogate_step(model, opt, img_t[idx].to(device), cond_t[idx].to(device), tgt_t[idx].to(device))
         sched.step()
