@@ -6,9 +6,19 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import auc as sk_auc
 
 from calogan.prd import auc, compute_prd, compute_prd_sklearn, f_beta_scores, prd_from_histograms
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Small k-means problems are overhead-bound; one thread avoids thread-pool stalls on a busy 2-core CI box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _formula(eval_dist, ref_dist, num_angles=1001):
