@@ -61,7 +61,14 @@ def test_baseline2019_layer_sizes():
     linears = [m for m in gen.fc if isinstance(m, torch.nn.Linear)]
     assert [m.in_features for m in linears] == [15, 64, 128, 512]
     assert linears[-1].out_features == 256 * 9 * 9
-    assert [m.out_channels for m in gen.deconv if isinstance(m, torch.nn.ConvTranspose2d)] == [256, 128, 64, 32, 16, 1]
+    assert [m.out_channels for m in gen.deconv if isinstance(m, torch.nn.ConvTranspose2d)] == [
+        256,
+        128,
+        64,
+        32,
+        16,
+        1,
+    ]
 
 
 def test_critic_has_no_batchnorm_and_scores_per_sample():
