@@ -53,6 +53,7 @@ def efficiencies(gen: np.ndarray, real: np.ndarray) -> dict[str, dict]:
     """Fractions of events passing each cut, generated and real, with binomial errors.
 
     Cuts: E(3×3) > 2 GeV-equivalent (330 units); containment E(3×3)/E_total above the real sample's median.
+    Errors are binomial sqrt(e(1-e)/n); the pull (gen - real)/error uses Laplace-smoothed (k+1)/(n+2) errors.
     """
     out = {}
     e3g, e3r = cluster_3x3(gen), cluster_3x3(real)
@@ -70,8 +71,11 @@ def efficiencies(gen: np.ndarray, real: np.ndarray) -> dict[str, dict]:
     for name, (pg, pr) in cuts.items():
         eg, er = float(pg.mean()), float(pr.mean())
         sg, sr = np.sqrt(eg * (1 - eg) / len(pg)), np.sqrt(er * (1 - er) / len(pr))
+        # the pull uses Laplace-smoothed errors, so efficiencies of exactly 0 or 1 still give a finite pull
+        lg, lr = (pg.sum() + 1) / (len(pg) + 2), (pr.sum() + 1) / (len(pr) + 2)
+        spull = np.hypot(np.sqrt(lg * (1 - lg) / len(pg)), np.sqrt(lr * (1 - lr) / len(pr)))
         out[name] = {"gen": eg, "gen_err": float(sg), "real": er, "real_err": float(sr),
-                     "pull": float((eg - er) / np.hypot(sg, sr)) if np.hypot(sg, sr) > 0 else 0.0}  # fmt: skip
+                     "pull": float((eg - er) / spull)}  # fmt: skip
     return out
 
 
