@@ -16,6 +16,7 @@ from calogan.surrogate import (
     binned_wasserstein,
     column_correlations,
     energy_distance,
+    energy_response_t,
     moment_matching,
     parse_targets,
     predict_surrogate,
@@ -125,3 +126,26 @@ def test_finetune_bad_inputs_exit_2(tiny_data_dir, tiny_checkpoint, tmp_path, ca
     assert run_cli(main, argv) == 2
     assert "sha256" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_direct_energy_response_loss_pulls_images_to_real():
+    g = torch.Generator().manual_seed(1)
+    cond = torch.cat([torch.zeros(64, 2), torch.randn(64, 2, generator=g), 1 + 50 * torch.rand(64, 1, generator=g),
+                      torch.zeros(64, 1)], dim=1)  # fmt: skip
+    p = torch.linalg.vector_norm(cond[:, 2:5], dim=1)
+    real = (165 + 10 * torch.randn(64, generator=g)) * p / 900  # per-cell level giving response ~165
+    real_resp = energy_response_t(real.view(-1, 1, 1).expand(-1, 30, 30), cond)
+    logits = torch.zeros(64, 30, 30, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.05)
+    bins = torch.zeros(64, dtype=torch.long)
+
+    def loss() -> torch.Tensor:
+        fake = torch.nn.functional.softplus(logits) * (165 * p / 900).view(-1, 1, 1)
+        return binned_wasserstein(energy_response_t(fake, cond)[:, None], real_resp[:, None], bins)
+
+    start = float(loss().detach())
+    for _ in range(60):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert float(loss().detach()) < 0.2 * start
