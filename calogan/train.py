@@ -277,6 +277,7 @@ def evaluate_generator(
         try:
             from calogan.plots import plot_showers, plot_statistics
 
+            plots_dir.mkdir(parents=True, exist_ok=True)
             plot_showers(holdout.energy, gen, plots_dir / f"showers_step{step:06d}.png")
             plot_statistics(
                 details["stats_true"], details["stats_gen"], plots_dir / f"statistics_step{step:06d}.png"

@@ -127,10 +127,16 @@ def test_parse_set_types():
     }
 
 
-def test_baseline2019_trains_on_tiny(tiny_data_dir, tmp_path):
-    run_dir = run_tiny(tiny_data_dir, tmp_path / "base", model="baseline2019", steps=2, eval_every=2)
+def test_baseline2019_trains_on_tiny_with_plots(tiny_data_dir, tmp_path):
+    run_dir = run_tiny(
+        tiny_data_dir, tmp_path / "base", model="baseline2019", steps=2, eval_every=2, plots=True
+    )
     ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
     assert ckpt["model_config"]["model"] == "baseline2019" and ckpt["step"] == 2
+    assert sorted(p.name for p in (run_dir / "plots").iterdir()) == [
+        "showers_step000002.png",
+        "statistics_step000002.png",
+    ]
 
 
 def test_kill_and_resume_subprocess(tiny_data_dir, tmp_path):
