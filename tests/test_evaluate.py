@@ -177,21 +177,28 @@ def test_cli_zip_json_and_plots(pred_dir, tiny_data_dir, embedder_path, tmp_path
     out_json = tmp_path / "r.json"
     assert (
         _cli(
-            [str(z), "--json", str(out_json), "--plots", str(tmp_path / "plots"), "--no-ceiling"],
+            [
+                str(z),
+                "--split",
+                "val",
+                "--json",
+                str(out_json),
+                "--plots",
+                str(tmp_path / "plots"),
+                "--no-ceiling",
+            ],
             tiny_data_dir,
             embedder_path,
         )
         == 0
     )
     res = json.loads(out_json.read_text())
-    assert set(res) == {"val", "test"}
+    assert set(res) == {"val"}
     for key in ("score", "auc_img", "auc_phys", "score_std", "f8_img", "f1_8_phys", "standardised"):
         assert key in res["val"]
     assert "score = min" in capsys.readouterr().out
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
-    assert pngs == sorted(
-        f"{s}_{k}.png" for s in ("val", "test") for k in ("prd", "statistics", "showers", "energy_response")
-    )
+    assert pngs == sorted(f"val_{k}.png" for k in ("prd", "statistics", "showers", "energy_response"))
 
 
 def test_cli_single_npz(pred_dir, tiny_data_dir, embedder_path, tmp_path):
