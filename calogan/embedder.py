@@ -55,7 +55,9 @@ class Embedder(nn.Module):
     def forward_embedding(self, images: torch.Tensor) -> torch.Tensor:
         """64-d embedding from the conv features plus the log image sum (makes the energy scale explicit)."""
         log_sum = torch.log1p(images.clamp_min(0).sum(dim=(1, 2))).unsqueeze(1) / 10.0
-        return self.embedding(torch.cat([self.flatten(self.features(self.preprocess(images))), log_sum], dim=1))
+        return self.embedding(
+            torch.cat([self.flatten(self.features(self.preprocess(images))), log_sum], dim=1)
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B,30,30) → (B,6): normalised x, y, px, py, pz and the photon logit."""
