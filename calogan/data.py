@@ -154,7 +154,9 @@ def load_npz(
     arrays = open_npz(path)
     missing = [k for k in CONDITION_KEYS if k not in arrays]
     if require_conditions and missing:
-        raise InputError(f"{path}: missing key(s) {', '.join(missing)} (has: {', '.join(sorted(arrays)) or 'none'})")
+        raise InputError(
+            f"{path}: missing key(s) {', '.join(missing)} (has: {', '.join(sorted(arrays)) or 'none'})"
+        )
     if require_energy and KEY_ENERGY not in arrays:
         raise InputError(f"{path}: missing key '{KEY_ENERGY}' (has: {', '.join(sorted(arrays)) or 'none'})")
 
@@ -186,7 +188,9 @@ def load_npz(
     if require_energy is not False and KEY_ENERGY in arrays:
         energy = as_images(path, arrays[KEY_ENERGY])
         if energy.shape[0] != n:
-            raise InputError(f"{path}: key '{KEY_ENERGY}' has {energy.shape[0]} events but conditions have {n}")
+            raise InputError(
+                f"{path}: key '{KEY_ENERGY}' has {energy.shape[0]} events but conditions have {n}"
+            )
         if (energy < 0).any():
             raise InputError(f"{path}: key '{KEY_ENERGY}' holds negative energies")
     return CaloData(
@@ -206,7 +210,9 @@ def load_prediction(path: str | os.PathLike, n_expected: int | None = None) -> n
         raise InputError(f"{path}: missing key '{KEY_ENERGY}' (has: {', '.join(sorted(arrays)) or 'none'})")
     images = as_images(path, arrays[KEY_ENERGY])
     if n_expected is not None and images.shape[0] != n_expected:
-        raise InputError(f"{path}: holds {images.shape[0]} events, expected {n_expected} (same N and order as the input file)")
+        raise InputError(
+            f"{path}: holds {images.shape[0]} events, expected {n_expected} (same N and order as the input file)"
+        )
     if (images < 0).any():
         raise InputError(f"{path}: key '{KEY_ENERGY}' holds {int((images < 0).sum())} negative energies")
     return images
@@ -237,7 +243,9 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], compress
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            (np.savez_compressed if compress else np.savez)(handle, **{k: np.asarray(v) for k, v in arrays.items()})
+            (np.savez_compressed if compress else np.savez)(
+                handle, **{k: np.asarray(v) for k, v in arrays.items()}
+            )
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -281,7 +289,9 @@ class ConditionNormalizer:
     def fit(cls, conditions: np.ndarray) -> ConditionNormalizer:
         cont = np.asarray(conditions, np.float64)[:, :5]
         std = cont.std(axis=0)
-        return cls(mean=cont.mean(axis=0).astype(np.float32), std=np.where(std > 0, std, 1.0).astype(np.float32))
+        return cls(
+            mean=cont.mean(axis=0).astype(np.float32), std=np.where(std > 0, std, 1.0).astype(np.float32)
+        )
 
     def transform(self, conditions: np.ndarray) -> np.ndarray:
         out = np.array(conditions, dtype=np.float32, copy=True)

@@ -30,7 +30,9 @@ def select_device(preference: str | None = "auto"):
     try:
         device = torch.device(pref)
     except RuntimeError:
-        raise InputError(f"--device: unknown device '{preference}' (use auto, cpu, cuda, cuda:N or mps)") from None
+        raise InputError(
+            f"--device: unknown device '{preference}' (use auto, cpu, cuda, cuda:N or mps)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device: '{preference}' requested but CUDA is not available on this machine")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -89,7 +91,9 @@ def torch_load_safe(path: str | os.PathLike, map_location="cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means a bad file
-        raise InputError(f"{path}: not a readable calogan checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise InputError(
+            f"{path}: not a readable calogan checkpoint ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
 
 
 def _json_default(obj: Any) -> Any:

@@ -39,7 +39,9 @@ def executed_notebook(tmp_path_factory):
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}})
+        client = NotebookClient(
+            nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(work)}}
+        )
         client.execute()
     finally:
         for k, v in old.items():
@@ -51,13 +53,23 @@ def executed_notebook(tmp_path_factory):
 
 
 def test_notebook_executes_without_errors(executed_notebook):
-    errors = [o for c in executed_notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    errors = [
+        o
+        for c in executed_notebook.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "error"
+    ]
     assert not errors
 
 
 def test_every_figure_cell_produces_an_image(executed_notebook):
-    figure_cells = [c for c in executed_notebook.cells if c.cell_type == "code" and "figure" in c.metadata.get("tags", [])]
+    figure_cells = [
+        c for c in executed_notebook.cells if c.cell_type == "code" and "figure" in c.metadata.get("tags", [])
+    ]
     assert len(figure_cells) >= 5
     for cell in figure_cells:
-        images = [o for o in cell.outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+        images = [
+            o for o in cell.outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})
+        ]
         assert images, f"figure cell produced no image:\n{cell.source[:200]}"
