@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from calogan.errors import InputError
+from calogan.runtime import atomic_write
 
 IMAGE_SIZE = 30
 N_CELLS = IMAGE_SIZE * IMAGE_SIZE
@@ -240,17 +240,8 @@ def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray], compress
     for key, value in arrays.items():
         if np.asarray(value).dtype == object:
             raise InputError(f"{path}: refusing to write object array '{key}'")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            (np.savez_compressed if compress else np.savez)(
-                handle, **{k: np.asarray(v) for k, v in arrays.items()}
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    save = np.savez_compressed if compress else np.savez
+    return atomic_write(path, lambda handle: save(handle, **{k: np.asarray(v) for k, v in arrays.items()}))
 
 
 def save_prediction(path: str | os.PathLike, images: np.ndarray) -> Path:

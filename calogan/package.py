@@ -36,6 +36,7 @@ from calogan.data import (
 )
 from calogan.errors import InputError, run_cli
 from calogan.predict import PREDICT_SPLITS, ZIP_EPOCH, add_file_to_zip
+from calogan.runtime import default_file_mode
 
 PREDICTION_NAMES = tuple(f"data_{split}_prediction.npz" for split in PREDICT_SPLITS)
 #: Codalab's usual upload limit; a bigger zip is reported (not refused: the limit is set per competition).
@@ -176,6 +177,7 @@ def _write_zip_atomic(out: Path, entries: dict[str, Path | bytes], compression: 
                     zf.writestr(info, content, compress_type=compression)
                 else:
                     add_file_to_zip(zf, content, arcname)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

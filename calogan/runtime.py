@@ -15,11 +15,11 @@ import numpy as np
 from calogan.errors import InputError
 
 
-def select_device(preference: str | None = "auto"):
-    """Return a torch.device: 'auto' picks cuda, then mps, then cpu; an explicit name is checked."""
+def select_device(preference=None):
+    """Return a torch.device: 'auto'/None picks cuda, then mps, then cpu; a name or torch.device is checked."""
     import torch
 
-    pref = (preference or "auto").lower()
+    pref = str(preference or "auto").lower()
     if pref == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -49,8 +49,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def default_file_mode() -> int:
+    """The mode a plain open() would give a new file (0o666 minus the umask); mkstemp would give 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Call writer(handle) on a temp file next to path, then rename it into place."""
+    """Call writer(handle) on a temp file next to path, then rename it into place (usual file mode)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -59,6 +66,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], mode: s
             writer(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,42 @@
+"""Device selection and atomic writes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from calogan.errors import InputError
+from calogan.runtime import atomic_write_json, select_device
+
+
+def test_select_device_accepts_names_devices_and_auto():
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device(torch.device("cpu")) == torch.device("cpu")
+    assert select_device(None).type in {"cpu", "cuda", "mps"}
+    assert select_device("auto") == select_device(None)
+
+
+def test_select_device_rejects_unknown_and_unavailable():
+    with pytest.raises(InputError, match="unknown device"):
+        select_device("tpu9")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA is not available"):
+            select_device("cuda")
+
+
+def test_atomic_write_json_leaves_no_temp_files(tmp_path):
+    out = atomic_write_json(tmp_path / "a.json", {"x": 1})
+    assert out.read_text().strip().startswith("{")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_atomic_files_get_the_usual_mode(tmp_path):
+    import os
+
+    import numpy as np
+
+    from calogan.data import save_npz
+    from calogan.runtime import default_file_mode
+
+    path = save_npz(tmp_path / "x.npz", {"a": np.zeros(3)})
+    assert os.stat(path).st_mode & 0o777 == default_file_mode()
