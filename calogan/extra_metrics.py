@@ -555,10 +555,7 @@ EXTRA_METRICS: dict[str, Callable[..., dict[str, Any]]] = {
 
 def make_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write ROC curves (cls) and the separation-power table + bar chart (sep) for whichever metrics are present."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from calogan.plots import subplots
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -567,12 +564,11 @@ def make_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     def save(fig, name: str) -> None:
         path = out_dir / name
         atomic_write(path, lambda h: fig.savefig(h, format="png", dpi=110, bbox_inches="tight"))
-        plt.close(fig)
         written.append(path)
 
     cls = results.get("cls")
     if cls:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+        fig, axes = subplots(1, 2, figsize=(10, 4.5))
         for ax, kind, title in zip(
             axes, ("low", "high"), ("low-level (900 log cells)", "high-level (27 features)")
         ):
@@ -622,7 +618,7 @@ def make_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         path = out_dir / "separation_power.md"
         atomic_write_text(path, "\n".join(md) + "\n")
         written.append(path)
-        fig, ax = plt.subplots(figsize=(11, 4.5))
+        fig, ax = subplots(figsize=(11, 4.5))
         pos = np.arange(len(rows))
         ax.bar(pos - 0.2, [max(r["sep"], 1e-6) for r in rows], 0.4, label="generated vs true")
         ax.bar(pos + 0.2, [max(r["sep_ref"], 1e-6) for r in rows], 0.4, label="true vs true")

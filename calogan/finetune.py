@@ -126,14 +126,11 @@ def distances(gen: np.ndarray, real: np.ndarray, bins: np.ndarray, n_bins: int) 
 
 def plot_histograms(path: Path, title: str, real: np.ndarray, samples: dict[str, np.ndarray]) -> Path:
     """One PNG: histograms of real and of each generated sample (first column of each)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from calogan.plots import subplots
 
     lo, hi = np.quantile(real[:, 0], [0.005, 0.995])
     edges = np.linspace(lo, hi if hi > lo else lo + 1, 41)
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = subplots(figsize=(5, 3.6))
     ax.hist(real[:, 0], edges, histtype="stepfilled", alpha=0.3, color="k", label="real", density=True)
     for label, values in samples.items():
         ax.hist(values[:, 0], edges, histtype="step", lw=1.5, label=label, density=True)
@@ -143,7 +140,6 @@ def plot_histograms(path: Path, title: str, real: np.ndarray, samples: dict[str,
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=90)
-    plt.close(fig)
     os.replace(tmp, path)
     return path
 

@@ -110,7 +110,7 @@ class ShowerGenerator(_Normalised):
         self,
         noise_dim: int = 32,
         latent: int = 64,
-        channels: int = 48,
+        channels: int = 16,
         cell_noise: bool = True,
         normalizer: dict | None = None,
     ):
@@ -196,7 +196,7 @@ class Baseline2019Generator(_Normalised):
 class Critic(_Normalised):
     """WGAN critic on critic_features(image) and the conditions; layer norm only, no batch norm."""
 
-    def __init__(self, channels: int = 32, hidden: int = 256, normalizer: dict | None = None):
+    def __init__(self, channels: int = 16, hidden: int = 128, normalizer: dict | None = None):
         super().__init__()
         self._init_norm(normalizer)
         c = channels
@@ -239,7 +239,7 @@ def build_generator(config: dict) -> nn.Module:
         return ShowerGenerator(
             noise_dim=int(config.get("noise_dim", 32)),
             latent=int(config.get("latent", 64)),
-            channels=int(config.get("gen_channels", 48)),
+            channels=int(config.get("gen_channels", 16)),
             cell_noise=bool(config.get("cell_noise", True)),
             normalizer=norm,
         )
@@ -255,8 +255,8 @@ def build_generator(config: dict) -> nn.Module:
 def build_critic(config: dict) -> Critic:
     """The critic for a model-config dict (same for every generator)."""
     return Critic(
-        channels=int(config.get("critic_channels", 32)),
-        hidden=int(config.get("critic_hidden", 256)),
+        channels=int(config.get("critic_channels", 16)),
+        hidden=int(config.get("critic_hidden", 128)),
         normalizer=config.get("normalizer"),
     )
 

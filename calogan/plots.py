@@ -1,30 +1,34 @@
-"""Evaluation plots (matplotlib Agg, PNG): PRD curves, statistics histograms, shower grids, energy response."""
+"""Evaluation plots written as PNG files (no pyplot state touched): PRD curves, statistics histograms, shower grids, energy response."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
+from calogan.data import CELL_CENTRES
+from calogan.runtime import atomic_write
 
-from calogan.data import CELL_CENTRES  # noqa: E402
+
+def subplots(*args, figsize=None, layout=None, **kwargs):
+    """Like ``pyplot.subplots`` on a standalone Figure: no global backend or pyplot state is touched.
+
+    So library plots work headless, inside notebooks (whose inline backend stays active) and in threads.
+    """
+    fig = Figure(figsize=figsize, layout=layout)
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
 
 
 def plot_prd(curves: dict, path: Path, title: str = "PRD curves") -> Path:
     """PRD curves (recall vs precision) of each named PRDResult, AUC in the legend."""
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = subplots(figsize=(5, 5))
     for name, res in curves.items():
         if res is not None:
             ax.plot(res.precision, res.recall, label=f"{name} (AUC {res.auc:.3f} ± {res.auc_std:.3f})")
@@ -39,7 +43,7 @@ def plot_statistics(stats_true: np.ndarray, stats_gen: np.ndarray, path: Path, n
     from calogan.physics import STAT_NAMES
 
     names = list(names or STAT_NAMES)
-    fig, axes = plt.subplots(4, 6, figsize=(18, 11))
+    fig, axes = subplots(4, 6, figsize=(18, 11))
     for k, ax in enumerate(axes.ravel()):
         t, g = stats_true[:, k], stats_gen[:, k]
         lo, hi = np.percentile(np.concatenate([t, g]), [0.5, 99.5])
@@ -61,7 +65,7 @@ def plot_showers(
 ) -> Path:
     """Grid of real (top row) vs generated (bottom row) showers for the same conditions, log colour scale."""
     idx = np.random.default_rng(seed).choice(len(true_images), size=min(n, len(true_images)), replace=False)
-    fig, axes = plt.subplots(2, len(idx), figsize=(3.2 * len(idx), 5.8), squeeze=False, layout="constrained")
+    fig, axes = subplots(2, len(idx), figsize=(3.2 * len(idx), 5.8), squeeze=False, layout="constrained")
     ext = (CELL_CENTRES[0] - 0.5, CELL_CENTRES[-1] + 0.5, CELL_CENTRES[0] - 0.5, CELL_CENTRES[-1] + 0.5)
     for col, i in enumerate(idx):
         vmax = max(float(true_images[i].max()), float(gen_images[i].max()), 1e-3)
@@ -80,9 +84,7 @@ def plot_showers(
         cbar.set_label("energy [a.u.]", fontsize=8)
         cbar.ax.tick_params(labelsize=7)
     fig.suptitle("Showers for identical conditions: real (top) vs generated (bottom)")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
 
 
 def plot_energy_response(true_images, gen_images, momentum, path: Path, bins: int = 10) -> Path:
@@ -93,7 +95,7 @@ def plot_energy_response(true_images, gen_images, momentum, path: Path, bins: in
     edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
     which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2)
     centres = np.sqrt(edges[:-1] * edges[1:])
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a1, a2) = subplots(1, 2, figsize=(10, 4))
     for images, label, marker in ((true_images, "real", "o"), (gen_images, "generated", "s")):
         r = energy_response(images, momentum)
         cnt = np.bincount(which, minlength=len(centres))

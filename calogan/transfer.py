@@ -198,12 +198,9 @@ def transfer_study(
 
 def plot_transfer(path: Path, result: dict) -> Path:
     """PNG: response ratio per |p| bin and cut efficiencies, for both selections."""
-    import matplotlib
+    from calogan.plots import subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax1, ax2) = subplots(1, 2, figsize=(10, 3.8))
     for key, marker in (("train_selection", "o"), ("test_selection", "s")):
         part = result[key]
         rows = [r for r in part["response"]["bins"] if r["response"] is not None]
@@ -226,7 +223,6 @@ def plot_transfer(path: Path, result: dict) -> Path:
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=90)
-    plt.close(fig)
     os.replace(tmp, path)
     return path
 

@@ -185,16 +185,13 @@ def evaluate_model(
 
 def make_plots(report: dict, real: RichSample, gen_dlls: np.ndarray, out_dir: Path) -> list[Path]:
     """Weighted DLL histograms in P and eta bins and efficiency curves with ratios; returns the PNG paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from calogan.plots import subplots
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     ok_r, ok_g = real.has_rich, (gen_dlls > -998).all(1)
     for var, col, edges in (("P", 0, P_EDGES), ("ETA", 1, ETA_EDGES)):
-        fig, axes = plt.subplots(len(edges) - 1, 5, figsize=(17, 2.6 * (len(edges) - 1)), squeeze=False)
+        fig, axes = subplots(len(edges) - 1, 5, figsize=(17, 2.6 * (len(edges) - 1)), squeeze=False)
         for i in range(len(edges) - 1):
             m = (real.inputs[:, col] >= edges[i]) & (real.inputs[:, col] < edges[i + 1])
             for k, name in enumerate(DLL_COLUMNS):
@@ -215,9 +212,8 @@ def make_plots(report: dict, real: RichSample, gen_dlls: np.ndarray, out_dir: Pa
         fig.tight_layout()
         paths.append(out_dir / f"dll_hist_{var}.png")
         fig.savefig(paths[-1], dpi=70)
-        plt.close(fig)
     for name, per_var in report["efficiencies"].items():
-        fig, axes = plt.subplots(2, 2, figsize=(9, 6), sharex="col", gridspec_kw={"height_ratios": [2, 1]})
+        fig, axes = subplots(2, 2, figsize=(9, 6), sharex="col", gridspec_kw={"height_ratios": [2, 1]})
         for j, (var, t) in enumerate(per_var.items()):
             e = np.array(t["edges"])
             c = 0.5 * (e[1:] + e[:-1])
@@ -235,7 +231,6 @@ def make_plots(report: dict, real: RichSample, gen_dlls: np.ndarray, out_dir: Pa
         fig.tight_layout()
         paths.append(out_dir / f"eff_{name.replace('>', 'gt').replace('-', 'm')}.png")
         fig.savefig(paths[-1], dpi=70)
-        plt.close(fig)
     return paths
 
 
