@@ -33,7 +33,7 @@ evaluate: install
 	$(PY) -m calogan.evaluate runs/$(RUN_NAME)/predictions --solution-dir $(DATA) --split val --json runs/$(RUN_NAME)/score.json --plots runs/$(RUN_NAME)/eval_plots
 
 package: install
-	$(PY) -m calogan.package --predictions runs/$(RUN_NAME)/predictions --data $(DATA) --out submissions/$(RUN_NAME).zip --overwrite
+	$(PY) -m calogan.package --predictions runs/$(RUN_NAME)/predictions --data $(DATA) --out submissions/$(RUN_NAME).zip --overwrite --score-runs 20
 
 run: train evaluate package
 	@echo "done: runs/$(RUN_NAME)/ (checkpoints, plots, score.json) and submissions/$(RUN_NAME).zip"

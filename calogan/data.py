@@ -204,17 +204,26 @@ def load_npz(
 
 def load_prediction(path: str | os.PathLike, n_expected: int | None = None) -> np.ndarray:
     """Load a prediction file: one array EnergyDeposit, finite, non-negative; returns (N, 30, 30) float32."""
-    path = Path(path)
-    arrays = open_npz(path)
+    return check_prediction_arrays(str(path), open_npz(path), n_expected)
+
+
+def check_prediction_arrays(
+    label: str, arrays: Mapping[str, np.ndarray], n_expected: int | None
+) -> np.ndarray:
+    """Validate the arrays of one prediction file as the scorer reads them; return (N, 30, 30) float32.
+
+    Errors (InputError naming ``label``): missing EnergyDeposit, non-numeric dtype, wrong shape, wrong N,
+    NaN/Inf, negative energies.
+    """
     if KEY_ENERGY not in arrays:
-        raise InputError(f"{path}: missing key '{KEY_ENERGY}' (has: {', '.join(sorted(arrays)) or 'none'})")
-    images = as_images(path, arrays[KEY_ENERGY])
+        raise InputError(f"{label}: missing key '{KEY_ENERGY}' (has: {', '.join(sorted(arrays)) or 'none'})")
+    images = as_images(label, arrays[KEY_ENERGY])  # numeric, finite, (N,30,30) or (N,900)
     if n_expected is not None and images.shape[0] != n_expected:
         raise InputError(
-            f"{path}: holds {images.shape[0]} events, expected {n_expected} (same N and order as the input file)"
+            f"{label}: holds {images.shape[0]} events, expected {n_expected} (same N and order as the input file)"
         )
     if (images < 0).any():
-        raise InputError(f"{path}: key '{KEY_ENERGY}' holds {int((images < 0).sum())} negative energies")
+        raise InputError(f"{label}: key '{KEY_ENERGY}' holds {int((images < 0).sum())} negative energies")
     return images
 
 

@@ -49,12 +49,12 @@ from calogan.surrogate import (
 class FinetuneConfig:
     """Knobs of one fine-tuning run (presets set them; the CLI overrides some)."""
 
-    steps: int = 300
+    steps: int = 600
     batch_size: int = 64
-    n_critic: int = 5
+    n_critic: int = 1  # as the quick training preset (TTUR: critic lr above the generator's)
     gp_weight: float = 10.0
-    lr_g: float = 5e-5
-    lr_c: float = 1e-4
+    lr_g: float = 1e-4
+    lr_c: float = 4e-4
     ema_decay: float = 0.99
     weight: float = 1.0
     loss: str = "wasserstein"

@@ -27,7 +27,7 @@ import numpy as np
 from calogan.data import (
     IMAGE_SIZE,
     KEY_ENERGY,
-    as_images,
+    check_prediction_arrays,
     load_npz,
     open_npz,
     save_prediction,
@@ -36,7 +36,7 @@ from calogan.data import (
 )
 from calogan.errors import InputError, run_cli
 from calogan.predict import PREDICT_SPLITS, ZIP_EPOCH, add_file_to_zip
-from calogan.runtime import default_file_mode
+from calogan.runtime import atomic_write
 
 PREDICTION_NAMES = tuple(f"data_{split}_prediction.npz" for split in PREDICT_SPLITS)
 #: Codalab's usual upload limit; a bigger zip is reported (not refused: the limit is set per competition).
@@ -53,23 +53,6 @@ class FileReport:
     size_bytes: int
     sha256: str
     warnings: list[str] = field(default_factory=list)
-
-
-def check_prediction_arrays(label: str, arrays: dict[str, np.ndarray], n_expected: int | None) -> np.ndarray:
-    """Validate the arrays of one prediction file like the scorer reads them; return (N,30,30) float32.
-
-    Errors (InputError): missing EnergyDeposit, object dtype, wrong shape, wrong N, NaN/Inf, negatives.
-    """
-    if KEY_ENERGY not in arrays:
-        raise InputError(f"{label}: missing key '{KEY_ENERGY}' (has: {', '.join(sorted(arrays)) or 'none'})")
-    images = as_images(label, arrays[KEY_ENERGY])  # numeric, finite, (N,30,30) or (N,900)
-    if n_expected is not None and images.shape[0] != n_expected:
-        raise InputError(
-            f"{label}: holds {images.shape[0]} events, expected {n_expected} (same N and order as the input file)"
-        )
-    if (images < 0).any():
-        raise InputError(f"{label}: key '{KEY_ENERGY}' holds {int((images < 0).sum())} negative energies")
-    return images
 
 
 def format_notes(arrays: dict[str, np.ndarray]) -> list[str]:
@@ -165,11 +148,9 @@ def default_zip_name(source: Path, kind: str) -> Path:
 
 def _write_zip_atomic(out: Path, entries: dict[str, Path | bytes], compression: int) -> Path:
     """Write a zip of {arcname: file path or bytes} to a temp file beside ``out``, then rename."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression, allowZip64=True) as zf:
+
+    def write(handle) -> None:
+        with zipfile.ZipFile(handle, "w", compression, allowZip64=True) as zf:
             for arcname, content in entries.items():
                 if isinstance(content, bytes):
                     info = zipfile.ZipInfo(arcname, date_time=ZIP_EPOCH)
@@ -177,12 +158,8 @@ def _write_zip_atomic(out: Path, entries: dict[str, Path | bytes], compression: 
                     zf.writestr(info, content, compress_type=compression)
                 else:
                     add_file_to_zip(zf, content, arcname)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+
+    return atomic_write(out, write)
 
 
 def _refuse_existing(out: Path, overwrite: bool) -> None:
