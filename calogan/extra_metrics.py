@@ -32,6 +32,7 @@ from calogan.physics import (
     physical_statistics,
     standardise_statistics,
 )
+from calogan.response import physics_metric
 from calogan.runtime import atomic_write, atomic_write_text
 
 #: Names of the high-level features (24 statistics, energy response, barycentre residuals, conditions).
@@ -550,6 +551,7 @@ EXTRA_METRICS: dict[str, Callable[..., dict[str, Any]]] = {
     "kpd": kpd_metric,
     "sep": sep_metric,
     "prdc": prdc_metric,
+    "physics": physics_metric,  # response/resolution per energy bin, barycentre bias (calogan.response)
 }
 
 

@@ -1,0 +1,92 @@
+"""Quality of trained checkpoints on the validation solution (issue 5's targets), one row per checkpoint.
+
+For each checkpoint: generate the validation split with the EMA generator (``calogan.predict.generate``,
+seed 0), split the events into two random halves A and B, and report
+- the score of generated[A] against true[A] and the real-vs-real ceiling true[B] against true[A], both at
+  N/2 vs N/2 (the same sample size, so the fraction of the ceiling is fair), K and R as given;
+- the conditional physics checks of ``calogan.response`` (6 log-spaced |p| bins, barycentre bias) on all
+  validation events, and the particle-type switch on ``--switch-events`` of them.
+
+    python benchmarks/bench_quality.py --data data quick=runs/quick/checkpoints/best.pt \\
+        starterkit=runs/starterkit/checkpoints/best.pt --json benchmarks/quality.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+", help="NAME=PATH of each checkpoint")
+    parser.add_argument("--data", default="data")
+    parser.add_argument("--clusters", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--switch-events", type=int, default=10000)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+
+    from calogan.data import load_npz, split_path
+    from calogan.embedder import load_or_train_embedder
+    from calogan.evaluate import format_physics_table, real_vs_real, score_arrays
+    from calogan.models import load_generator
+    from calogan.physics import physical_statistics
+    from calogan.predict import generate
+    from calogan.response import particle_type_switch, physics_checks
+
+    true = load_npz(split_path(args.data, "val", "solution"), require_energy=True)
+    embedder = load_or_train_embedder(args.data)
+    perm = np.random.default_rng(args.seed).permutation(len(true))
+    half = len(true) // 2
+    a, b = np.sort(perm[:half]), np.sort(perm[half : 2 * half])
+    true_a, true_b = true.subset(a), true.subset(b)
+    kw = dict(clusters=args.clusters, runs=args.runs, seed=args.seed)
+    ceiling = real_vs_real(
+        physical_statistics(true_b.energy, true_b.point, true_b.momentum),
+        physical_statistics(true_a.energy, true_a.point, true_a.momentum),
+        embedder.embed(true_b.energy),
+        embedder.embed(true_a.energy),
+        **kw,
+    )
+    out = {"n_val": len(true), "n_half": half, **kw, "ceiling": ceiling, "models": {}}
+    print(
+        f"ceiling (true B vs true A, {half} vs {half}): {ceiling['score']:.4f} ± {ceiling['score_std']:.4f}"
+    )
+    for item in args.checkpoints:
+        name, _, path = item.partition("=")
+        gen_model = load_generator(path)
+        t0 = time.perf_counter()
+        images = generate(gen_model, true, seed=0)
+        gen_s = time.perf_counter() - t0
+        score = score_arrays(images[a], true_a, embedder, ceiling=False, **kw)
+        physics = physics_checks(images, true)
+        sub = true.subset(slice(0, args.switch_events))
+        switch = particle_type_switch(gen_model, sub, seed=0)
+        out["models"][name] = {
+            "checkpoint": path,
+            "parameters": int(sum(p.numel() for p in gen_model.parameters())),
+            "generate_val_s": gen_s,
+            "score": score,
+            "fraction_of_ceiling": score["score"] / ceiling["score"],
+            "physics": physics,
+            "particle_type_switch": {k: v for k, v in switch.items() if k != "statistics"},
+        }
+        print(
+            f"\n{name}: score {score['score']:.4f} ± {score['score_std']:.4f} (AUC_img {score['auc_img']:.4f}, "
+            f"AUC_phys {score['auc_phys']:.4f}, standardised {score['standardised']['score']:.4f}) = "
+            f"{score['score'] / ceiling['score']:.3f} of the ceiling; type switch: sign agreement "
+            f"{switch['sign_agreement']}, correlation {switch['correlation']}"
+        )
+        print(format_physics_table(physics))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(out, handle, indent=2, default=float)
+
+
+if __name__ == "__main__":
+    main()
