@@ -59,7 +59,7 @@ def main() -> None:
     )
     for item in args.checkpoints:
         name, _, path = item.partition("=")
-        gen_model = load_generator(path)
+        gen_model, _ = load_generator(path)
         t0 = time.perf_counter()
         images = generate(gen_model, true, seed=0)
         gen_s = time.perf_counter() - t0
