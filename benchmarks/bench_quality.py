@@ -34,7 +34,7 @@ def main() -> None:
     from calogan.data import load_npz, split_path
     from calogan.embedder import load_or_train_embedder
     from calogan.evaluate import format_physics_table, real_vs_real, score_arrays
-    from calogan.models import load_generator
+    from calogan.models import count_parameters, load_generator
     from calogan.physics import physical_statistics
     from calogan.predict import generate
     from calogan.response import particle_type_switch, physics_checks
@@ -69,7 +69,7 @@ def main() -> None:
         switch = particle_type_switch(gen_model, sub, seed=0)
         out["models"][name] = {
             "checkpoint": path,
-            "parameters": int(sum(p.numel() for p in gen_model.parameters())),
+            "parameters": count_parameters(gen_model),
             "generate_val_s": gen_s,
             "score": score,
             "fraction_of_ceiling": score["score"] / ceiling["score"],

@@ -54,6 +54,15 @@ def _pair_summary(img, phys) -> dict:
     }
 
 
+def _physics_only(summary: dict) -> dict:
+    """A pair summary scored without embeddings: no image metric, the spread is AUC_phys's."""
+    return {
+        **summary,
+        "auc_img": None, "f8_img": None, "f1_8_img": None, "auc_img_std": None,
+        "score_std": summary["auc_phys_std"],
+    }  # fmt: skip
+
+
 def real_vs_real(
     stats_a: np.ndarray,
     stats_b: np.ndarray,
@@ -72,9 +81,7 @@ def real_vs_real(
     phys = _prd(stats_a, stats_b, clusters, runs, seed, dev)
     img = _prd(emb_a, emb_b, clusters, runs, seed, dev) if emb_a is not None else phys
     out = _pair_summary(img, phys)
-    if emb_a is None:
-        out.update(auc_img=None, f8_img=None, f1_8_img=None, auc_img_std=None, score_std=out["auc_phys_std"])
-    return out
+    return out if emb_a is not None else _physics_only(out)
 
 
 def score_arrays(
@@ -119,7 +126,7 @@ def score_arrays(
         img = phys
     out = _pair_summary(img, phys)
     if embedder is None:  # physics-only scoring: no image metric to report
-        out.update(auc_img=None, f8_img=None, f1_8_img=None, auc_img_std=None, score_std=out["auc_phys_std"])
+        out = _physics_only(out)
     out.update({"n": len(gen), "clusters": clusters, "runs": runs, "seed": seed})
     details = {"prd_img": img if embedder is not None else None, "prd_phys": phys}
     details.update(stats_gen=stats_gen, stats_true=stats_true, gen_images=gen, true=true)
