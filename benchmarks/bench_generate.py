@@ -131,8 +131,8 @@ def bench_simulator(n: int = 2000) -> float:
     return (time.perf_counter() - start) / n
 
 
-def bench_predict(generator, tmp: Path, n_val: int, n_test: int) -> float:
-    """Wall seconds of calogan.predict writing both prediction files for n_val + n_test events."""
+def bench_predict(generator, tmp: Path, n_val: int, n_test: int, backends: list[str]) -> dict[str, float]:
+    """Wall seconds of calogan.predict writing both prediction files for n_val + n_test events, per backend."""
     from calogan.predict import predict_with_generator
     from calogan.simulate import sample_conditions
 
@@ -141,11 +141,21 @@ def bench_predict(generator, tmp: Path, n_val: int, n_test: int) -> float:
     for split, n in (("val", n_val), ("test", n_test)):
         point, momentum, pdg = sample_conditions(n, rng)
         save_npz(split_path(data_dir, split), CaloData(point, momentum, pdg).to_arrays())
-    start = time.perf_counter()
-    predict_with_generator(
-        generator, data_dir, tmp / "pred", seed=0, overwrite=True, device="cpu", progress=False
-    )
-    return time.perf_counter() - start
+    seconds = {}
+    for backend in backends:
+        start = time.perf_counter()
+        predict_with_generator(
+            generator,
+            data_dir,
+            tmp / "pred",
+            seed=0,
+            overwrite=True,
+            device="cpu",
+            progress=False,
+            backend=backend,
+        )
+        seconds[backend] = time.perf_counter() - start
+    return seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="best of R timings per point (default 3)")
     parser.add_argument(
         "--predict-events", type=int, nargs=2, default=(50250, 49500), metavar=("N_VAL", "N_TEST")
+    )
+    parser.add_argument(
+        "--predict-backends",
+        nargs="+",
+        default=["torchscript", "onnx", "eager"],
+        help="calogan.predict backends",
     )
     parser.add_argument("--json", help="also write the results as JSON")
     parser.add_argument("--threads", type=int, help="torch/onnxruntime intra-op threads (default: torch's)")
@@ -186,15 +202,14 @@ def main(argv: list[str] | None = None) -> int:
             }
         results["simulator_ms_per_shower"] = 1e3 * bench_simulator()
         results["predict_both_splits_s"] = bench_predict(
-            next(iter(models.values())), tmp, *args.predict_events
+            next(iter(models.values())), tmp, *args.predict_events, args.predict_backends
         )
         results["predict_events"] = sum(args.predict_events)
     ratios = results.get("ratio_default_vs_baseline_b1024", {})
     print("ratio default / baseline2019 eager @1024:", {k: round(v, 2) for k, v in ratios.items()})
     print(f"simulator: {results['simulator_ms_per_shower']:.3f} ms/shower")
-    print(
-        f"predict {results['predict_events']:,} events (both splits): {results['predict_both_splits_s']:.1f} s"
-    )
+    for backend, sec in results["predict_both_splits_s"].items():
+        print(f"predict {results['predict_events']:,} events (both splits), backend {backend}: {sec:.1f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -61,7 +61,7 @@ def main() -> None:
         name, _, path = item.partition("=")
         gen_model, _ = load_generator(path)
         t0 = time.perf_counter()
-        images = generate(gen_model, true, seed=0)
+        images = generate(gen_model, true, seed=0, backend="torchscript")
         gen_s = time.perf_counter() - t0
         score = score_arrays(images[a], true_a, embedder, ceiling=False, **kw)
         physics = physics_checks(images, true)

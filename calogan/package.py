@@ -213,7 +213,7 @@ def build_code_zip(
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
     seed: int = 0,
-    batch_size: int = 1024,
+    batch_size: int = 128,
 ) -> tuple[Path, dict]:
     """Build a code submission from a checkpoint's EMA generator; see :func:`build_code_zip_from_generator`."""
     from calogan.data import require_file
@@ -233,7 +233,7 @@ def build_code_zip_from_generator(
     out: str | os.PathLike,
     overwrite: bool = False,
     seed: int = 0,
-    batch_size: int = 1024,
+    batch_size: int = 128,
     info: dict | None = None,
 ) -> tuple[Path, dict]:
     """Zip solution.py + TorchScript generator.pt + generator.json + Codalab metadata, atomically.
@@ -338,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--kind", choices=("results", "code"), default="results", help="results zip or code submission"
     )
     parser.add_argument("--seed", type=int, default=0, help="noise seed for generation (default 0)")
-    parser.add_argument("--batch-size", type=int, default=1024, help="generation batch size (default 1024)")
+    parser.add_argument("--batch-size", type=int, default=128, help="generation batch size (default 128)")
     parser.add_argument("--device", default="auto", help="device for generation (default auto)")
     parser.add_argument("--no-score", action="store_true", help="skip the local score")
     parser.add_argument(

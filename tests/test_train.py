@@ -187,3 +187,25 @@ def test_torchrun_two_processes(tiny_data_dir, tmp_path):
     assert ckpt["step"] == 3
     rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]  # rank 0 alone writes the log
+
+
+def test_response_loss_is_zero_for_equal_samples_and_pulls_the_energy_scale():
+    torch.manual_seed(0)
+    cond = torch.zeros(32, 6)
+    cond[:, 4] = torch.linspace(2.0, 90.0, 32)
+    real = torch.rand(32, 30, 30) * cond[:, 4].view(-1, 1, 1)
+    edges = torch.tensor([1.5, 3.0])
+    assert train_mod.response_loss(real, real, cond, edges).item() == 0.0
+    scale = torch.tensor(0.8, requires_grad=True)
+    loss = train_mod.response_loss(real * scale, real, cond, edges)
+    loss.backward()
+    assert loss.item() > 0.1 and scale.grad.item() < 0  # raising the too-low energy lowers the loss
+
+
+def test_tiny_run_with_response_term(tiny_data_dir, tmp_path):
+    run_dir = run_tiny(tiny_data_dir, tmp_path / "resp", response_weight=1.0, steps=3)
+    rows = losses(run_dir)
+    assert len(rows) == 3 and torch.isfinite(torch.tensor(rows)).all()
+    assert json.loads((run_dir / "config.json").read_text())["response_weight"] == 1.0
+    with pytest.raises(Exception, match="response_weight must be >= 0"):
+        run_tiny(tiny_data_dir, tmp_path / "bad", response_weight=-1.0)

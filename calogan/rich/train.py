@@ -40,8 +40,8 @@ from calogan.runtime import atomic_torch_save, atomic_write_json, seed_everythin
 
 PRESETS: dict[str, dict] = {
     "tiny": {"steps": 40, "batch_size": 256, "hidden": 32, "depth": 2, "noise_dim": 16, "n_critic": 2},
-    "quick": {"steps": 2500, "batch_size": 512, "hidden": 128, "depth": 3, "noise_dim": 32, "n_critic": 3},
-    "full": {"steps": 30000, "batch_size": 1024, "hidden": 256, "depth": 5, "noise_dim": 64, "n_critic": 5},
+    "quick": {"steps": 2500, "batch_size": 2048, "hidden": 128, "depth": 3, "noise_dim": 32, "n_critic": 3},
+    "full": {"steps": 30000, "batch_size": 2048, "hidden": 256, "depth": 5, "noise_dim": 64, "n_critic": 5},
 }
 
 
@@ -56,7 +56,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     steps: int = 2500
-    batch_size: int = 512
+    batch_size: int = 2048
     hidden: int = 128
     depth: int = 3
     noise_dim: int = 32
