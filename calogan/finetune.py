@@ -37,6 +37,7 @@ from calogan.surrogate import (
     distribution_loss,
     energy_response_t,
     momentum_bins,
+    momentum_quantile_edges,
     parse_targets,
     surrogate_step,
     target_labels,
@@ -88,11 +89,6 @@ def load_checked_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.Pa
 
 
 # ------------------------------------------------------------------ comparison report
-
-
-def energy_bin_edges(p_abs: np.ndarray, n_bins: int) -> np.ndarray:
-    """Interior log|p| quantile edges (n_bins - 1,) splitting ``p_abs`` into equally populated bins."""
-    return np.quantile(np.log(p_abs), np.linspace(0, 1, n_bins + 1)[1:-1])
 
 
 def statistic_table(images: np.ndarray, data: CaloData, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -223,7 +219,7 @@ def finetune(
         real_t_dev = torch.from_numpy(real_t).to(dev)
     response = energy_response_t(images, conds)
     resp_scale = float(response.std().clamp_min(1e-6))
-    edges = torch.as_tensor(energy_bin_edges(train.p_abs, cfg.n_bins), dtype=torch.float32, device=dev)
+    edges = torch.as_tensor(momentum_quantile_edges(train.p_abs, cfg.n_bins), dtype=torch.float32, device=dev)
 
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_g, betas=(0.0, 0.9))
     opt_c = torch.optim.Adam(critic.parameters(), lr=cfg.lr_c, betas=(0.0, 0.9))
@@ -304,7 +300,7 @@ def compare_generators(
     gens = {
         k: generate(g, val, seed=cfg.seed + 1, device=dev) for k, g in (("before", before), ("after", after))
     }
-    edges = energy_bin_edges(val.p_abs, cfg.n_bins)
+    edges = momentum_quantile_edges(val.p_abs, cfg.n_bins)
     bins = np.searchsorted(edges, np.log(val.p_abs))
     p_edges = [float(val.p_abs.min())] + np.exp(edges).tolist() + [float(val.p_abs.max())]
     real = statistic_table(val.energy, val, names)

@@ -155,6 +155,11 @@ def soft_asymmetries(
 # ------------------------------------------------------------------ distribution-matching losses
 
 
+def momentum_quantile_edges(p_abs: np.ndarray, n_bins: int) -> np.ndarray:
+    """Interior log|p| quantile edges (n_bins - 1,) splitting ``p_abs`` into equally populated bins."""
+    return np.quantile(np.log(p_abs), np.linspace(0, 1, n_bins + 1)[1:-1])
+
+
 def momentum_bins(conditions: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     """Bin index (B,) of log|p| in the interior edges (a 1-D tensor of n_bins - 1 values)."""
     logp = torch.log(torch.linalg.vector_norm(conditions[:, 2:5], dim=1))

@@ -44,7 +44,7 @@ from calogan.runtime import (
     select_device,
     torch_load_safe,
 )
-from calogan.surrogate import binned_wasserstein, momentum_bins
+from calogan.surrogate import binned_wasserstein, momentum_bins, momentum_quantile_edges
 
 
 @dataclass
@@ -431,9 +431,8 @@ def train(
 
     images = torch.from_numpy(train_data.energy).to(device)
     conds = torch.from_numpy(train_data.conditions()).to(device)
-    log_p = np.log(np.linalg.norm(train_data.momentum, axis=1))
     response_edges = torch.as_tensor(
-        np.quantile(log_p, np.linspace(0, 1, cfg.response_bins + 1)[1:-1]), dtype=torch.float32, device=device
+        momentum_quantile_edges(train_data.p_abs, cfg.response_bins), dtype=torch.float32, device=device
     )
     embedder = _load_embedder(cfg, device) if rank == 0 else None
     plots_dir = run_dir / "plots" if cfg.plots else None

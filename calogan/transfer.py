@@ -18,13 +18,13 @@ from calogan.data import CaloData, load_npz, require_file, save_npz, split_path
 from calogan.errors import InputError, run_cli
 from calogan.finetune import (
     FinetuneConfig,
-    energy_bin_edges,
     load_checked_checkpoint,
     load_data_embedder,
     score_images,
 )
 from calogan.runtime import atomic_write_json, atomic_write_text, select_device
 from calogan.selection import Selection, apply_selection, overlap_fraction, parse_selection
+from calogan.surrogate import momentum_quantile_edges
 
 #: Evaluation settings per preset: events per selection, PRD clusters and runs, |p| bins.
 PRESETS = {
@@ -84,7 +84,7 @@ def response_ratios(gen: np.ndarray, data: CaloData, n_bins: int) -> dict:
     from calogan.physics import energy_response
 
     rg, rr = energy_response(gen, data.momentum), energy_response(data.energy, data.momentum)
-    edges = energy_bin_edges(data.p_abs, n_bins)
+    edges = momentum_quantile_edges(data.p_abs, n_bins)
     bins = np.searchsorted(edges, np.log(data.p_abs))
     p_edges = [float(data.p_abs.min())] + np.exp(edges).tolist() + [float(data.p_abs.max())]
     rows = []
