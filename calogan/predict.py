@@ -7,8 +7,8 @@ finite, non-negative, same N and order as the input files.
 Noise is drawn per event from a seeded NumPy generator in event order, so the same seed gives the same
 noise whatever the batch size; batches are streamed to a disk-backed array, so memory stays bounded.
 The network runs through a backend (``--backend``): ``torchscript`` (default: the generator traced and
-frozen, so elementwise ops fuse; ~4x the eager speed on CPU), ``eager``, or ``onnx`` (ONNX Runtime, the
-optional extra; fastest on CPU). All three agree to ~1e-6 of the image maximum.
+frozen), ``eager``, or ``onnx`` (ONNX Runtime, the optional extra). All three agree to ~1e-6 of the image
+maximum; at the default batch of 128 they run at similar speed on a 2-core CPU (benchmarks/README.md).
 """
 
 from __future__ import annotations
