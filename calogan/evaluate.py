@@ -410,6 +410,14 @@ def format_physics_table(physics: dict) -> str:
             f"barycentre bias (generated - real, contained showers, n = {bary['n']}): "
             f"x {bary['bias_x']:+.3f} cm, y {bary['bias_y']:+.3f} cm"
         )
+    core = [r for r in physics.get("core", []) if "max_cell_real" in r]
+    if core:
+        lines.append("shower core, mean energy fraction real / generated (hottest cell; 3x3 around it):")
+        for r in core:
+            lines.append(
+                f"{r['p_lo']:.1f}-{r['p_hi']:.1f}".rjust(16)
+                + f" {r['max_cell_real']:.3f} / {r['max_cell_gen']:.3f};  {r['e3x3_real']:.3f} / {r['e3x3_gen']:.3f}"
+            )
     lines.append(
         f"targets: response within ±{tol['response']:.0%}, resolution within ±{tol['resolution']:.0%}, "
         f"|barycentre bias| < {tol['barycentre_cm']} cm"

@@ -196,12 +196,15 @@ class Baseline2019Generator(_Normalised):
 class Critic(_Normalised):
     """WGAN critic on critic_features(image) and the conditions; layer norm only, no batch norm."""
 
-    def __init__(self, channels: int = 16, hidden: int = 128, normalizer: dict | None = None):
+    def __init__(
+        self, channels: int = 16, hidden: int = 128, normalizer: dict | None = None, core: bool = False
+    ):
         super().__init__()
         self._init_norm(normalizer)
+        self.core = bool(core)
         c = channels
         self.conv = nn.Sequential(
-            nn.Conv2d(1 + 6, c, 3, padding=1),
+            nn.Conv2d(1 + int(self.core) + 6, c, 3, padding=1),
             nn.LeakyReLU(0.2),
             nn.Conv2d(c, 2 * c, 4, stride=2, padding=1),  # 15
             nn.LeakyReLU(0.2),
@@ -223,6 +226,9 @@ class Critic(_Normalised):
         """feats = critic_features(images, conditions), (B, 901); returns (B,) scores."""
         batch = feats.shape[0]
         img = feats[:, :900].reshape(batch, 1, 30, 30)
+        if self.core:  # sqrt of the linear fraction: the shower core, compressed by the log scale, stands out
+            frac = (torch.exp(img * 4.0 - 7.0) - FRACTION_FLOOR).clamp_min(0.0)
+            img = torch.cat([img, 3.0 * torch.sqrt(frac + 1e-12)], dim=1)
         x = self.conv(torch.cat([img, self.coordinates(conditions)], dim=1)).reshape(batch, -1)
         x = torch.cat([x, self.features(conditions), feats[:, 900:]], dim=1)
         return self.head(x).squeeze(1)
@@ -258,6 +264,7 @@ def build_critic(config: dict) -> Critic:
         channels=int(config.get("critic_channels", 16)),
         hidden=int(config.get("critic_hidden", 128)),
         normalizer=config.get("normalizer"),
+        core=bool(config.get("critic_core", False)),  # absent in checkpoints written before the option
     )
 
 

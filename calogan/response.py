@@ -5,6 +5,9 @@ A physicist asks three things of a calorimeter fast simulation beyond a summary 
 - the **energy response** (image sum / |p|) and **resolution** (its relative spread) per energy bin, as a
   generated/real ratio: targets ±3 % on the mean and ±20 % on the resolution in 6 log-spaced |p| bins;
 - the **barycentre bias**: mean of (generated − real) barycentre for the same event, in cm (target < 0.3);
+- the **shower core**: mean fraction of the energy in the hottest cell and in the 3×3 cells around it, per
+  energy bin (no target; a too-narrow or too-wide core is the most visible shape defect, and it drives the
+  spread of the hard half-plane asymmetries of DESIGN §3);
 - the **particle-type response**: generating every event as e− and again as γ must move the 24 statistics the
   way the real e−/γ difference does (:func:`particle_type_switch`, needs the generator).
 
@@ -19,7 +22,14 @@ import numpy as np
 
 from calogan.data import PDG_ELECTRON, PDG_PHOTON, CaloData
 from calogan.errors import InputError
-from calogan.physics import STAT_NAMES, barycentre, energy_response, expected_centre, physical_statistics
+from calogan.physics import (
+    STAT_NAMES,
+    barycentre,
+    cluster_3x3,
+    energy_response,
+    expected_centre,
+    physical_statistics,
+)
 
 #: Targets of issue 5 (generated/real).
 RESPONSE_TOLERANCE = 0.03
@@ -117,6 +127,31 @@ def barycentre_bias(gen_images: np.ndarray, true: CaloData, contained_cm: float 
     }
 
 
+def core_fractions(images: np.ndarray) -> np.ndarray:
+    """(N, 2): fraction of each image's energy in its hottest cell and in the 3×3 cells around it (0 if empty)."""
+    flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
+    total = flat.sum(axis=1)
+    safe = np.where(total > 0, total, 1.0)
+    return np.stack([flat.max(axis=1) / safe, cluster_3x3(flat.reshape(-1, 30, 30)) / safe], axis=1)
+
+
+def shower_core(gen_images: np.ndarray, true: CaloData, bins: int = 6) -> list[dict[str, Any]]:
+    """Per log-spaced |p| bin: mean hottest-cell and 3×3 energy fractions, real and generated."""
+    edges = energy_bin_edges(true.p_abs, bins)
+    which = np.digitize(true.p_abs, edges) - 1
+    f_gen, f_true = core_fractions(gen_images), core_fractions(true.energy)
+    rows = []
+    for k in range(bins):
+        sel = which == k
+        row: dict[str, Any] = {"p_lo": float(edges[k]), "p_hi": float(edges[k + 1]), "n": int(sel.sum())}
+        if sel.any():
+            g, t = f_gen[sel].mean(axis=0), f_true[sel].mean(axis=0)
+            row.update(max_cell_real=float(t[0]), max_cell_gen=float(g[0]), e3x3_real=float(t[1]),
+                       e3x3_gen=float(g[1]))  # fmt: skip
+        rows.append(row)
+    return rows
+
+
 def physics_checks(gen_images: np.ndarray, true: CaloData, bins: int = 6) -> dict[str, Any]:
     """Response/resolution per energy bin and barycentre bias, with a pass flag per issue-5 target."""
     gen = np.asarray(gen_images, dtype=np.float32).reshape(-1, 30, 30)
@@ -132,6 +167,7 @@ def physics_checks(gen_images: np.ndarray, true: CaloData, bins: int = 6) -> dic
         "response_ok": bool(filled) and all(r["response_ok"] for r in filled),
         "resolution_ok": bool(filled) and all(r["resolution_ok"] for r in filled),
         "barycentre": bary,
+        "core": shower_core(gen, true, bins),
         "tolerances": {
             "response": RESPONSE_TOLERANCE,
             "resolution": RESOLUTION_TOLERANCE,

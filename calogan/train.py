@@ -77,6 +77,7 @@ class TrainConfig:
     cell_noise: bool = True
     critic_channels: int = 16
     critic_hidden: int = 128
+    critic_core: bool = False  # extra critic channel sqrt(energy fraction) that makes the shower core visible
     # data and evaluation
     max_train: int = 0  # 0 = all events of the training file (minus the hold-out)
     holdout: int = 2000  # events of data_train.npz kept out of training, used for the periodic score
@@ -386,7 +387,7 @@ def train(
     train_data = data.subset(np.sort(train_idx))
     normalizer = ConditionNormalizer.fit(train_data.conditions())
     sizes = {k: getattr(cfg, k) for k in ("noise_dim", "latent", "gen_channels", "cell_noise")}
-    sizes |= {k: getattr(cfg, k) for k in ("critic_channels", "critic_hidden")}
+    sizes |= {k: getattr(cfg, k) for k in ("critic_channels", "critic_hidden", "critic_core")}
     if cfg.model == "baseline2019":
         sizes |= {
             "noise_dim": 10,

@@ -22,6 +22,7 @@ from calogan.finetune import (
     load_data_embedder,
     score_images,
 )
+from calogan.physics import cluster_3x3
 from calogan.runtime import atomic_write_json, atomic_write_text, select_device
 from calogan.selection import Selection, apply_selection, overlap_fraction, parse_selection
 from calogan.surrogate import momentum_quantile_edges
@@ -35,18 +36,6 @@ PRESETS = {
 #: Energy units per GeV (DESIGN §2) for the cluster-energy cut.
 UNITS_PER_GEV = 165.0
 CLUSTER_CUT_GEV = 2.0
-
-
-def cluster_3x3(images: np.ndarray) -> np.ndarray:
-    """Energy (N,) in the 3×3 cells around each image's hottest cell (clipped at the border)."""
-    n = len(images)
-    padded = np.pad(np.asarray(images, np.float64).reshape(n, 30, 30), ((0, 0), (1, 1), (1, 1)))
-    arg = padded.reshape(n, -1).argmax(1)
-    r, c = np.divmod(arg, 32)
-    offs = np.arange(-1, 2)
-    rows = (r[:, None, None] + offs[None, :, None]).clip(0, 31)
-    cols = (c[:, None, None] + offs[None, None, :]).clip(0, 31)
-    return padded[np.arange(n)[:, None, None], rows, cols].sum((1, 2))
 
 
 def efficiencies(gen: np.ndarray, real: np.ndarray) -> dict[str, dict]:

@@ -87,6 +87,24 @@ def test_critic_has_no_batchnorm_and_scores_per_sample():
     assert changed.tolist() == [True, False, False, False]
 
 
+def test_critic_core_channel_is_optional_and_sees_the_linear_fraction():
+    assert build_critic(SMALL).conv[0].in_channels == 7  # old configs (no key) keep the old architecture
+    critic = build_critic({**SMALL, "critic_core": True})
+    assert critic.conv[0].in_channels == 8
+    cond = conditions(3)
+    images = torch.rand(3, 30, 30) * 10
+    images.requires_grad_(True)
+    scores = critic(critic_features(images, cond), cond)
+    assert scores.shape == (3,) and torch.isfinite(scores).all()
+    scores.sum().backward()
+    assert torch.isfinite(images.grad).all()
+    # the core channel recovers the energy fraction from the critic features to float precision
+    feats = critic_features(images.detach(), cond)[:, :900]
+    frac = (torch.exp(feats * 4.0 - 7.0) - 1e-6).clamp_min(0.0)
+    expected = images.detach().reshape(3, -1) / images.detach().reshape(3, -1).sum(1, keepdim=True)
+    assert torch.allclose(frac, expected, atol=1e-6)
+
+
 def test_gradient_penalty_uses_per_sample_norm_over_all_inputs():
     torch.manual_seed(1)
     critic = build_critic(SMALL)

@@ -94,3 +94,19 @@ def test_physics_metric_in_the_evaluator_registry(truth, resim):
     assert good["response_ok"] and not shuffled["response_ok"]
     # a mean bias cannot see shuffling (it averages out); the per-event RMS does
     assert shuffled["barycentre"]["rms_x"] > 3 * good["barycentre"]["rms_x"]
+
+
+def test_shower_core_fractions_separate_narrow_from_real_showers(truth, resim):
+    from calogan.response import core_fractions
+
+    img = np.zeros((2, 30, 30), np.float32)
+    img[0, 10, 10], img[0, 10, 11], img[0, 20, 20] = 6.0, 2.0, 2.0  # 3x3 around the max holds 8 of 10
+    assert np.allclose(core_fractions(img), [[0.6, 0.8], [0.0, 0.0]])  # an empty image gives 0, not NaN
+    same = physics_checks(resim, truth)["core"]
+    assert all(abs(r["max_cell_gen"] / r["max_cell_real"] - 1) < 0.05 for r in same if r["n"] > 100)
+    # squaring and renormalising concentrates every shower: the hottest-cell fraction must rise
+    sq = resim.astype(np.float64) ** 2
+    sq *= resim.sum((1, 2), keepdims=True) / np.maximum(sq.sum((1, 2), keepdims=True), 1e-12)
+    narrow = physics_checks(sq.astype(np.float32), truth)
+    assert all(r["max_cell_gen"] > 1.2 * r["max_cell_real"] for r in narrow["core"] if r["n"] > 100)
+    assert "shower core" in format_physics_table(narrow)

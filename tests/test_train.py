@@ -203,9 +203,10 @@ def test_response_loss_is_zero_for_equal_samples_and_pulls_the_energy_scale():
 
 
 def test_tiny_run_with_response_term(tiny_data_dir, tmp_path):
-    run_dir = run_tiny(tiny_data_dir, tmp_path / "resp", response_weight=1.0, steps=3)
+    run_dir = run_tiny(tiny_data_dir, tmp_path / "resp", response_weight=1.0, critic_core=True, steps=3)
     rows = losses(run_dir)
     assert len(rows) == 3 and torch.isfinite(torch.tensor(rows)).all()
-    assert json.loads((run_dir / "config.json").read_text())["response_weight"] == 1.0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["response_weight"] == 1.0 and config["critic_core"] is True
     with pytest.raises(Exception, match="response_weight must be >= 0"):
         run_tiny(tiny_data_dir, tmp_path / "bad", response_weight=-1.0)
