@@ -110,3 +110,14 @@ def test_shower_core_fractions_separate_narrow_from_real_showers(truth, resim):
     narrow = physics_checks(sq.astype(np.float32), truth)
     assert all(r["max_cell_gen"] > 1.2 * r["max_cell_real"] for r in narrow["core"] if r["n"] > 100)
     assert "shower core" in format_physics_table(narrow)
+
+
+def test_core_resolution_ignores_tails_that_dominate_the_std():
+    from calogan.response import core_resolution
+
+    rng = np.random.default_rng(0)
+    core = rng.normal(1.0, 0.05, 20000)
+    tailed = np.concatenate([core, rng.uniform(0.05, 0.5, 1000)])  # 5 % leakage events
+    assert abs(core_resolution(core) - 0.05) < 0.003
+    assert abs(core_resolution(tailed) / core_resolution(core) - 1) < 0.1
+    assert tailed.std() / tailed.mean() > 2 * core.std()  # the std-based resolution more than doubles
