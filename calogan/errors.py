@@ -24,8 +24,12 @@ DataFormatError = InputError
 def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
     """Run a CLI ``main(argv)``; map InputError to exit 2 and other failures to exit 1.
 
-    ``main`` may return None (success) or an int exit status.
+    ``main`` may return None (success) or an int exit status. Every command runs with freed CPU memory
+    kept for reuse (:func:`calogan.runtime.keep_freed_memory`).
     """
+    from calogan.runtime import keep_freed_memory
+
+    keep_freed_memory()
     try:
         result = main(argv)
     except InputError as exc:

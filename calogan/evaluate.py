@@ -105,7 +105,9 @@ def score_arrays(
     score with each statistic rank-scaled on the true sample). ``embedder=None`` scores AUC_phys only.
     """
     from calogan.physics import physical_statistics, standardise_statistics
+    from calogan.runtime import keep_freed_memory
 
+    keep_freed_memory()
     if true.energy is None:
         raise InputError(f"{true.path}: solution has no EnergyDeposit to compare with")
     gen = np.asarray(gen_images, dtype=np.float32).reshape(-1, 30, 30)

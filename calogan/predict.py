@@ -26,7 +26,7 @@ import numpy as np
 
 from calogan.data import IMAGE_SIZE, KEY_ENERGY, CaloData, load_npz, require_file, split_path
 from calogan.errors import InputError, run_cli
-from calogan.runtime import select_device
+from calogan.runtime import keep_freed_memory, select_device
 
 PREDICT_SPLITS = ("val", "test")
 BACKENDS = ("torchscript", "eager", "onnx")
@@ -125,6 +125,7 @@ def iter_generate(
 
     if batch_size < 1:
         raise InputError(f"--batch-size: must be >= 1, got {batch_size}")
+    keep_freed_memory()  # batches reuse freed activations instead of page-faulting fresh ones
     device = select_device(device) if not isinstance(device, torch.device) else device
     noise_dim = int(generator.noise_dim)
     generator = inference_generator(generator, backend, device)

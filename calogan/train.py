@@ -340,6 +340,9 @@ def train(
     progress: bool = True,
 ) -> Path:
     """Train per ``cfg`` (or continue the run in ``resume``); returns the run directory."""
+    from calogan.runtime import keep_freed_memory
+
+    keep_freed_memory()
     rank, world = _dist_info()
     resume_ckpt = None
     if resume is not None:

@@ -40,3 +40,19 @@ def test_atomic_files_get_the_usual_mode(tmp_path):
 
     path = save_npz(tmp_path / "x.npz", {"a": np.zeros(3)})
     assert os.stat(path).st_mode & 0o777 == default_file_mode()
+
+
+def test_keep_freed_memory_is_idempotent_and_can_be_switched_off():
+    import subprocess
+    import sys
+
+    from calogan import runtime
+
+    first = runtime.keep_freed_memory()
+    assert runtime.keep_freed_memory() is first  # once per process
+    if sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc":
+        assert first is True  # glibc accepts both thresholds
+    code = "from calogan.runtime import keep_freed_memory; print(keep_freed_memory())"
+    env = {**__import__("os").environ, "CALOGAN_KEEP_FREED_MEMORY": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
