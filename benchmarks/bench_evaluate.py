@@ -26,7 +26,17 @@ def main() -> None:
     parser.add_argument("--baseline-runs", type=int, default=5, help="sklearn runs timed, scaled to --runs")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--allocator",
+        choices=("keep", "default"),
+        default="keep",
+        help="keep: calogan.runtime.keep_freed_memory() as calogan.evaluate does (for both sides); default: glibc as is",
+    )
     args = parser.parse_args()
+    if args.allocator == "keep":
+        from calogan.runtime import keep_freed_memory
+
+        keep_freed_memory()
 
     from calogan.embedder import Embedder
     from calogan.physics import physical_statistics
@@ -60,7 +70,7 @@ def main() -> None:
     baseline_total = t["statistics"] + t["embedding"] + base_prd
     out = {
         "n": args.n, "clusters": args.clusters, "runs": args.runs, "baseline_runs": args.baseline_runs,
-        "threads": torch.get_num_threads(), "stage_s": t, "total_s": total,
+        "threads": torch.get_num_threads(), "allocator": args.allocator, "stage_s": t, "total_s": total,
         "baseline_prd_s_scaled": base_prd, "baseline_total_s": baseline_total,
         "speedup_prd": base_prd / (t["prd_img"] + t["prd_phys"]), "speedup_total": baseline_total / total,
         "auc_img": r_img.auc, "auc_phys": r_phys.auc, "baseline_auc_img": b_img.auc, "baseline_auc_phys": b_phys.auc,

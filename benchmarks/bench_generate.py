@@ -173,15 +173,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results as JSON")
     parser.add_argument("--threads", type=int, help="torch/onnxruntime intra-op threads (default: torch's)")
     parser.add_argument("--models", nargs="+", default=["default", "baseline2019"], help="subset of models")
+    parser.add_argument(
+        "--allocator",
+        choices=("keep", "default"),
+        default="keep",
+        help="keep: calogan.runtime.keep_freed_memory() as every calogan command does; default: glibc as is",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
+    if args.allocator == "default":
+        os.environ["CALOGAN_KEEP_FREED_MEMORY"] = "0"  # also for calogan.predict inside this process
+    else:
+        from calogan.runtime import keep_freed_memory
+
+        keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+        f"allocator {args.allocator}"
     )
     models = {k: v for k, v in build_models().items() if k in args.models}
-    results: dict = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+    results: dict = {
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "allocator": args.allocator,
+    }
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
         tmp = Path(tmp)
         for name, gen in models.items():
