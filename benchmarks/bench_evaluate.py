@@ -33,10 +33,9 @@ def main() -> None:
         help="keep: calogan.runtime.keep_freed_memory() as calogan.evaluate does (for both sides); default: glibc as is",
     )
     args = parser.parse_args()
-    if args.allocator == "keep":
-        from calogan.runtime import keep_freed_memory
+    from calogan.runtime import choose_freed_memory_policy
 
-        keep_freed_memory()
+    choose_freed_memory_policy(args.allocator == "keep")
 
     from calogan.embedder import Embedder
     from calogan.physics import physical_statistics

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from calogan.data import CaloData, save_npz, split_path  # noqa: E402
 from calogan.export import RawInputGenerator, example_inputs, onnx_session, save_onnx, to_torchscript  # noqa: E402
+from calogan.runtime import choose_freed_memory_policy  # noqa: E402
 
 BATCHES = (1, 64, 1024)
 
@@ -181,12 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    if args.allocator == "default":
-        os.environ["CALOGAN_KEEP_FREED_MEMORY"] = "0"  # also for calogan.predict inside this process
-    else:
-        from calogan.runtime import keep_freed_memory
-
-        keep_freed_memory()
+    choose_freed_memory_policy(args.allocator == "keep")  # also for calogan.predict inside this process
     if args.threads:
         torch.set_num_threads(args.threads)
     print(

@@ -32,6 +32,8 @@ from calogan.errors import InputError
 ENERGY_PER_GEV = 165.0
 #: Smallest resolved energy fraction in the critic's log space (the sparsity statistics go down to 1e-5).
 FRACTION_FLOOR = 1e-6
+#: The critic's log-fraction scaling (log(frac + floor) + shift) / scale maps 1e-6..1 to about 0..1.75.
+_LOGF_SHIFT, _LOGF_SCALE = 7.0, 4.0
 CHECKPOINT_FORMAT = "calogan-checkpoint-v1"
 MODELS = ("shower", "baseline2019")
 
@@ -99,8 +101,13 @@ def critic_features(images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     flat = images.reshape(images.shape[0], -1)
     total = flat.sum(dim=1, keepdim=True)
     frac = flat / (total + 1e-6)
-    logf = (torch.log(frac + FRACTION_FLOOR) + 7.0) / 4.0
+    logf = (torch.log(frac + FRACTION_FLOOR) + _LOGF_SHIFT) / _LOGF_SCALE
     return torch.cat([logf, 3.0 * log_energy_ratio(images, cond)], dim=1)
+
+
+def fractions_from_features(logf: torch.Tensor) -> torch.Tensor:
+    """The energy fractions back from the 900 scaled log fractions of :func:`critic_features` (clipped at 0)."""
+    return (torch.exp(logf * _LOGF_SCALE - _LOGF_SHIFT) - FRACTION_FLOOR).clamp_min(0.0)
 
 
 class ShowerGenerator(_Normalised):
@@ -227,8 +234,7 @@ class Critic(_Normalised):
         batch = feats.shape[0]
         img = feats[:, :900].reshape(batch, 1, 30, 30)
         if self.core:  # sqrt of the linear fraction: the shower core, compressed by the log scale, stands out
-            frac = (torch.exp(img * 4.0 - 7.0) - FRACTION_FLOOR).clamp_min(0.0)
-            img = torch.cat([img, 3.0 * torch.sqrt(frac + 1e-12)], dim=1)
+            img = torch.cat([img, 3.0 * torch.sqrt(fractions_from_features(img) + 1e-12)], dim=1)
         x = self.conv(torch.cat([img, self.coordinates(conditions)], dim=1)).reshape(batch, -1)
         x = torch.cat([x, self.features(conditions), feats[:, 900:]], dim=1)
         return self.head(x).squeeze(1)

@@ -52,6 +52,12 @@ def energy_bin_edges(p_abs: np.ndarray, bins: int = 6) -> np.ndarray:
     return edges
 
 
+def energy_bin_index(p_abs: np.ndarray, bins: int = 6) -> tuple[np.ndarray, np.ndarray]:
+    """(edges of :func:`energy_bin_edges`, bin index 0..bins-1 of every event)."""
+    edges = energy_bin_edges(p_abs, bins)
+    return edges, np.digitize(p_abs, edges) - 1
+
+
 def _ratio_error(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """mean(a)/mean(b) and its standard error (independent samples, first-order propagation)."""
     ma, mb = a.mean(), b.mean()
@@ -78,11 +84,9 @@ def response_by_energy(
     """
     if true.energy is None:
         raise InputError(f"{true.path}: solution has no EnergyDeposit to compare with")
-    p = true.p_abs
     r_gen = energy_response(gen_images, true.momentum)
     r_true = energy_response(true.energy, true.momentum)
-    edges = energy_bin_edges(p, bins)
-    which = np.digitize(p, edges) - 1
+    edges, which = energy_bin_index(true.p_abs, bins)
     rows = []
     for k in range(bins):  # a handful of bins; the work inside is vectorised over events
         sel = which == k
@@ -150,8 +154,7 @@ def core_fractions(images: np.ndarray) -> np.ndarray:
 
 def shower_core(gen_images: np.ndarray, true: CaloData, bins: int = 6) -> list[dict[str, Any]]:
     """Per log-spaced |p| bin: mean hottest-cell and 3×3 energy fractions, real and generated."""
-    edges = energy_bin_edges(true.p_abs, bins)
-    which = np.digitize(true.p_abs, edges) - 1
+    edges, which = energy_bin_index(true.p_abs, bins)
     f_gen, f_true = core_fractions(gen_images), core_fractions(true.energy)
     rows = []
     for k in range(bins):

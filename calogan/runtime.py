@@ -77,6 +77,16 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 <
     return _ALLOCATOR_TUNED
 
 
+def choose_freed_memory_policy(keep: bool) -> bool:
+    """Apply :func:`keep_freed_memory` now (keep=True), or switch it off for this process before any call.
+
+    For A/B timings (benchmarks' ``--allocator keep|default``); returns whether the setting is in effect.
+    """
+    if not keep:
+        os.environ["CALOGAN_KEEP_FREED_MEMORY"] = "0"  # later calls (predict, evaluate) become no-ops
+    return keep_freed_memory() if keep else False
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
     import torch

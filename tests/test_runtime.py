@@ -43,6 +43,8 @@ def test_atomic_files_get_the_usual_mode(tmp_path):
 
 
 def test_keep_freed_memory_is_idempotent_and_can_be_switched_off():
+    import os
+    import platform
     import subprocess
     import sys
 
@@ -50,9 +52,15 @@ def test_keep_freed_memory_is_idempotent_and_can_be_switched_off():
 
     first = runtime.keep_freed_memory()
     assert runtime.keep_freed_memory() is first  # once per process
-    if sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc":
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert first is True  # glibc accepts both thresholds
     code = "from calogan.runtime import keep_freed_memory; print(keep_freed_memory())"
-    env = {**__import__("os").environ, "CALOGAN_KEEP_FREED_MEMORY": "0"}
+    env = {**os.environ, "CALOGAN_KEEP_FREED_MEMORY": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+    code = (
+        "import os; from calogan.runtime import choose_freed_memory_policy, keep_freed_memory; "
+        "print(choose_freed_memory_policy(False), keep_freed_memory(), os.environ['CALOGAN_KEEP_FREED_MEMORY'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "0"]
