@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 DEFAULT_CLUSTERS = 100
@@ -200,8 +201,21 @@ def _assign(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """
     g, k, d = centres.shape
     flat = centres.reshape(g * k, d)
-    dist = torch.addmm((flat * flat).sum(-1), x, flat.T, alpha=-2.0).view(-1, g, k)  # (n, G, K)
-    return dist.argmin(-1).T
+    closeness = torch.addmm((flat * flat).sum(-1), x, flat.T, beta=-1.0, alpha=2.0).view(
+        -1, g, k
+    )  # (n, G, K)
+    return _nearest(closeness)[1].T
+
+
+def _nearest(closeness: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max, argmax) over the last axis of closeness = 2 x·c − |c|² (the nearest centre has the largest).
+
+    A max-pool over the whole axis returns both at once and is vectorised on CPU, where argmin/argmax
+    reduce one element at a time (measured 1.1 ms vs ~0.7 ms for 10 × 1024 × 100 values).
+    """
+    *lead, k = closeness.shape
+    best, index = F.max_pool1d(closeness.reshape(-1, 1, k), k, return_indices=True)
+    return best.view(lead), index.view(lead)
 
 
 def batched_minibatch_kmeans_labels(
@@ -238,27 +252,32 @@ def batched_minibatch_kmeans_labels(
 
     # 2. mini-batch updates with per-centre counts, random reassignment and early stopping (sklearn's rules);
     #    runs that have stopped are dropped from the batch
-    counts = torch.zeros(g, k, dtype=dt, device=dev)
+    # state of the runs still being updated, compacted whenever some stop (act: their run indices)
+    cen = centres
+    cnt = torch.zeros(g, k, dtype=dt, device=dev)
     ewa = torch.zeros(g, dtype=dt, device=dev)
     ewa_min = torch.full((g,), float("inf"), dtype=dt, device=dev)
     no_improve = torch.zeros(g, dtype=torch.long, device=dev)
     since_reassign = torch.zeros(g, dtype=torch.long, device=dev)
-    act = runs.clone()  # indices of the runs still being updated
+    act = runs.clone()
     alpha = min(1.0, bs * 2.0 / (n + 1))
     steps = 0
+    offsets = runs.view(g, 1) * k  # run r's centres are rows r*k .. r*k+k-1 of the flattened (g*k, d) table
+    ones = torch.ones(g * bs, dtype=dt, device=dev)
     for step in range(max_steps):
         a = act.numel()
-        cen, cnt = centres[act], counts[act]
+        if offsets.shape[0] != a:  # runs were dropped: the label offsets and unit weights shrink with them
+            offsets, ones = offsets[:a], ones[: a * bs]
         rows = torch.randint(0, n, (a, bs), generator=gen, device=dev)
         xb = _rows(data, rows)  # (a, bs, d)
         c_sq = (cen * cen).sum(-1).unsqueeze(1)
-        dist = torch.baddbmm(c_sq, xb, cen.transpose(1, 2), alpha=-2.0)  # (a, bs, k) without |x|^2
-        lab = dist.argmin(-1)  # argmin + gather is faster than min(-1) with indices on CPU
-        part = dist.gather(-1, lab.unsqueeze(-1)).squeeze(-1)
-        best = (part + _rows(data_sq, rows)).clamp_min(0)
-        bcount = torch.zeros(a, k, dtype=dt, device=dev).scatter_add_(1, lab, torch.ones_like(part))
-        bsum = torch.zeros(a, k, d, dtype=dt, device=dev).scatter_add_(
-            1, lab.unsqueeze(-1).expand(-1, -1, d), xb
+        closeness = torch.baddbmm(c_sq, xb, cen.transpose(1, 2), beta=-1.0, alpha=2.0)  # -(dist - |x|^2)
+        part, lab = _nearest(closeness)
+        best = (_rows(data_sq, rows) - part).clamp_min(0)
+        flat_lab = (lab + offsets).view(-1)  # one label space over all runs: index_add is ~3x scatter_add
+        bcount = torch.zeros(a * k, dtype=dt, device=dev).index_add_(0, flat_lab, ones).view(a, k)
+        bsum = (
+            torch.zeros(a * k, d, dtype=dt, device=dev).index_add_(0, flat_lab, xb.view(-1, d)).view(a, k, d)
         )
         new_cnt = cnt + bcount
         moved = (cen * cnt.unsqueeze(-1) + bsum) / new_cnt.clamp_min(1e-30).unsqueeze(-1)
@@ -266,7 +285,7 @@ def batched_minibatch_kmeans_labels(
         cnt = new_cnt
 
         if reassignment_ratio > 0:
-            since = since_reassign[act] + 1
+            since = since_reassign + 1
             due = (cnt == 0).any(1) | (since >= 10 * (1 + cnt.min(1).values.long()))
             starved = (cnt < reassignment_ratio * cnt.max(1, keepdim=True).values) & due[:, None]
             starved &= starved.cumsum(1) <= bs // 2  # sklearn's cap: at most half a batch of centres
@@ -275,22 +294,29 @@ def batched_minibatch_kmeans_labels(
                 cen = torch.where(starved.unsqueeze(-1), xb[torch.arange(a, device=dev)[:, None], pick], cen)
                 fed_min = torch.where(starved, torch.full_like(cnt, float("inf")), cnt).min(1).values
                 cnt = torch.where(starved, fed_min[:, None].expand(-1, k), cnt)
-            since_reassign[act] = torch.where(due, torch.zeros_like(since), since)
-        centres[act], counts[act] = cen, cnt
+            since_reassign = torch.where(due, torch.zeros_like(since), since)
 
         # early stopping on the exponentially weighted batch inertia
         batch_inertia = best.sum(1) / bs
-        e = batch_inertia if step == 0 else ewa[act] * (1 - alpha) + batch_inertia * alpha
-        improved = e < ewa_min[act]
-        ewa[act] = e
-        ewa_min[act] = torch.where(improved, e, ewa_min[act])
-        ni = torch.where(improved, torch.zeros_like(no_improve[act]), no_improve[act] + 1)
-        no_improve[act] = ni
+        ewa = batch_inertia if step == 0 else ewa * (1 - alpha) + batch_inertia * alpha
+        improved = ewa < ewa_min
+        ewa_min = torch.where(improved, ewa, ewa_min)
+        no_improve = torch.where(improved, torch.zeros_like(no_improve), no_improve + 1)
         steps = step + 1
-        if step > 0:
-            act = act[ni < max_no_improvement]
+        going = no_improve < max_no_improvement
+        if step > 0 and not bool(going.all()):
+            centres[act] = cen  # final centres of every run, the stopped ones' included
+            act, cen, cnt = act[going], cen[going], cnt[going]
+            ewa, ewa_min, no_improve, since_reassign = (
+                ewa[going],
+                ewa_min[going],
+                no_improve[going],
+                since_reassign[going],
+            )
             if act.numel() == 0:
                 break
+    if act.numel():
+        centres[act] = cen
 
     # 3. labels of every point under the final centres
     labels = torch.empty(g, n, dtype=torch.long, device=dev)
