@@ -128,21 +128,11 @@ def save_onnx(generator, path: str | os.PathLike, meta: dict | None = None, opse
     wrapped = RawInputGenerator(generator).cpu().float().eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    dynamic = {name: {0: "batch"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
         staged = Path(tmp) / path.name
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapped,
-                example_inputs(8, wrapped.noise_dim, seed=1),
-                str(staged),
-                input_names=list(INPUT_NAMES),
-                output_names=[OUTPUT_NAME],
-                dynamic_axes=dynamic,
-                opset_version=opset,
-                dynamo=False,
-            )
+        trace_to_onnx(
+            wrapped, example_inputs(8, wrapped.noise_dim, seed=1), INPUT_NAMES, OUTPUT_NAME, staged, opset
+        )
         model = onnx.load(str(staged))
         entry = model.metadata_props.add()
         entry.key, entry.value = META_NAME, json.dumps(export_metadata(generator, meta))
@@ -150,6 +140,30 @@ def save_onnx(generator, path: str | os.PathLike, meta: dict | None = None, opse
         onnx.save(model, str(staged))
         os.replace(staged, path)
     return path
+
+
+def trace_to_onnx(
+    module: torch.nn.Module,
+    example: tuple,
+    input_names: Sequence[str],
+    output_name: str,
+    path: str | os.PathLike,
+    opset: int = 17,
+) -> None:
+    """Trace ``module`` (on CPU, float32) on ``example`` into an ONNX file whose batch axis is dynamic."""
+    dynamic = {name: {0: "batch"} for name in (*input_names, output_name)}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            tuple(t.cpu() for t in example),
+            str(path),
+            input_names=list(input_names),
+            output_names=[output_name],
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            dynamo=False,
+        )
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None):
@@ -160,7 +174,55 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+        options.inter_op_num_threads = threads
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+#: Events per ONNX Runtime call in ParallelOnnxSession: the 16-channel 30x30 activations of 32 showers
+#: (~1.8 MB per layer) stay in a core's cache; measured fastest of 16-256 (benchmarks/README.md).
+ONNX_CHUNK = 32
+
+
+class ParallelOnnxSession:
+    """ONNX Runtime over cache-sized chunks of a batch, run concurrently by one thread per core.
+
+    A single-threaded session called from ``workers`` Python threads (ONNX Runtime releases the GIL and
+    allows concurrent ``run``) keeps every core busy on its own chunk; on a 2-core CPU this is ~1.5x one
+    session with 2 intra-op threads at batch 1024, which synchronises the cores on every operator.
+    ``run`` has the signature of ``onnxruntime.InferenceSession.run``; outputs are concatenated in order.
+    """
+
+    def __init__(self, path: str | os.PathLike, workers: int | None = None, chunk: int = ONNX_CHUNK):
+        from concurrent.futures import ThreadPoolExecutor
+
+        if chunk < 1:
+            raise InputError(f"chunk: must be >= 1, got {chunk}")
+        self.workers = max(1, int(workers or torch.get_num_threads()))
+        self.chunk = int(chunk)
+        self.session = onnx_session(path, threads=1)
+        self._pool = (
+            ThreadPoolExecutor(self.workers, thread_name_prefix="calogan-onnx") if self.workers > 1 else None
+        )
+
+    def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Outputs for the whole batch in ``feeds``; batches of at most ``chunk`` go through in one call."""
+        n = len(next(iter(feeds.values())))
+        if self._pool is None or n <= self.chunk:
+            return self.session.run(output_names, feeds)
+
+        def part(start: int) -> list[np.ndarray]:
+            return self.session.run(
+                output_names, {k: v[start : start + self.chunk] for k, v in feeds.items()}
+            )
+
+        pieces = list(self._pool.map(part, range(0, n, self.chunk)))
+        return [np.concatenate(outs, axis=0) for outs in zip(*pieces)]
+
+    def close(self) -> None:
+        """Stop the worker threads (also done at interpreter exit)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 def run_export(path: str | os.PathLike, fmt: str, inputs: tuple) -> np.ndarray:
@@ -169,9 +231,12 @@ def run_export(path: str | os.PathLike, fmt: str, inputs: tuple) -> np.ndarray:
         module, _ = load_torchscript(path)
         with torch.no_grad():
             return module(*inputs).numpy()
-    session = onnx_session(path)
-    feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, inputs)}
-    return session.run([OUTPUT_NAME], feeds)[0]
+    session = ParallelOnnxSession(path, chunk=4)  # small chunks, so the parity batches span several
+    try:
+        feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, inputs)}
+        return session.run([OUTPUT_NAME], feeds)[0]
+    finally:
+        session.close()
 
 
 def check_parity(generator, path: str | os.PathLike, fmt: str, batch_sizes: Sequence[int] = (5, 33)) -> float:

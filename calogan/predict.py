@@ -86,22 +86,16 @@ class _Compiled:
                 self.module = torch.jit.freeze(torch.jit.trace(generator, example, check_trace=False))
                 self.session = None
                 return
-            from calogan.export import _require_onnx, onnx_session
+            from calogan.export import ParallelOnnxSession, _require_onnx, trace_to_onnx
 
             _require_onnx()
             with tempfile.TemporaryDirectory(prefix="calogan-onnx-") as tmp:
                 path = Path(tmp) / "generator.onnx"
-                torch.onnx.export(
-                    copy.deepcopy(generator).cpu().float(),  # a copy: the caller's module stays on its device
-                    tuple(t.cpu() for t in example),
-                    str(path),
-                    input_names=["noise", "conditions"],
-                    output_names=["images"],
-                    dynamic_axes={name: {0: "batch"} for name in ("noise", "conditions", "images")},
-                    opset_version=17,
-                    dynamo=False,
-                )
-                self.session = onnx_session(path)
+                module = (
+                    copy.deepcopy(generator).cpu().float()
+                )  # a copy: the caller's module stays on its device
+                trace_to_onnx(module, example, ("noise", "conditions"), "images", path)
+                self.session = ParallelOnnxSession(path)
 
     def __call__(self, noise, conditions):
         import torch

@@ -12,6 +12,7 @@ from test_predict import StandInGenerator, save_small_checkpoint
 from calogan.errors import InputError, run_cli
 from calogan.export import (
     PARITY_RTOL,
+    ParallelOnnxSession,
     RawInputGenerator,
     check_parity,
     example_inputs,
@@ -48,6 +49,30 @@ def test_export_parity_and_dynamic_batch(standin, tmp_path, fmt):
             None, {n: t.numpy() for n, t in zip(["point", "momentum", "pdg", "noise"], inputs)}
         )[0]
     assert got.shape == (3, 30, 30) and got.dtype == np.float32 and (got >= 0).all()
+
+
+def test_parallel_onnx_session_matches_one_session(standin, tmp_path):
+    """Chunked, threaded ONNX Runtime returns the single-session outputs in order, for any batch size."""
+    pytest.importorskip("onnxruntime")
+    out, _ = export_generator(standin, tmp_path / "gen.onnx", "onnx")
+    single = onnx_session(out)
+    parallel = ParallelOnnxSession(out, workers=2, chunk=8)
+    try:
+        for n in (1, 8, 37):
+            feeds = {
+                k: t.numpy()
+                for k, t in zip(
+                    ["point", "momentum", "pdg", "noise"], example_inputs(n, standin.noise_dim, seed=n)
+                )
+            }
+            want = single.run(None, feeds)[0]
+            got = parallel.run(None, feeds)[0]
+            assert got.shape == want.shape == (n, 30, 30)
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * float(np.abs(want).max()))
+    finally:
+        parallel.close()
+    with pytest.raises(InputError, match="chunk"):
+        ParallelOnnxSession(out, chunk=0)
 
 
 def test_wrapper_maps_pdg_and_point(standin):
