@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from calogan.data import CaloData, save_npz, split_path  # noqa: E402
 from calogan.export import (  # noqa: E402
+    INPUT_NAMES,
     ParallelOnnxSession,
     RawInputGenerator,
     example_inputs,
@@ -93,7 +94,7 @@ def bench_backends(name: str, generator, tmp: Path, repeats: int) -> dict[str, d
     wrapped = RawInputGenerator(generator).eval()
     backends = {"eager": wrapped, "torchscript": to_torchscript(generator)}
     out: dict[str, dict[int, float]] = {}
-    session = None
+    session = parallel = None
     try:
         onnx_path = save_onnx(generator, tmp / f"{name}.onnx")
         session = onnx_session(onnx_path, threads=torch.get_num_threads())
@@ -111,19 +112,14 @@ def bench_backends(name: str, generator, tmp: Path, repeats: int) -> dict[str, d
 
             out[backend][b] = time_call(run, b, repeats=repeats)
             print(f"  {name:13s} {backend:12s} batch {b:5d}: {out[backend][b]:12,.0f} showers/s", flush=True)
-    if session is not None:
+    if session is not None and parallel is not None:
         # "onnxruntime": the library's runner (ParallelOnnxSession: one single-threaded session driven by one
         # thread per core on 32-shower chunks); "onnxruntime_1session": one session, intra-op threads = cores
         runners = {"onnxruntime": parallel.run, "onnxruntime_1session": session.run}
         for backend, run_onnx in runners.items():
             out[backend] = {}
             for b in BATCHES:
-                feeds = {
-                    k: t.numpy()
-                    for k, t in zip(
-                        ("point", "momentum", "pdg", "noise"), example_inputs(b, wrapped.noise_dim)
-                    )
-                }
+                feeds = {k: t.numpy() for k, t in zip(INPUT_NAMES, example_inputs(b, wrapped.noise_dim))}
                 out[backend][b] = time_call(
                     lambda feeds=feeds, run_onnx=run_onnx: run_onnx(None, feeds), b, repeats=repeats
                 )

@@ -174,7 +174,6 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-        options.inter_op_num_threads = threads
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 

@@ -201,10 +201,8 @@ def _assign(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     """
     g, k, d = centres.shape
     flat = centres.reshape(g * k, d)
-    closeness = torch.addmm((flat * flat).sum(-1), x, flat.T, beta=-1.0, alpha=2.0).view(
-        -1, g, k
-    )  # (n, G, K)
-    return _nearest(closeness)[1].T
+    closeness = torch.addmm((flat * flat).sum(-1), x, flat.T, beta=-1.0, alpha=2.0)  # 2 x·c − |c|²
+    return _nearest(closeness.view(-1, g, k))[1].T  # (n, G, K) → labels (G, n)
 
 
 def _nearest(closeness: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,8 +249,7 @@ def batched_minibatch_kmeans_labels(
     centres = cands[runs, inertia.argmin(1)].clone()  # (g, k, d)
 
     # 2. mini-batch updates with per-centre counts, random reassignment and early stopping (sklearn's rules);
-    #    runs that have stopped are dropped from the batch
-    # state of the runs still being updated, compacted whenever some stop (act: their run indices)
+    #    cen, cnt, ... hold only the runs still being updated (act: their run indices), compacted when some stop
     cen = centres
     cnt = torch.zeros(g, k, dtype=dt, device=dev)
     ewa = torch.zeros(g, dtype=dt, device=dev)
@@ -266,8 +263,6 @@ def batched_minibatch_kmeans_labels(
     ones = torch.ones(g * bs, dtype=dt, device=dev)
     for step in range(max_steps):
         a = act.numel()
-        if offsets.shape[0] != a:  # runs were dropped: the label offsets and unit weights shrink with them
-            offsets, ones = offsets[:a], ones[: a * bs]
         rows = torch.randint(0, n, (a, bs), generator=gen, device=dev)
         xb = _rows(data, rows)  # (a, bs, d)
         c_sq = (cen * cen).sum(-1).unsqueeze(1)
@@ -307,14 +302,12 @@ def batched_minibatch_kmeans_labels(
         if step > 0 and not bool(going.all()):
             centres[act] = cen  # final centres of every run, the stopped ones' included
             act, cen, cnt = act[going], cen[going], cnt[going]
-            ewa, ewa_min, no_improve, since_reassign = (
-                ewa[going],
-                ewa_min[going],
-                no_improve[going],
-                since_reassign[going],
-            )
+            ewa, ewa_min = ewa[going], ewa_min[going]
+            no_improve, since_reassign = no_improve[going], since_reassign[going]
             if act.numel() == 0:
                 break
+            # the label offsets and unit weights shrink with the compacted state
+            offsets, ones = offsets[: act.numel()], ones[: act.numel() * bs]
     if act.numel():
         centres[act] = cen
 

@@ -91,10 +91,10 @@ class _Compiled:
             _require_onnx()
             with tempfile.TemporaryDirectory(prefix="calogan-onnx-") as tmp:
                 path = Path(tmp) / "generator.onnx"
-                module = (
-                    copy.deepcopy(generator).cpu().float()
-                )  # a copy: the caller's module stays on its device
-                trace_to_onnx(module, example, ("noise", "conditions"), "images", path)
+                # trace a copy, so that the caller's module stays on its device
+                trace_to_onnx(
+                    copy.deepcopy(generator).cpu().float(), example, ("noise", "conditions"), "images", path
+                )
                 self.session = ParallelOnnxSession(path)
 
     def __call__(self, noise, conditions):

@@ -11,6 +11,7 @@ from test_predict import StandInGenerator, save_small_checkpoint
 
 from calogan.errors import InputError, run_cli
 from calogan.export import (
+    INPUT_NAMES,
     PARITY_RTOL,
     ParallelOnnxSession,
     RawInputGenerator,
@@ -59,12 +60,7 @@ def test_parallel_onnx_session_matches_one_session(standin, tmp_path):
     parallel = ParallelOnnxSession(out, workers=2, chunk=8)
     try:
         for n in (1, 8, 37):
-            feeds = {
-                k: t.numpy()
-                for k, t in zip(
-                    ["point", "momentum", "pdg", "noise"], example_inputs(n, standin.noise_dim, seed=n)
-                )
-            }
+            feeds = {k: t.numpy() for k, t in zip(INPUT_NAMES, example_inputs(n, standin.noise_dim, seed=n))}
             want = single.run(None, feeds)[0]
             got = parallel.run(None, feeds)[0]
             assert got.shape == want.shape == (n, 30, 30)
