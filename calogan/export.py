@@ -171,10 +171,16 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):
     _require_onnx()
     import onnxruntime as ort
 
+    from calogan.data import require_file
+
+    require_file(Path(path), hint="write one with `python -m calogan.export --format onnx`")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf classes
+        raise InputError(f"{path}: not a loadable ONNX model ({type(exc).__name__})") from None
 
 
 #: Events per ONNX Runtime call in ParallelOnnxSession: the 16-channel 30x30 activations of 32 showers

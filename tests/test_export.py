@@ -69,6 +69,11 @@ def test_parallel_onnx_session_matches_one_session(standin, tmp_path):
         parallel.close()
     with pytest.raises(InputError, match="chunk"):
         ParallelOnnxSession(out, chunk=0)
+    with pytest.raises(InputError, match="file not found"):
+        ParallelOnnxSession(tmp_path / "missing.onnx")
+    (tmp_path / "broken.onnx").write_bytes(b"not an onnx model")
+    with pytest.raises(InputError, match="broken.onnx: not a loadable ONNX model"):
+        ParallelOnnxSession(tmp_path / "broken.onnx")
 
 
 def test_wrapper_maps_pdg_and_point(standin):
