@@ -16,7 +16,14 @@ from calogan.rich import evaluate as rich_eval
 from calogan.rich import simulate as rich_sim
 from calogan.rich import train as rich_train
 from calogan.rich import transfer as rich_transfer
-from calogan.rich.data import QuantileNormal, load_sample, sample_path
+from calogan.rich.data import (
+    QuantileNormal,
+    from_basis,
+    load_sample,
+    normal_from_uniform,
+    sample_path,
+    to_basis,
+)
 from calogan.rich.models import load_rich_model
 
 
@@ -123,6 +130,31 @@ def test_quantile_transform_roundtrip_without_pickle():
     back = QuantileNormal.from_arrays(arrays["quantiles"].numpy(), arrays["references"].numpy())
     np.testing.assert_allclose(back.transform(x[:50]), qn.transform(x[:50]))
     np.testing.assert_allclose(back.inverse_transform(back.transform(x[:50])), x[:50], rtol=1e-3)
+
+
+def test_adjacent_basis_keeps_below_threshold_ties_exact(rich_dir):
+    """Simulated DLLk == DLLp == DLLbt below threshold: the adjacent-hypothesis basis turns those ties into exact zeros,
+    the randomised CDF position spreads them in normal space, and the inverse brings back exact ties."""
+    real = load_sample(sample_path(rich_dir, "pion", "train"))
+    dlls = real.dlls[real.has_rich]
+    tied = dlls[:, 3] == dlls[:, 4]
+    assert tied.mean() > 0.3  # below the proton thresholds in both radiators
+    y = to_basis(dlls, "adjacent")
+    np.testing.assert_array_equal(from_basis(y, "adjacent"), dlls)
+    np.testing.assert_array_equal(to_basis(dlls, "raw"), dlls.astype(np.float64))
+    qn = QuantileNormal.fit(y)
+    low, high = qn.uniform_bounds(y)
+    np.testing.assert_allclose(normal_from_uniform((low + high) / 2), qn.transform(y), atol=1e-5)
+    assert (high[tied, 4] - low[tied, 4] > 0.2).all() and np.allclose(high[~tied, 4], low[~tied, 4])
+    z = normal_from_uniform(low + np.random.default_rng(0).random(low.shape) * (high - low))
+    assert abs(z[:, 4].std() - 1.0) < 0.05  # sklearn's midpoint puts every tie on one value instead
+    back = from_basis(qn.inverse_transform(z), "adjacent")
+    assert ((back[:, 3] == back[:, 4]) == tied).mean() > 0.99
+    np.testing.assert_allclose(
+        normal_from_uniform(torch.tensor([0.5, 1.0], dtype=torch.float64)).numpy(), [0.0, 5.1993], atol=1e-3
+    )
+    with pytest.raises(InputError, match="unknown basis"):
+        to_basis(dlls, "logit")
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import special
 from sklearn.preprocessing import QuantileTransformer
 
 from calogan.data import open_npz
@@ -89,6 +90,48 @@ def model_inputs(inputs: np.ndarray) -> np.ndarray:
     return x
 
 
+DLL_BASES = ("adjacent", "raw")
+"""Output parameterisations of the GAN. ``adjacent`` models likelihood differences between neighbouring mass
+hypotheses (e-mu, mu-pi, K-pi, p-K, below-threshold-p) instead of the five DLLs against the pion:
+RichDLLe - RichDLLmu, RichDLLmu, RichDLLk, RichDLLp - RichDLLk, RichDLLbt - RichDLLp. Neighbours become
+indistinguishable where both saturate (e and mu at high momentum: DLLe and DLLmu correlate at 0.99) or both are
+below threshold (identical likelihoods: the difference is exactly zero for a large fraction of tracks, a point
+mass the quantile transform reproduces exactly). A continuous generator cannot produce such ties or
+near-deterministic relations between raw columns, but learns a small or zero difference easily. ``raw`` models
+the five DLLs as they are. Both are exact, unit-triangular linear maps."""
+
+# (column, column it is taken relative to) in DLL_COLUMNS order: e-mu, p-K, bt-p; mu and K stay against pi
+_ADJACENT_PAIRS = ((0, 1), (3, 2), (4, 3))
+
+
+def check_dll_basis(basis: str) -> str:
+    """Return basis if known, else raise InputError."""
+    if basis not in DLL_BASES:
+        raise InputError(f"--dll-basis: unknown basis '{basis}' (use one of {', '.join(DLL_BASES)})")
+    return basis
+
+
+def to_basis(dlls: np.ndarray, basis: str) -> np.ndarray:
+    """Map (N, 5) DLLs to the GAN's output parameterisation (float64)."""
+    x = np.asarray(dlls, np.float64)
+    y = x.copy()
+    if check_dll_basis(basis) == "adjacent":
+        for col, ref in _ADJACENT_PAIRS:
+            y[:, col] = x[:, col] - x[:, ref]
+    return y
+
+
+def from_basis(y: np.ndarray, basis: str) -> np.ndarray:
+    """Inverse of to_basis: (N, 5) parameterised outputs -> DLLs (float32); exact zeros give exact ties."""
+    y = np.asarray(y, np.float64)
+    dlls = y.copy()
+    if check_dll_basis(basis) == "adjacent":
+        dlls[:, 0] = y[:, 0] + y[:, 1]
+        dlls[:, 3] = y[:, 3] + y[:, 2]
+        dlls[:, 4] = y[:, 4] + dlls[:, 3]
+    return dlls.astype(np.float32)
+
+
 class QuantileNormal:
     """sklearn QuantileTransformer (to a normal) whose state is two plain arrays, so no pickle is needed."""
 
@@ -110,6 +153,20 @@ class QuantileNormal:
     def inverse_transform(self, z: np.ndarray) -> np.ndarray:
         return self.qt.inverse_transform(np.asarray(z, np.float64)).astype(np.float32)
 
+    def uniform_bounds(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper CDF value (N, d) of each entry; they differ only for values tied in the fit.
+
+        sklearn's transform maps a tied value to the middle of its CDF step, i.e. a point mass in the normal
+        space that a continuous generator cannot match. Drawing u uniformly in [lower, upper] instead
+        (``normal_from_uniform``) spreads the tie over its step; inverse_transform maps the whole step back
+        to the tied value, so ties survive the round trip.
+        """
+        x = np.asarray(x, np.float64)
+        q, r = self.qt.quantiles_, self.qt.references_
+        upper = np.column_stack([np.interp(x[:, j], q[:, j], r) for j in range(x.shape[1])])
+        lower = np.column_stack([-np.interp(-x[:, j], -q[::-1, j], -r[::-1]) for j in range(x.shape[1])])
+        return lower, upper
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The fitted state: quantiles (n_q, d) and references (n_q,)."""
         return {"quantiles": self.qt.quantiles_.copy(), "references": self.qt.references_.copy()}
@@ -124,6 +181,18 @@ class QuantileNormal:
         qt.n_quantiles_ = q.shape[0]
         qt.n_features_in_ = q.shape[1]
         return cls(qt)
+
+
+UNIFORM_CLIP = 1e-7  # sklearn's BOUNDS_THRESHOLD: CDF values are kept in [1e-7, 1 - 1e-7]
+
+
+def normal_from_uniform(u):
+    """Standard-normal quantile of CDF values u (numpy array or torch tensor), clipped as sklearn does."""
+    if isinstance(u, np.ndarray):
+        return special.ndtri(np.clip(u, UNIFORM_CLIP, 1 - UNIFORM_CLIP))
+    import torch
+
+    return torch.special.ndtri(u.clamp(UNIFORM_CLIP, 1 - UNIFORM_CLIP))
 
 
 # Binning of the no-RICH probability table: log-spaced P, uniform eta.

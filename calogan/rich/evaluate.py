@@ -23,6 +23,7 @@ from calogan.errors import InputError, run_cli
 from calogan.rich import DLL_COLUMNS, SAMPLES
 from calogan.rich.data import RichSample, load_sample, sample_path
 from calogan.rich.models import RichModel, load_rich_model
+from calogan.rich.weights import n_effective
 from calogan.runtime import atomic_write_json, atomic_write_text, select_device
 
 P_EDGES = np.array([3.0, 6.0, 10.0, 20.0, 40.0, 200.0])
@@ -54,12 +55,6 @@ def weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) ->
     if total == 0:
         return float("nan")
     return float((w_pos * (below + 0.5 * w_neg)).sum() / total)
-
-
-def n_effective(weights: np.ndarray) -> float:
-    """Kish effective sample size (sum w)^2 / sum w^2."""
-    s2 = float((weights**2).sum())
-    return float(weights.sum() ** 2 / s2) if s2 > 0 else 0.0
 
 
 def binned_efficiency(passed: np.ndarray, x: np.ndarray, weights: np.ndarray, edges: np.ndarray) -> dict:

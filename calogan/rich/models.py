@@ -52,8 +52,18 @@ def build_models(model_config: dict) -> tuple[RichGenerator, RichCritic]:
 class RichModel:
     """A trained particle model: EMA generator + input/output quantile transforms + no-RICH table."""
 
-    def __init__(self, generator: RichGenerator, qt_in, qt_out, no_rich_table, particle: str, meta: dict):
+    def __init__(
+        self,
+        generator: RichGenerator,
+        qt_in,
+        qt_out,
+        no_rich_table,
+        particle: str,
+        meta: dict,
+        dll_basis: str = "raw",
+    ):
         self.generator = generator.eval()
+        self.dll_basis = dll_basis
         self.qt_in, self.qt_out = qt_in, qt_out
         self.no_rich_table = no_rich_table
         self.particle = particle
@@ -65,7 +75,7 @@ class RichModel:
         import numpy as np
 
         from calogan.rich import SENTINEL
-        from calogan.rich.data import model_inputs, no_rich_probability
+        from calogan.rich.data import from_basis, model_inputs, no_rich_probability
 
         device = device or next(self.generator.parameters()).device
         cond = torch.from_numpy(self.qt_in.transform(model_inputs(inputs)))
@@ -76,7 +86,7 @@ class RichModel:
             z = torch.randn(len(c), self.generator.noise_dim, generator=gen)
             outs.append(self.generator(z.to(device), c.to(device)).cpu())
         z_out = torch.cat(outs).numpy() if outs else np.zeros((0, N_OUTPUTS), np.float32)
-        dlls = self.qt_out.inverse_transform(z_out)
+        dlls = from_basis(self.qt_out.inverse_transform(z_out), self.dll_basis)
         rng = np.random.default_rng(seed)
         missing = rng.random(len(dlls)) < no_rich_probability(self.no_rich_table, inputs)
         dlls[missing] = SENTINEL
@@ -101,7 +111,10 @@ def load_rich_model(path, device="cpu", ema: bool = True) -> RichModel:
         ckpt["qt_out"]["quantiles"].numpy(), ckpt["qt_out"]["references"].numpy()
     )
     meta = {k: ckpt[k] for k in ("config", "step", "metrics", "data_sha256") if k in ckpt}
-    return RichModel(g.to(device), qt_in, qt_out, ckpt["no_rich_table"].numpy(), ckpt["particle"], meta)
+    basis = ckpt.get("config", {}).get("dll_basis", "raw")  # checkpoints before the basis option: raw
+    return RichModel(
+        g.to(device), qt_in, qt_out, ckpt["no_rich_table"].numpy(), ckpt["particle"], meta, basis
+    )
 
 
 CHECKPOINT_FORMAT = "calogan-rich-checkpoint-v1"

@@ -5,8 +5,13 @@ E_w[D(real)] - E_w[D(fake)], where the fakes are generated on the same condition
 weights (so the fake term also follows the signal's kinematic distribution). Weighted means are normalised
 by the *global* mean weight rather than the batch sum, because a batch sum of sWeights can approach zero.
 Inputs (log P, eta, nTracks) and outputs (5 DLLs) are mapped to normal distributions with sklearn's
-QuantileTransformer; its quantile arrays are stored as tensors in the checkpoint (no pickle).
-Tracks without RICH information (-999) are not shown to the GAN; their weighted rate per (P, eta) bin is
+QuantileTransformer; its quantile arrays are stored as tensors in the checkpoint (no pickle). The outputs are
+modelled in the ``adjacent`` basis by default (differences between neighbouring mass hypotheses, which are
+small or exactly zero where both saturate or both are below threshold; calogan.rich.data.DLL_BASES), and values tied in the training sample are spread uniformly over
+their CDF step at every batch, so the generator learns a continuous target that maps back to the exact ties.
+By default the losses use the sWeights' cross-fitted conditional expectation E[sWeight | kinematics, DLLs]
+(``calogan.rich.weights``: same expectation, non-negative, less noise); ``--weights sweights`` uses the raw
+sWeights. Tracks without RICH information (-999) are not shown to the GAN; their weighted rate per (P, eta) bin is
 stored and reproduced at generation time.
 """
 
@@ -20,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -29,13 +35,17 @@ from calogan.gan import EMA, gradient_penalty
 from calogan.rich import PARTICLES
 from calogan.rich.data import (
     QuantileNormal,
+    check_dll_basis,
     check_particle,
     fit_no_rich_table,
     load_sample,
     model_inputs,
+    normal_from_uniform,
     sample_path,
+    to_basis,
 )
 from calogan.rich.models import CHECKPOINT_FORMAT, build_models
+from calogan.rich.weights import WEIGHT_MODES, expected_sweights, n_effective
 from calogan.runtime import atomic_torch_save, atomic_write_json, seed_everything, select_device
 
 PRESETS: dict[str, dict] = {
@@ -61,6 +71,9 @@ class TrainConfig:
     depth: int = 3
     noise_dim: int = 32
     n_critic: int = 3
+    dll_basis: str = "adjacent"
+    weights: str = "expected"
+    lr_decay: bool = False
     lr_g: float = 2e-4
     lr_c: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.9)
@@ -80,6 +93,9 @@ class TrainConfig:
 def train(config: TrainConfig) -> Path:
     """Train one particle's GAN; writes run_dir/{config.json, metrics.jsonl, checkpoints/last.pt}."""
     check_particle(config.particle)
+    check_dll_basis(config.dll_basis)
+    if config.weights not in WEIGHT_MODES:
+        raise InputError(f"--weights: unknown mode '{config.weights}' (use one of {', '.join(WEIGHT_MODES)})")
     path = sample_path(config.data, config.particle, "train")
     sample = load_sample(path)
     run_dir = Path(config.run_dir or f"runs/rich_{config.particle}_{config.preset}")
@@ -90,10 +106,28 @@ def train(config: TrainConfig) -> Path:
     if len(rich) < 10 or rich.weights.sum() <= 0:
         raise InputError(f"{path}: too few tracks with RICH information to train on")
     qt_in = QuantileNormal.fit(model_inputs(rich.inputs), seed=config.seed)
-    qt_out = QuantileNormal.fit(rich.dlls, seed=config.seed)
+    outputs = to_basis(rich.dlls, config.dll_basis)
+    qt_out = QuantileNormal.fit(outputs, seed=config.seed)
     cond = torch.from_numpy(qt_in.transform(model_inputs(rich.inputs))).to(device)
-    target = torch.from_numpy(qt_out.transform(rich.dlls)).to(device)
-    w = torch.from_numpy(rich.weights).to(device)
+    cdf_low, cdf_high = qt_out.uniform_bounds(outputs)  # equal except for tied values
+    has_ties = bool((cdf_high > cdf_low).any())
+    cdf_low = torch.from_numpy(cdf_low).to(device)
+    cdf_step = torch.from_numpy(cdf_high).to(device) - cdf_low
+    if config.weights == "expected":
+        features = np.column_stack([model_inputs(rich.inputs), rich.dlls])
+        train_weights = expected_sweights(features, rich.weights, seed=config.seed)
+    else:
+        train_weights = rich.weights.astype(np.float64)
+    if train_weights.sum() <= 0:
+        raise InputError(f"{path}: the {config.weights} training weights sum to <= 0")
+    weight_info = {
+        "mode": config.weights,
+        "sum_sweights": float(rich.weights.sum()),
+        "sum_train_weights": float(train_weights.sum()),
+        "n_effective_sweights": n_effective(rich.weights),
+        "n_effective_train_weights": n_effective(train_weights),
+    }
+    w = torch.from_numpy(train_weights.astype(np.float32)).to(device)
     w = w / w.mean()  # global normalisation: weighted means below are sum(w v) / batch_size
 
     model_config = {"noise_dim": config.noise_dim, "hidden": config.hidden, "depth": config.depth}
@@ -102,11 +136,17 @@ def train(config: TrainConfig) -> Path:
     ema = EMA(gen, config.ema_decay)
     opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=config.betas)
     opt_c = torch.optim.Adam(critic.parameters(), lr=config.lr_c, betas=config.betas)
+    # optional linear decay of both learning rates to zero at the last step (one schedule step per gen step)
+    decay = (lambda i: max(0.0, 1.0 - i / config.steps)) if config.lr_decay else (lambda i: 1.0)
+    schedules = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (opt_g, opt_c)]
     rng = torch.Generator(device="cpu").manual_seed(config.seed)
 
     def batch():
         idx = torch.randint(0, len(w), (config.batch_size,), generator=rng).to(device)
-        return cond[idx], target[idx], w[idx]
+        u = cdf_low[idx]
+        if has_ties:  # a fresh position inside each tied value's CDF step
+            u = u + torch.rand(u.shape, generator=rng, dtype=u.dtype).to(device) * cdf_step[idx]
+        return cond[idx], normal_from_uniform(u).float(), w[idx]
 
     def noise(n: int) -> torch.Tensor:
         return torch.randn(n, config.noise_dim, generator=rng).to(device)
@@ -140,6 +180,8 @@ def train(config: TrainConfig) -> Path:
         loss_g.backward()
         opt_g.step()
         ema.update(gen)
+        for schedule in schedules:
+            schedule.step()
         if step % config.log_every == 0 or step == config.steps:
             rec = {"step": step, "wdist": wdist.item(), "gp": gp.item(), "loss_g": loss_g.item()}
             rec["elapsed_s"] = round(time.perf_counter() - t0, 2)
@@ -168,6 +210,7 @@ def train(config: TrainConfig) -> Path:
         "step": config.steps,
         "metrics": {
             "train_seconds": round(time.perf_counter() - t0, 2),
+            "weights": weight_info,
             "last": history[-1] if history else {},
         },
         "data_sha256": sha256_file(path),
@@ -187,6 +230,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=None, help="override the preset's number of generator steps")
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--lr", type=float, default=None, help="learning rate of generator and critic")
+    ap.add_argument(
+        "--lr-decay", action="store_true", default=None, help="decay learning rates linearly to 0"
+    )
+    ap.add_argument(
+        "--weights", default=None, help="expected (default: E[sWeight | x], cross-fitted) | sweights"
+    )
+    ap.add_argument(
+        "--dll-basis", default=None, help="adjacent (default: e-mu, mu, K, p-K, bt-p differences) | raw"
+    )
     args = ap.parse_args(argv)
     check_particle(args.particle)
     config = TrainConfig.from_preset(
@@ -198,6 +251,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=args.device,
         steps=args.steps,
         batch_size=args.batch_size,
+        dll_basis=args.dll_basis,
+        weights=args.weights,
+        lr_decay=args.lr_decay,
+        lr_g=args.lr,
+        lr_c=args.lr,
     )
     if config.steps < 1:
         raise InputError(f"--steps: must be positive, got {config.steps}")
