@@ -25,6 +25,7 @@ from calogan.rich.data import (
     to_basis,
 )
 from calogan.rich.models import load_rich_model
+from calogan.rich.weights import expected_sweights, n_effective
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def rich_dir(tmp_path_factory):
 def tiny_ckpt(rich_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("rich_run")
     cfg = rich_train.TrainConfig.from_preset(
-        "tiny", particle="kaon", data=str(rich_dir), run_dir=str(run), steps=15
+        "tiny", particle="kaon", data=str(rich_dir), run_dir=str(run), steps=15, checkpoint_every=10
     )
     cfg.progress = False
     return rich_train.train(cfg) / "checkpoints" / "last.pt"
@@ -157,6 +158,20 @@ def test_adjacent_basis_keeps_below_threshold_ties_exact(rich_dir):
         to_basis(dlls, "logit")
 
 
+def test_expected_sweights_keep_the_yield_with_less_noise(rich_dir):
+    """E[sWeight | x] (cross-fitted) keeps the signal yield, is non-negative and has a larger effective size."""
+    path = sample_path(rich_dir, "pion", "train")
+    real = load_sample(path)
+    features = np.column_stack([real.inputs, real.dlls])
+    expected = expected_sweights(features, real.weights, seed=0)
+    assert ((expected >= 0) & (expected <= 1)).all()
+    assert expected.sum() == pytest.approx(real.weights.sum(), rel=0.05)
+    assert n_effective(expected) > 1.2 * n_effective(real.weights)
+    truth = open_npz(path)["IsSignal"].astype(bool)
+    assert expected[truth].mean() > expected[~truth].mean() + 0.1  # kaon/proton background is told apart
+    np.testing.assert_array_equal(expected, expected_sweights(features, real.weights, seed=0))
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [
@@ -177,6 +192,19 @@ def test_bad_samples_raise_input_error(rich_dir, tmp_path, mutate, message):
 def test_cli_bad_inputs_exit_2(rich_dir, tmp_path, capsys):
     assert run_cli(rich_train.main, ["--particle", "pionn", "--data", str(rich_dir)]) == 2
     assert "unknown particle" in capsys.readouterr().err
+    for option, value in (("--weights", "positive"), ("--dll-basis", "logit")):
+        args = [
+            "--particle",
+            "pion",
+            "--data",
+            str(rich_dir),
+            "--run-dir",
+            str(tmp_path / "r"),
+            option,
+            value,
+        ]
+        assert run_cli(rich_train.main, args) == 2
+        assert value in capsys.readouterr().err
     assert (
         run_cli(
             rich_eval.main,
@@ -195,6 +223,8 @@ def test_train_evaluate_transfer_end_to_end(tiny_ckpt, rich_dir, tmp_path):
     assert ckpt["format"] == "calogan-rich-checkpoint-v1" and ckpt["particle"] == "kaon"
     assert isinstance(ckpt["qt_out"]["quantiles"], torch.Tensor)
     model = load_rich_model(tiny_ckpt)
+    assert load_rich_model(tiny_ckpt.parent / "step_000010.pt").meta["step"] == 10  # --checkpoint-every
+    assert sorted(p.name for p in tiny_ckpt.parent.iterdir()) == ["last.pt", "step_000010.pt"]
     inputs = load_sample(sample_path(rich_dir, "kaon", "test")).inputs[:500]
     a, b = model.generate(inputs, seed=5), model.generate(inputs, seed=5)
     np.testing.assert_array_equal(a, b)

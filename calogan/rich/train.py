@@ -74,6 +74,7 @@ class TrainConfig:
     dll_basis: str = "adjacent"
     weights: str = "expected"
     lr_decay: bool = False
+    checkpoint_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: only last.pt)
     lr_g: float = 2e-4
     lr_c: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.9)
@@ -155,6 +156,39 @@ def train(config: TrainConfig) -> Path:
     atomic_write_json(run_dir / "config.json", dataclasses.asdict(config))
     metrics_path = run_dir / "metrics.jsonl"
     metrics_path.write_text("")
+
+    def tensors(qn: QuantileNormal) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v) for k, v in qn.to_arrays().items()}
+
+    fixed = {  # the parts of every checkpoint that do not change during training
+        "format": CHECKPOINT_FORMAT,
+        "particle": config.particle,
+        "config": {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()
+        },
+        "model_config": model_config,
+        "qt_in": tensors(qt_in),
+        "qt_out": tensors(qt_out),
+        "no_rich_table": torch.from_numpy(fit_no_rich_table(sample)),
+        "data_sha256": sha256_file(path),
+    }
+
+    def checkpoint(step: int) -> dict:
+        """One self-contained checkpoint as of this step (weights_only-loadable)."""
+        return fixed | {
+            "generator": gen.state_dict(),
+            "generator_ema": ema.state_dict(),
+            "critic": critic.state_dict(),
+            "opt_g": opt_g.state_dict(),
+            "opt_c": opt_c.state_dict(),
+            "step": step,
+            "metrics": {
+                "train_seconds": round(time.perf_counter() - t0, 2),
+                "weights": weight_info,
+                "last": history[-1] if history else {},
+            },
+        }
+
     t0 = time.perf_counter()
     history: list[dict] = []
     for step in tqdm(
@@ -188,34 +222,10 @@ def train(config: TrainConfig) -> Path:
             history.append(rec)
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+            atomic_torch_save(run_dir / "checkpoints" / f"step_{step:06d}.pt", checkpoint(step))
 
-    def tensors(qn: QuantileNormal) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(v) for k, v in qn.to_arrays().items()}
-
-    ckpt = {
-        "format": CHECKPOINT_FORMAT,
-        "particle": config.particle,
-        "config": {
-            k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()
-        },
-        "model_config": model_config,
-        "qt_in": tensors(qt_in),
-        "qt_out": tensors(qt_out),
-        "no_rich_table": torch.from_numpy(fit_no_rich_table(sample)),
-        "generator": gen.state_dict(),
-        "generator_ema": ema.state_dict(),
-        "critic": critic.state_dict(),
-        "opt_g": opt_g.state_dict(),
-        "opt_c": opt_c.state_dict(),
-        "step": config.steps,
-        "metrics": {
-            "train_seconds": round(time.perf_counter() - t0, 2),
-            "weights": weight_info,
-            "last": history[-1] if history else {},
-        },
-        "data_sha256": sha256_file(path),
-    }
-    atomic_torch_save(run_dir / "checkpoints" / "last.pt", ckpt)
+    atomic_torch_save(run_dir / "checkpoints" / "last.pt", checkpoint(config.steps))
     return run_dir
 
 
@@ -230,6 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=None, help="override the preset's number of generator steps")
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="also keep checkpoints/step_NNNNNN.pt every N steps",
+    )
     ap.add_argument("--lr", type=float, default=None, help="learning rate of generator and critic")
     ap.add_argument(
         "--lr-decay", action="store_true", default=None, help="decay learning rates linearly to 0"
@@ -254,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dll_basis=args.dll_basis,
         weights=args.weights,
         lr_decay=args.lr_decay,
+        checkpoint_every=args.checkpoint_every,
         lr_g=args.lr,
         lr_c=args.lr,
     )
