@@ -90,7 +90,7 @@ def model_inputs(inputs: np.ndarray) -> np.ndarray:
     return x
 
 
-DLL_BASES = ("adjacent", "raw")
+DLL_BASES = ("adjacent", "emu", "raw")
 """Output parameterisations of the GAN. ``adjacent`` models likelihood differences between neighbouring mass
 hypotheses (e-mu, mu-pi, K-pi, p-K, below-threshold-p) instead of the five DLLs against the pion:
 RichDLLe - RichDLLmu, RichDLLmu, RichDLLk, RichDLLp - RichDLLk, RichDLLbt - RichDLLp. Neighbours become
@@ -98,10 +98,12 @@ indistinguishable where both saturate (e and mu at high momentum: DLLe and DLLmu
 below threshold (identical likelihoods: the difference is exactly zero for a large fraction of tracks, a point
 mass the quantile transform reproduces exactly). A continuous generator cannot produce such ties or
 near-deterministic relations between raw columns, but learns a small or zero difference easily. ``raw`` models
-the five DLLs as they are. Both are exact, unit-triangular linear maps."""
+the five DLLs as they are; ``emu`` takes only the e-mu difference (no exact ties). All are exact,
+unit-triangular linear maps."""
 
-# (column, column it is taken relative to) in DLL_COLUMNS order: e-mu, p-K, bt-p; mu and K stay against pi
-_ADJACENT_PAIRS = ((0, 1), (3, 2), (4, 3))
+# (column, column it is taken relative to) in DLL_COLUMNS order, in the order they are undone:
+# adjacent: e-mu, p-K, bt-p (mu and K stay against pi); emu: e-mu only
+_BASIS_PAIRS = {"adjacent": ((0, 1), (3, 2), (4, 3)), "emu": ((0, 1),), "raw": ()}
 
 
 def check_dll_basis(basis: str) -> str:
@@ -115,9 +117,8 @@ def to_basis(dlls: np.ndarray, basis: str) -> np.ndarray:
     """Map (N, 5) DLLs to the GAN's output parameterisation (float64)."""
     x = np.asarray(dlls, np.float64)
     y = x.copy()
-    if check_dll_basis(basis) == "adjacent":
-        for col, ref in _ADJACENT_PAIRS:
-            y[:, col] = x[:, col] - x[:, ref]
+    for col, ref in _BASIS_PAIRS[check_dll_basis(basis)]:
+        y[:, col] = x[:, col] - x[:, ref]
     return y
 
 
@@ -125,10 +126,8 @@ def from_basis(y: np.ndarray, basis: str) -> np.ndarray:
     """Inverse of to_basis: (N, 5) parameterised outputs -> DLLs (float32); exact zeros give exact ties."""
     y = np.asarray(y, np.float64)
     dlls = y.copy()
-    if check_dll_basis(basis) == "adjacent":
-        dlls[:, 0] = y[:, 0] + y[:, 1]
-        dlls[:, 3] = y[:, 3] + y[:, 2]
-        dlls[:, 4] = y[:, 4] + dlls[:, 3]
+    for col, ref in _BASIS_PAIRS[check_dll_basis(basis)]:
+        dlls[:, col] = y[:, col] + dlls[:, ref]
     return dlls.astype(np.float32)
 
 

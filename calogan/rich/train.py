@@ -254,7 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--weights", default=None, help="expected (default: E[sWeight | x], cross-fitted) | sweights"
     )
     ap.add_argument(
-        "--dll-basis", default=None, help="adjacent (default: e-mu, mu, K, p-K, bt-p differences) | raw"
+        "--dll-basis",
+        default=None,
+        help="adjacent (default: e-mu, mu, K, p-K, bt-p differences) | emu (e-mu only) | raw",
     )
     args = ap.parse_args(argv)
     check_particle(args.particle)
