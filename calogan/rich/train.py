@@ -5,10 +5,11 @@ E_w[D(real)] - E_w[D(fake)], where the fakes are generated on the same condition
 weights (so the fake term also follows the signal's kinematic distribution). Weighted means are normalised
 by the *global* mean weight rather than the batch sum, because a batch sum of sWeights can approach zero.
 Inputs (log P, eta, nTracks) and outputs (5 DLLs) are mapped to normal distributions with sklearn's
-QuantileTransformer; its quantile arrays are stored as tensors in the checkpoint (no pickle). The outputs are
-modelled in the ``adjacent`` basis by default (differences between neighbouring mass hypotheses, which are
-small or exactly zero where both saturate or both are below threshold; calogan.rich.data.DLL_BASES), and values tied in the training sample are spread uniformly over
-their CDF step at every batch, so the generator learns a continuous target that maps back to the exact ties.
+QuantileTransformer; its quantile arrays are stored as tensors in the checkpoint (no pickle). By default the
+outputs are DLLe - DLLmu, DLLmu, DLLk, DLLp, DLLbt (``emu`` basis: e and mu are near-degenerate at high
+momentum); ``adjacent`` also models DLLp - DLLk and DLLbt - DLLp (exact zeros below threshold); see
+calogan.rich.data.DLL_BASES. Values tied in the training sample are spread uniformly over their CDF step at
+every batch, so the generator learns a continuous target that maps back to the exact ties.
 By default the losses use the sWeights' cross-fitted conditional expectation E[sWeight | kinematics, DLLs]
 (``calogan.rich.weights``: same expectation, non-negative, less noise); ``--weights sweights`` uses the raw
 sWeights. Tracks without RICH information (-999) are not shown to the GAN; their weighted rate per (P, eta) bin is
@@ -71,7 +72,7 @@ class TrainConfig:
     depth: int = 3
     noise_dim: int = 32
     n_critic: int = 3
-    dll_basis: str = "adjacent"
+    dll_basis: str = "emu"
     weights: str = "expected"
     lr_decay: bool = False
     checkpoint_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: only last.pt)
@@ -256,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--dll-basis",
         default=None,
-        help="adjacent (default: e-mu, mu, K, p-K, bt-p differences) | emu (e-mu only) | raw",
+        help="emu (default: DLLe-DLLmu, rest raw) | adjacent (also p-K, bt-p) | raw",
     )
     args = ap.parse_args(argv)
     check_particle(args.particle)
