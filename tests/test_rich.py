@@ -260,3 +260,19 @@ def test_classifier_detects_a_wrong_model(rich_dir):
     )
     assert abs(same["auc"] - 0.5) < 0.05
     assert shifted["auc"] > 0.7
+
+
+def test_time_budget_stops_early_with_a_valid_checkpoint(rich_dir, tmp_path):
+    """max_minutes ends training at the first step past the budget; last.pt records the step reached."""
+    assert (
+        rich_train.TrainConfig.from_preset("quick").max_minutes > 0
+    )  # the quick preset keeps its 5-min target
+    cfg = rich_train.TrainConfig.from_preset(
+        "tiny", particle="pion", data=str(rich_dir), run_dir=str(tmp_path / "r"), steps=500, max_minutes=1e-6
+    )
+    cfg.progress = False
+    last = rich_train.train(cfg) / "checkpoints" / "last.pt"
+    model = load_rich_model(last)
+    assert model.meta["step"] == 1
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 1

@@ -51,7 +51,15 @@ from calogan.runtime import atomic_torch_save, atomic_write_json, seed_everythin
 
 PRESETS: dict[str, dict] = {
     "tiny": {"steps": 40, "batch_size": 256, "hidden": 32, "depth": 2, "noise_dim": 16, "n_critic": 2},
-    "quick": {"steps": 2500, "batch_size": 2048, "hidden": 128, "depth": 3, "noise_dim": 32, "n_critic": 3},
+    "quick": {
+        "steps": 2500,
+        "batch_size": 2048,
+        "hidden": 128,
+        "depth": 3,
+        "noise_dim": 32,
+        "n_critic": 3,
+        "max_minutes": 4.5,  # keeps the whole command under the 5-minute target on a slower 2-core CPU
+    },
     "full": {"steps": 30000, "batch_size": 2048, "hidden": 256, "depth": 5, "noise_dim": 64, "n_critic": 5},
 }
 
@@ -76,6 +84,9 @@ class TrainConfig:
     weights: str = "expected"
     lr_decay: bool = False
     checkpoint_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: only last.pt)
+    max_minutes: float = (
+        0.0  # wall-clock budget from the start of train(), data and weights included; 0: none
+    )
     lr_g: float = 2e-4
     lr_c: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.9)
@@ -94,8 +105,12 @@ class TrainConfig:
 
 def train(config: TrainConfig) -> Path:
     """Train one particle's GAN; writes run_dir/{config.json, metrics.jsonl, checkpoints/last.pt}."""
+    started = time.perf_counter()
+    deadline = started + 60.0 * config.max_minutes if config.max_minutes > 0 else float("inf")
     check_particle(config.particle)
     check_dll_basis(config.dll_basis)
+    if config.max_minutes < 0:
+        raise InputError(f"--max-minutes must be >= 0, got {config.max_minutes}")
     if config.weights not in WEIGHT_MODES:
         raise InputError(f"--weights: unknown mode '{config.weights}' (use one of {', '.join(WEIGHT_MODES)})")
     path = sample_path(config.data, config.particle, "train")
@@ -192,11 +207,13 @@ def train(config: TrainConfig) -> Path:
 
     t0 = time.perf_counter()
     history: list[dict] = []
-    for step in tqdm(
+    step = 0
+    bar = tqdm(
         range(1, config.steps + 1),
         desc=f"rich {config.particle}",
         **({} if config.progress else {"disable": True}),
-    ):
+    )
+    for step in bar:
         for _ in range(config.n_critic):
             c, x, wb = batch()
             with torch.no_grad():
@@ -217,7 +234,8 @@ def train(config: TrainConfig) -> Path:
         ema.update(gen)
         for schedule in schedules:
             schedule.step()
-        if step % config.log_every == 0 or step == config.steps:
+        out_of_time = step < config.steps and time.perf_counter() >= deadline
+        if step % config.log_every == 0 or step == config.steps or out_of_time:
             rec = {"step": step, "wdist": wdist.item(), "gp": gp.item(), "loss_g": loss_g.item()}
             rec["elapsed_s"] = round(time.perf_counter() - t0, 2)
             history.append(rec)
@@ -225,8 +243,12 @@ def train(config: TrainConfig) -> Path:
                 fh.write(json.dumps(rec) + "\n")
         if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
             atomic_torch_save(run_dir / "checkpoints" / f"step_{step:06d}.pt", checkpoint(step))
+        if out_of_time:
+            bar.write(f"time budget of {config.max_minutes} min reached at step {step} of {config.steps}")
+            break
+    bar.close()
 
-    atomic_torch_save(run_dir / "checkpoints" / "last.pt", checkpoint(config.steps))
+    atomic_torch_save(run_dir / "checkpoints" / "last.pt", checkpoint(step))
     return run_dir
 
 
@@ -241,6 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=None, help="override the preset's number of generator steps")
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="wall-clock budget in minutes, 0 = none (quick preset: 4.5, lifted when --steps is given)",
+    )
     ap.add_argument(
         "--checkpoint-every",
         type=int,
@@ -276,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint_every=args.checkpoint_every,
         lr_g=args.lr,
         lr_c=args.lr,
+        # an explicit --steps means that many steps: the preset's time budget only guards its own step count
+        max_minutes=args.max_minutes if args.max_minutes is not None else (0.0 if args.steps else None),
     )
     if config.steps < 1:
         raise InputError(f"--steps: must be positive, got {config.steps}")
