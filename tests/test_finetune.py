@@ -61,6 +61,11 @@ def test_losses_are_zero_on_equal_samples_and_grow_with_shift():
     shifted = x + 0.5
     assert float(binned_wasserstein(shifted, x, bins)) == pytest.approx(0.5, rel=1e-5)
     assert float(binned_wasserstein(shifted, x, bins, projections=8)) > 0.1
+    assert float(binned_wasserstein(shifted, x, bins, power=2)) == pytest.approx(0.25, rel=1e-5)
+    wider = x * 2.0  # same centre, twice the spread: W2 (a bound on the spread difference) sees it strongly
+    assert float(binned_wasserstein(wider, x, bins, power=2)) > float(
+        binned_wasserstein(x * 1.1, x, bins, power=2)
+    )
     assert float(moment_matching(shifted, x, bins, 4)) > 0.5
     assert float(energy_distance(shifted, x)) > 0.05
     y = x.clone().requires_grad_(True)
