@@ -84,9 +84,8 @@ class TrainConfig:
     weights: str = "expected"
     lr_decay: bool = False
     checkpoint_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: only last.pt)
-    max_minutes: float = (
-        0.0  # wall-clock budget from the start of train(), data and weights included; 0: none
-    )
+    # wall-clock budget from the start of train(), data and weights included; 0: none
+    max_minutes: float = 0.0
     lr_g: float = 2e-4
     lr_c: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.9)
