@@ -187,6 +187,8 @@ def binned_wasserstein(
     are compared column by column, or (projections > 0) along random unit directions (sliced Wasserstein).
     power=2 gives the squared Wasserstein-2 distance instead, which weighs tails (and so the spread) more.
     """
+    if power not in (1, 2):
+        raise ValueError(f"binned_wasserstein: power must be 1 or 2, got {power}")
     gen = gen.reshape(gen.shape[0], -1)
     real = real.reshape(real.shape[0], -1).to(gen.dtype)
     if projections > 0 and gen.shape[1] > 1:

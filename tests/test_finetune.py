@@ -66,6 +66,8 @@ def test_losses_are_zero_on_equal_samples_and_grow_with_shift():
     assert float(binned_wasserstein(wider, x, bins, power=2)) > float(
         binned_wasserstein(x * 1.1, x, bins, power=2)
     )
+    with pytest.raises(ValueError, match="power must be 1 or 2"):
+        binned_wasserstein(shifted, x, bins, power=3)
     assert float(moment_matching(shifted, x, bins, 4)) > 0.5
     assert float(energy_distance(shifted, x)) > 0.05
     y = x.clone().requires_grad_(True)

@@ -264,9 +264,8 @@ def test_classifier_detects_a_wrong_model(rich_dir):
 
 def test_time_budget_stops_early_with_a_valid_checkpoint(rich_dir, tmp_path):
     """max_minutes ends training at the first step past the budget; last.pt records the step reached."""
-    assert (
-        rich_train.TrainConfig.from_preset("quick").max_minutes > 0
-    )  # the quick preset keeps its 5-min target
+    # the quick preset keeps its 5-minute target
+    assert rich_train.TrainConfig.from_preset("quick").max_minutes > 0
     cfg = rich_train.TrainConfig.from_preset(
         "tiny", particle="pion", data=str(rich_dir), run_dir=str(tmp_path / "r"), steps=500, max_minutes=1e-6
     )
@@ -276,3 +275,16 @@ def test_time_budget_stops_early_with_a_valid_checkpoint(rich_dir, tmp_path):
     assert model.meta["step"] == 1
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 1
+    for bad in ("-1", "nan"):
+        args = [
+            "--particle",
+            "pion",
+            "--data",
+            str(rich_dir),
+            "--run-dir",
+            str(tmp_path / "bad"),
+            "--max-minutes",
+            bad,
+        ]
+        assert run_cli(rich_train.main, args) == 2
+    assert not (tmp_path / "bad").exists()

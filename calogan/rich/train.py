@@ -104,12 +104,11 @@ class TrainConfig:
 
 def train(config: TrainConfig) -> Path:
     """Train one particle's GAN; writes run_dir/{config.json, metrics.jsonl, checkpoints/last.pt}."""
-    started = time.perf_counter()
-    deadline = started + 60.0 * config.max_minutes if config.max_minutes > 0 else float("inf")
+    if not config.max_minutes >= 0:  # also rejects NaN
+        raise InputError(f"--max-minutes must be a number >= 0, got {config.max_minutes}")
+    deadline = time.perf_counter() + 60.0 * config.max_minutes if config.max_minutes > 0 else float("inf")
     check_particle(config.particle)
     check_dll_basis(config.dll_basis)
-    if config.max_minutes < 0:
-        raise InputError(f"--max-minutes must be >= 0, got {config.max_minutes}")
     if config.weights not in WEIGHT_MODES:
         raise InputError(f"--weights: unknown mode '{config.weights}' (use one of {', '.join(WEIGHT_MODES)})")
     path = sample_path(config.data, config.particle, "train")
