@@ -76,6 +76,8 @@ class TrainConfig:
     latent: int = 64
     gen_channels: int = 16
     cell_noise: bool = True
+    gen_pad: int = 0  # shower shape spread over the window + gen_pad cells per side: leakage from geometry
+    noise_modulation: bool = False  # per-cell noise amplitude from the cell's features (core vs tails)
     critic_channels: int = 16
     critic_hidden: int = 128
     critic_core: bool = False  # extra critic channel sqrt(energy fraction) that makes the shower core visible
@@ -395,7 +397,10 @@ def train(
         train_idx = train_idx[: cfg.max_train]
     train_data = data.subset(np.sort(train_idx))
     normalizer = ConditionNormalizer.fit(train_data.conditions())
-    sizes = {k: getattr(cfg, k) for k in ("noise_dim", "latent", "gen_channels", "cell_noise")}
+    sizes = {
+        k: getattr(cfg, k)
+        for k in ("noise_dim", "latent", "gen_channels", "cell_noise", "gen_pad", "noise_modulation")
+    }
     sizes |= {k: getattr(cfg, k) for k in ("critic_channels", "critic_hidden", "critic_core")}
     if cfg.model == "baseline2019":
         sizes |= {

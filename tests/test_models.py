@@ -57,6 +57,35 @@ def test_shower_generator_energy_scale_and_conditioning():
     assert not torch.allclose(gen(z, cond), gen(torch.randn(5, gen.noise_dim), cond))
 
 
+def test_padded_generator_keeps_only_the_window_part_of_the_shower():
+    torch.manual_seed(0)
+    sizes = {"noise_dim": 8, "latent": 16, "channels": 4}
+    gen = ShowerGenerator(**sizes, pad=5, noise_modulation=True).eval()
+    assert gen.noise_dim == 8 + 40 * 40  # per-cell noise over the padded grid
+    cond = torch.tensor([[0.0, 0.0, 0.0, 0.0, 20.0, 0.0], [14.0, 0.0, 0.0, 0.0, 20.0, 0.0]])
+    with torch.no_grad():
+        out = gen(torch.randn(2, gen.noise_dim), cond)
+    assert out.shape == (2, 30, 30) and (out >= 0).all()
+    # before training the whole padded shower holds 165 |p|; the window keeps only its part of it
+    window = out.sum(dim=(1, 2))
+    assert (window < 0.9 * 165.0 * 20.0).all() and (window > 0).all()
+    # without padding the window holds every unit of the shower's energy
+    flat = ShowerGenerator(**sizes).eval()
+    with torch.no_grad():
+        total = flat(torch.randn(2, flat.noise_dim), cond).sum(dim=(1, 2))
+    torch.testing.assert_close(total, torch.full((2,), 165.0 * 20.0), rtol=1e-4, atol=1e-2)
+
+
+def test_generator_options_default_off_for_old_configs_and_old_weights_still_load():
+    old_config = {"model": "shower", **SMALL}  # written before gen_pad / noise_modulation existed
+    gen = build_generator(old_config)
+    assert gen.pad == 0 and gen.noise_amp is None
+    assert not any("grid" in k for k in gen.state_dict())  # the padded grid is derived, not stored
+    build_generator(old_config).load_state_dict(gen.state_dict())
+    with pytest.raises(InputError, match="gen_pad"):
+        build_generator({**old_config, "gen_pad": -1})
+
+
 def test_baseline2019_layer_sizes():
     gen = Baseline2019Generator()
     linears = [m for m in gen.fc if isinstance(m, torch.nn.Linear)]
@@ -126,10 +155,13 @@ def test_gradient_penalty_uses_per_sample_norm_over_all_inputs():
     torch.testing.assert_close(penalty, 10.0 * ((expected - 1) ** 2).mean(), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("model", ["shower", "baseline2019"])
-def test_generators_trace_and_script(model):
+@pytest.mark.parametrize(
+    "model, options",
+    [("shower", {}), ("shower", {"gen_pad": 3, "noise_modulation": True}), ("baseline2019", {})],
+)
+def test_generators_trace_and_script(model, options):
     torch.manual_seed(0)
-    gen = build_generator({"model": model, **SMALL}).eval()
+    gen = build_generator({"model": model, **SMALL, **options}).eval()
     cond = conditions(3)
     z = torch.randn(3, gen.noise_dim)
     ref = gen(z, cond)
