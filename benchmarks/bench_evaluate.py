@@ -1,8 +1,8 @@
 """Benchmark: scoring one split (N generated vs N true, both metrics) against a per-run sklearn baseline.
 
-Times each stage of calogan.evaluate.score_arrays (24 statistics, embeddings, PRD over embeddings, PRD over
+Times each stage of calogan.metrics.evaluate.score_arrays (24 statistics, embeddings, PRD over embeddings, PRD over
 statistics; ceiling and standardised variant off, as the competition score needs neither) and the same two
-PRDs with calogan.prd.compute_prd_sklearn (one MiniBatchKMeans(n_init=10) per run, the 2019 approach),
+PRDs with calogan.metrics.prd.compute_prd_sklearn (one MiniBatchKMeans(n_init=10) per run, the 2019 approach),
 timed on --baseline-runs runs and scaled linearly to --runs. Speed is reported as a ratio in the same run.
 
     python benchmarks/bench_evaluate.py --n 50000 --runs 100 --clusters 100 --baseline-runs 5
@@ -30,17 +30,17 @@ def main() -> None:
         "--allocator",
         choices=("keep", "default"),
         default="keep",
-        help="keep: calogan.runtime.keep_freed_memory() as calogan.evaluate does (for both sides); default: glibc as is",
+        help="keep: calogan.core.runtime.keep_freed_memory() as calogan.metrics.evaluate does (for both sides); default: glibc as is",
     )
     args = parser.parse_args()
-    from calogan.runtime import choose_freed_memory_policy
+    from calogan.core.runtime import choose_freed_memory_policy
 
     choose_freed_memory_policy(args.allocator == "keep")
 
-    from calogan.embedder import Embedder
-    from calogan.physics import physical_statistics
-    from calogan.prd import compute_prd, compute_prd_sklearn
-    from calogan.simulate import simulate_dataset, simulate_showers
+    from calogan.ecal.physics import physical_statistics
+    from calogan.ecal.simulate import simulate_dataset, simulate_showers
+    from calogan.metrics.embedder import Embedder
+    from calogan.metrics.prd import compute_prd, compute_prd_sklearn
 
     true = simulate_dataset(args.n, seed=11)
     gen = simulate_showers(true.point, true.momentum, true.pdg, np.random.default_rng(12))

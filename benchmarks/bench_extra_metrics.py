@@ -12,11 +12,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from calogan import extra_metrics as xm
-from calogan.errors import run_cli
-from calogan.physics import physical_statistics
-from calogan.runtime import atomic_write_json, select_device
-from calogan.simulate import simulate_dataset, simulate_showers
+from calogan.core.errors import run_cli
+from calogan.core.runtime import atomic_write_json, select_device
+from calogan.ecal.physics import physical_statistics
+from calogan.ecal.simulate import simulate_dataset, simulate_showers
+from calogan.metrics import two_sample as xm
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Speed of the fine-tuning physics losses relative to the exact (hard) competition statistics, same run.
 
-Times, per batch of simulated showers: calogan.physics.physical_statistics (exact, non-differentiable, the
+Times, per batch of simulated showers: calogan.ecal.physics.physical_statistics (exact, non-differentiable, the
 baseline), the surrogate regressor forward+backward, and the differentiable soft statistics forward+backward.
 Usage: python benchmarks/bench_finetune.py [--batch 256] [--repeats 5]
 """
@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from calogan.physics import physical_statistics
-from calogan.simulate import simulate_dataset
-from calogan.surrogate import SurrogateRegressor, energy_response_t, soft_asymmetries, soft_widths
+from calogan.ecal.physics import physical_statistics
+from calogan.ecal.simulate import simulate_dataset
+from calogan.studies.surrogate import SurrogateRegressor, energy_response_t, soft_asymmetries, soft_widths
 
 
 def best_time(fn, repeats: int) -> float:

@@ -3,8 +3,8 @@
 Run from the repository root:  python benchmarks/bench_generate.py [--repeats R] [--predict-events N] [--json FILE]
 
 All numbers come from one run on one machine; ratios are taken against baseline2019 (eager) in the same run.
-Also timed: the built-in parametric simulator (calogan.simulate) per shower, and predicting both competition
-splits (50,250 + 49,500 = 99,750 events) end to end with calogan.predict (files written to a temp folder).
+Also timed: the built-in parametric simulator (calogan.ecal.simulate) per shower, and predicting both competition
+splits (50,250 + 49,500 = 99,750 events) end to end with calogan.ecal.predict (files written to a temp folder).
 Weights are random (untrained): throughput does not depend on the values.
 """
 
@@ -24,8 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from calogan.data import CaloData, save_npz, split_path  # noqa: E402
-from calogan.export import (  # noqa: E402
+from calogan.core.runtime import choose_freed_memory_policy  # noqa: E402
+from calogan.ecal.data import CaloData, save_npz, split_path  # noqa: E402
+from calogan.ecal.export import (  # noqa: E402
     INPUT_NAMES,
     ParallelOnnxSession,
     RawInputGenerator,
@@ -34,14 +35,13 @@ from calogan.export import (  # noqa: E402
     save_onnx,
     to_torchscript,
 )
-from calogan.runtime import choose_freed_memory_policy  # noqa: E402
 
 BATCHES = (1, 64, 1024)
 
 
 def build_models() -> dict[str, torch.nn.Module]:
-    """The default generator and the 2019 baseline, as built by calogan.models (random weights)."""
-    from calogan.models import build_generator
+    """The default generator and the 2019 baseline, as built by calogan.ecal.models (random weights)."""
+    from calogan.ecal.models import build_generator
 
     torch.manual_seed(0)
     return {
@@ -131,8 +131,8 @@ def bench_backends(name: str, generator, tmp: Path, repeats: int) -> dict[str, d
 
 
 def bench_simulator(n: int = 2000) -> float:
-    """Seconds per shower of calogan.simulate (conditions drawn once, showers timed)."""
-    from calogan.simulate import sample_conditions, simulate_showers
+    """Seconds per shower of calogan.ecal.simulate (conditions drawn once, showers timed)."""
+    from calogan.ecal.simulate import sample_conditions, simulate_showers
 
     rng = np.random.default_rng(0)
     point, momentum, pdg = sample_conditions(n, rng)
@@ -143,9 +143,9 @@ def bench_simulator(n: int = 2000) -> float:
 
 
 def bench_predict(generator, tmp: Path, n_val: int, n_test: int, backends: list[str]) -> dict[str, float]:
-    """Wall seconds of calogan.predict writing both prediction files for n_val + n_test events, per backend."""
-    from calogan.predict import predict_with_generator
-    from calogan.simulate import sample_conditions
+    """Wall seconds of calogan.ecal.predict writing both prediction files for n_val + n_test events, per backend."""
+    from calogan.ecal.predict import predict_with_generator
+    from calogan.ecal.simulate import sample_conditions
 
     rng = np.random.default_rng(1)
     data_dir = tmp / "data"
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "--predict-backends",
         nargs="+",
         default=["torchscript", "onnx", "eager"],
-        help="calogan.predict backends",
+        help="calogan.ecal.predict backends",
     )
     parser.add_argument("--json", help="also write the results as JSON")
     parser.add_argument("--threads", type=int, help="torch/onnxruntime intra-op threads (default: torch's)")
@@ -188,11 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         "--allocator",
         choices=("keep", "default"),
         default="keep",
-        help="keep: calogan.runtime.keep_freed_memory() as every calogan command does; default: glibc as is",
+        help="keep: calogan.core.runtime.keep_freed_memory() as every calogan command does; default: glibc as is",
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    choose_freed_memory_policy(args.allocator == "keep")  # also for calogan.predict inside this process
+    choose_freed_memory_policy(args.allocator == "keep")  # also for calogan.ecal.predict inside this process
     if args.threads:
         torch.set_num_threads(args.threads)
     print(

@@ -1,7 +1,7 @@
 """Benchmark the numerical core of the metric: physical statistics and PRD (batched torch vs sklearn baseline).
 
 Usage: .venv/bin/python benchmarks/bench_metric.py [--n 50000] [--runs 100] [--baseline-runs 2] [--threads T]
-Data: simulated showers (calogan.simulate, seed 0 vs seed 1). Features: the 24 physical statistics and a
+Data: simulated showers (calogan.ecal.simulate, seed 0 vs seed 1). Features: the 24 physical statistics and a
 64-d stand-in for the image embedding (a fixed random projection of log1p(image), then tanh) — the PRD
 cost depends on n, d, K and R, not on what the features mean. The sklearn baseline (one MiniBatchKMeans(n_init=10)
 fit per run) is timed on --baseline-runs runs and scaled linearly to --runs; the script says so in its output.
@@ -18,9 +18,9 @@ import time
 import numpy as np
 import torch
 
-from calogan.physics import _reference_statistics_one, physical_statistics
-from calogan.prd import compute_prd, compute_prd_sklearn
-from calogan.simulate import simulate_dataset
+from calogan.ecal.physics import _reference_statistics_one, physical_statistics
+from calogan.ecal.simulate import simulate_dataset
+from calogan.metrics.prd import compute_prd, compute_prd_sklearn
 
 
 def embed_stand_in(images: np.ndarray, dim: int = 64, seed: int = 0) -> np.ndarray:

@@ -1,10 +1,10 @@
 """Quality of trained checkpoints on the validation solution (issue 5's targets), one row per checkpoint.
 
-For each checkpoint: generate the validation split with the EMA generator (``calogan.predict.generate``,
+For each checkpoint: generate the validation split with the EMA generator (``calogan.ecal.predict.generate``,
 seed 0), split the events into two random halves A and B, and report
 - the score of generated[A] against true[A] and the real-vs-real ceiling true[B] against true[A], both at
   N/2 vs N/2 (the same sample size, so the fraction of the ceiling is fair), K and R as given;
-- the conditional physics checks of ``calogan.response`` (6 log-spaced |p| bins, barycentre bias) on all
+- the conditional physics checks of ``calogan.metrics.response`` (6 log-spaced |p| bins, barycentre bias) on all
   validation events, and the particle-type switch on ``--switch-events`` of them.
 
     python benchmarks/bench_quality.py --data data quick=runs/quick/checkpoints/best.pt \\
@@ -31,13 +31,13 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    from calogan.data import load_npz, split_path
-    from calogan.embedder import load_or_train_embedder
-    from calogan.evaluate import format_physics_table, real_vs_real, score_arrays
-    from calogan.models import count_parameters, load_generator
-    from calogan.physics import physical_statistics
-    from calogan.predict import generate
-    from calogan.response import particle_type_switch, physics_checks
+    from calogan.ecal.data import load_npz, split_path
+    from calogan.ecal.models import count_parameters, load_generator
+    from calogan.ecal.physics import physical_statistics
+    from calogan.ecal.predict import generate
+    from calogan.metrics.embedder import load_or_train_embedder
+    from calogan.metrics.evaluate import format_physics_table, real_vs_real, score_arrays
+    from calogan.metrics.response import particle_type_switch, physics_checks
 
     true = load_npz(split_path(args.data, "val", "solution"), require_energy=True)
     embedder = load_or_train_embedder(args.data)

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from calogan.simulate import DEFAULT_SIZES, sample_conditions, simulate_showers
+from calogan.ecal.simulate import DEFAULT_SIZES, sample_conditions, simulate_showers
 
 
 def run_cli(n_train: int, n_val: int, n_test: int) -> tuple[float, float]:
@@ -48,8 +48,8 @@ def physics_table(n: int, seed: int = 0) -> list[tuple[str, str]]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import QuantileTransformer
 
-    from calogan.physics import barycentre_residual, physical_statistics
-    from calogan.simulate import simulate_dataset
+    from calogan.ecal.physics import barycentre_residual, physical_statistics
+    from calogan.ecal.simulate import simulate_dataset
 
     data = simulate_dataset(n, seed=seed)
     e = data.energy.reshape(n, -1).astype(np.float64)

@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from calogan.gan import gradient_penalty
-from calogan.models import build_critic, build_generator, critic_features
-from calogan.train import PRESETS, TrainConfig
+from calogan.core.gan import gradient_penalty
+from calogan.ecal.models import build_critic, build_generator, critic_features
+from calogan.ecal.train import PRESETS, TrainConfig
 
 
 def _conditions(n: int) -> torch.Tensor:

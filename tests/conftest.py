@@ -13,7 +13,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
     """data_{train,val,test}.npz + solutions with 2000/600/600 events, seed 123."""
-    from calogan.simulate import write_dataset
+    from calogan.ecal.simulate import write_dataset
 
     out = tmp_path_factory.mktemp("tiny_data")
     write_dataset(out, n_train=2000, n_val=600, n_test=600, seed=123, progress=False)
@@ -23,7 +23,7 @@ def tiny_data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_data_dir, tmp_path_factory):
     """checkpoints/best.pt of a run of the tiny training preset on tiny_data_dir (in-process, seconds)."""
-    from calogan.train import make_config, train
+    from calogan.ecal.train import make_config, train
 
     run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
     train(make_config("tiny", data=str(tiny_data_dir), run_dir=str(run_dir)), progress=False)

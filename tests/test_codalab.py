@@ -12,9 +12,9 @@ import pytest
 
 from calogan.codalab.bundle import build_bundle
 from calogan.codalab.score import main as score_main
-from calogan.data import load_npz, save_prediction, split_path
-from calogan.embedder import Embedder, save_embedder
-from calogan.errors import run_cli
+from calogan.core.errors import run_cli
+from calogan.ecal.data import load_npz, save_prediction, split_path
+from calogan.metrics.embedder import Embedder, save_embedder
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_bundle_unzipped_scores_a_submission(tiny_data_dir, embedder_file, tmp_p
     zpath = build_bundle(embedder_file, tmp_path / "program.zip")
     with zipfile.ZipFile(zpath) as zf:
         names = set(zf.namelist())
-        assert {"metadata", "score.py", "embedder.safetensors", "calogan/evaluate.py"} <= names
+        assert {"metadata", "score.py", "embedder.safetensors", "calogan/metrics/evaluate.py"} <= names
         assert "$program/score.py $input $output" in zf.read("metadata").decode()
         zf.extractall(tmp_path / "program")
     inp = _input_dir(tmp_path, tiny_data_dir)
@@ -72,7 +72,7 @@ def test_bundle_unzipped_scores_a_submission(tiny_data_dir, embedder_file, tmp_p
 
 
 def test_bundle_refuses_bad_embedder(tmp_path):
-    from calogan.errors import InputError
+    from calogan.core.errors import InputError
 
     (tmp_path / "e.safetensors").write_bytes(b"junk")
     with pytest.raises(InputError):

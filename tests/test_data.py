@@ -1,4 +1,4 @@
-"""calogan.data: validated loading of competition files, bad input → InputError naming the file, atomic saves."""
+"""calogan.ecal.data: validated loading of competition files, bad input → InputError naming the file, atomic saves."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calogan.data import (
+from calogan.core.errors import InputError, run_cli
+from calogan.ecal.data import (
     KEY_ENERGY,
     KEY_MOMENTUM,
     KEY_PDG,
@@ -21,7 +22,6 @@ from calogan.data import (
     save_npz,
     save_prediction,
 )
-from calogan.errors import InputError, run_cli
 
 N = 12
 
@@ -247,7 +247,7 @@ def test_run_cli_turns_bad_files_into_exit_2(tmp_path, capsys):
         assert len(lines) == 1 and str(path) in lines[0] and "Traceback" not in err
 
 
-CLI_SCRIPT = "import sys; from calogan.errors import run_cli; from calogan.data import load_npz; "
+CLI_SCRIPT = "import sys; from calogan.core.errors import run_cli; from calogan.ecal.data import load_npz; "
 CLI_SCRIPT += "raise SystemExit(run_cli(lambda argv: load_npz(argv[0], require_energy=True), sys.argv[1:]))"
 
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from calogan.data import load_npz, save_npz, save_prediction, split_path
-from calogan.embedder import train_embedder
-from calogan.errors import InputError, run_cli
-from calogan.evaluate import main, parse_metrics, score_arrays
-from calogan.simulate import simulate_showers
+from calogan.core.errors import InputError, run_cli
+from calogan.ecal.data import load_npz, save_npz, save_prediction, split_path
+from calogan.ecal.simulate import simulate_showers
+from calogan.metrics.embedder import train_embedder
+from calogan.metrics.evaluate import main, parse_metrics, score_arrays
 
 K, R = 20, 5  # reduced clusters / runs for CI time; N = 600 events per split
 
@@ -28,7 +28,7 @@ def embedder_path(tiny_data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def embedder(embedder_path):
-    from calogan.embedder import load_embedder
+    from calogan.metrics.embedder import load_embedder
 
     return load_embedder(embedder_path)
 
@@ -261,7 +261,7 @@ def test_cli_bad_options(pred_dir, tiny_data_dir, embedder_path, tmp_path, capsy
 
 
 def test_extra_metrics_hook(monkeypatch, resim, true_val, embedder):
-    """Extra metrics are looked up in calogan.extra_metrics.EXTRA_METRICS and called with the shared arrays."""
+    """Extra metrics are looked up in calogan.metrics.two_sample.EXTRA_METRICS and called with the shared arrays."""
     import types
 
     seen = {}
@@ -270,9 +270,9 @@ def test_extra_metrics_hook(monkeypatch, resim, true_val, embedder):
         seen.update(kw)
         return {"n": len(kw["gen_images"])}
 
-    fake = types.ModuleType("calogan.extra_metrics")
+    fake = types.ModuleType("calogan.metrics.two_sample")
     fake.EXTRA_METRICS = {"dummy": dummy}
-    monkeypatch.setitem(sys.modules, "calogan.extra_metrics", fake)
+    monkeypatch.setitem(sys.modules, "calogan.metrics.two_sample", fake)
     assert parse_metrics("all") == ["prd", "dummy"]
     r = score_arrays(
         resim, true_val, embedder, clusters=10, runs=1, seed=1, ceiling=False, standardised=False,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from test_predict import StandInGenerator, save_small_checkpoint
 
-from calogan.errors import InputError, run_cli
-from calogan.export import (
+from calogan.core.errors import InputError, run_cli
+from calogan.ecal.export import (
     INPUT_NAMES,
     PARITY_RTOL,
     ParallelOnnxSession,
@@ -109,8 +109,8 @@ def test_export_cli_bad_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_cli_real_generator(tmp_path, capsys, fmt):
-    """The default calogan.models generator exports from a checkpoint and matches eager (fresh batch sizes)."""
-    from calogan.models import load_generator
+    """The default calogan.ecal.models generator exports from a checkpoint and matches eager (fresh batch sizes)."""
+    from calogan.ecal.models import load_generator
 
     ckpt = save_small_checkpoint(tmp_path / "c.pt")
     out = tmp_path / f"g.{fmt}"

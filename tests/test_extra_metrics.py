@@ -1,4 +1,4 @@
-"""Tests for calogan.extra_metrics: the estimators on known distributions, and the issue-10 acceptance on simulator data."""
+"""Tests for calogan.metrics.two_sample: the estimators on known distributions, and the issue-10 acceptance on simulator data."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy.ndimage import uniform_filter
 
-from calogan import extra_metrics as xm
-from calogan.errors import InputError
-from calogan.physics import physical_statistics
-from calogan.simulate import simulate_dataset, simulate_showers
+from calogan.core.errors import InputError
+from calogan.ecal.physics import physical_statistics
+from calogan.ecal.simulate import simulate_dataset, simulate_showers
+from calogan.metrics import two_sample as xm
 
 N_EVENTS = 1200  # 600 per half: enough to separate every broken generator, small enough for CI
 

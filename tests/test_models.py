@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from calogan.errors import InputError
-from calogan.gan import gradient_penalty
-from calogan.models import (
+from calogan.core.errors import InputError
+from calogan.core.gan import gradient_penalty
+from calogan.ecal.models import (
     Baseline2019Generator,
     ShowerGenerator,
     build_critic,

@@ -14,9 +14,10 @@ import pytest
 import torch
 from test_predict import StandInGenerator, write_fake_data
 
-from calogan.data import split_path
-from calogan.errors import InputError, run_cli
-from calogan.package import (
+from calogan.core.errors import InputError, run_cli
+from calogan.ecal.data import split_path
+from calogan.ecal.predict import predict_with_generator
+from calogan.submission.package import (
     PREDICTION_NAMES,
     build_code_zip_from_generator,
     build_results_zip,
@@ -24,7 +25,6 @@ from calogan.package import (
     default_zip_name,
     main,
 )
-from calogan.predict import predict_with_generator
 
 N_VAL, N_TEST = 150, 130
 
@@ -227,7 +227,7 @@ def test_code_submission_runs_without_calogan(workspace, standin, tmp_path):
     assert proc.returncode == 0, proc.stderr
     for name, n in zip(PREDICTION_NAMES, (N_VAL, N_TEST)):
         got = np.load(tmp_path / "output" / name, allow_pickle=False)["EnergyDeposit"]
-        want = np.load(pred / name)["EnergyDeposit"]  # calogan.predict with the same seed
+        want = np.load(pred / name)["EnergyDeposit"]  # calogan.ecal.predict with the same seed
         assert got.shape == (n, 30, 30) and got.dtype == np.float32
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * want.max())
     # the outputs form a valid results zip
@@ -236,7 +236,7 @@ def test_code_submission_runs_without_calogan(workspace, standin, tmp_path):
 
 
 def test_package_trained_checkpoint_with_local_score(tiny_data_dir, tiny_checkpoint, tmp_path, capsys):
-    """checkpoint of calogan.train -> validated results zip + local score (physics-only without an embedder)."""
+    """checkpoint of calogan.ecal.train -> validated results zip + local score (physics-only without an embedder)."""
     out = tmp_path / "s.zip"
     argv = ["--checkpoint", str(tiny_checkpoint), "--data", str(tiny_data_dir), "--out", str(out)]
     assert main([*argv, "--score-runs", "1", "--device", "cpu"]) == 0

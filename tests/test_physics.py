@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calogan.data import load_npz, split_path
-from calogan.physics import (
+from calogan.ecal.data import load_npz, split_path
+from calogan.ecal.physics import (
     STAT_NAMES,
     _reference_statistics_one,
     barycentre,

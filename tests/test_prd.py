@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import auc as sk_auc
 
-from calogan.prd import auc, compute_prd, compute_prd_sklearn, f_beta_scores, prd_from_histograms
+from calogan.metrics.prd import auc, compute_prd, compute_prd_sklearn, f_beta_scores, prd_from_histograms
 
 
 @pytest.fixture(autouse=True)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from calogan.data import open_npz, save_npz
-from calogan.errors import InputError, run_cli
+from calogan.core.errors import InputError, run_cli
+from calogan.ecal.data import open_npz, save_npz
 from calogan.rich import COLUMNS, SENTINEL
 from calogan.rich import evaluate as rich_eval
 from calogan.rich import simulate as rich_sim

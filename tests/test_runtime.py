@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from calogan.errors import InputError
-from calogan.runtime import atomic_write_json, select_device
+from calogan.core.errors import InputError
+from calogan.core.runtime import atomic_write_json, select_device
 
 
 def test_select_device_accepts_names_devices_and_auto():
@@ -35,8 +35,8 @@ def test_atomic_files_get_the_usual_mode(tmp_path):
 
     import numpy as np
 
-    from calogan.data import save_npz
-    from calogan.runtime import default_file_mode
+    from calogan.core.runtime import default_file_mode
+    from calogan.ecal.data import save_npz
 
     path = save_npz(tmp_path / "x.npz", {"a": np.zeros(3)})
     assert os.stat(path).st_mode & 0o777 == default_file_mode()
@@ -48,18 +48,18 @@ def test_keep_freed_memory_is_idempotent_and_can_be_switched_off():
     import subprocess
     import sys
 
-    from calogan import runtime
+    from calogan.core import runtime
 
     first = runtime.keep_freed_memory()
     assert runtime.keep_freed_memory() is first  # once per process
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert first is True  # glibc accepts both thresholds
-    code = "from calogan.runtime import keep_freed_memory; print(keep_freed_memory())"
+    code = "from calogan.core.runtime import keep_freed_memory; print(keep_freed_memory())"
     env = {**os.environ, "CALOGAN_KEEP_FREED_MEMORY": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     code = (
-        "import os; from calogan.runtime import choose_freed_memory_policy, keep_freed_memory; "
+        "import os; from calogan.core.runtime import choose_freed_memory_policy, keep_freed_memory; "
         "print(choose_freed_memory_policy(False), keep_freed_memory(), os.environ['CALOGAN_KEEP_FREED_MEMORY'])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calogan.data import CaloData
-from calogan.errors import InputError
-from calogan.selection import apply_selection, overlap_fraction, parse_selection
+from calogan.core.errors import InputError
+from calogan.ecal.data import CaloData
+from calogan.studies.selection import apply_selection, overlap_fraction, parse_selection
 
 
 def _data() -> CaloData:

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calogan import simulate
-from calogan.data import CELL_CENTRES, KEY_ENERGY, load_npz, sha256_file
-from calogan.errors import run_cli
-from calogan.simulate import (
+from calogan.core.errors import run_cli
+from calogan.ecal import simulate
+from calogan.ecal.data import CELL_CENTRES, KEY_ENERGY, load_npz, sha256_file
+from calogan.ecal.simulate import (
     ShowerParams,
     sample_conditions,
     simulate_dataset,
@@ -77,7 +77,7 @@ def test_energy_response_and_resolution(sim):
 
 
 def test_barycentre_follows_point_and_direction(sim):
-    from calogan.physics import barycentre_residual
+    from calogan.ecal.physics import barycentre_residual
 
     res = barycentre_residual(sim.energy, sim.point, sim.momentum)[_contained(sim)]
     rms = np.sqrt((res**2).mean(axis=0))
@@ -116,7 +116,7 @@ def test_electrons_and_photons_distinguishable_but_not_trivially(sim):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import QuantileTransformer
 
-    from calogan.physics import physical_statistics
+    from calogan.ecal.physics import physical_statistics
 
     features = np.column_stack([physical_statistics(sim.energy, sim.point, sim.momentum), np.log(sim.p_abs)])
     y = sim.pdg == 22

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import calogan.train as train_mod
-from calogan.errors import run_cli
-from calogan.models import CHECKPOINT_FORMAT
-from calogan.train import TrainingDiverged, main, make_config, parse_set, train
+import calogan.ecal.train as train_mod
+from calogan.core.errors import run_cli
+from calogan.ecal.models import CHECKPOINT_FORMAT
+from calogan.ecal.train import TrainingDiverged, main, make_config, parse_set, train
 
 CKPT_KEYS = {
     "format", "config", "model_config", "normalizer", "generator", "generator_ema", "critic",

@@ -14,12 +14,14 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from calogan.errors import InputError, run_cli
-from calogan.runtime import atomic_write
+from calogan.core.errors import InputError, run_cli
+from calogan.core.runtime import atomic_write
 
 #: calogan modules the scoring program imports (plots and extra metrics are not needed on Codalab).
 BUNDLED_MODULES = (
-    "__init__.py", "errors.py", "data.py", "runtime.py", "physics.py", "prd.py", "embedder.py", "evaluate.py",
+    "__init__.py", "core/__init__.py", "core/errors.py", "core/runtime.py",
+    "ecal/__init__.py", "ecal/data.py", "ecal/physics.py",
+    "metrics/__init__.py", "metrics/prd.py", "metrics/embedder.py", "metrics/evaluate.py",
     "codalab/__init__.py", "codalab/score.py",
 )  # fmt: skip
 
@@ -31,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from calogan.codalab.score import main  # noqa: E402
-from calogan.errors import run_cli  # noqa: E402
+from calogan.core.errors import run_cli  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(run_cli(main, [*sys.argv[1:3], "--embedder", str(HERE / "embedder.safetensors"), *sys.argv[3:]]))
@@ -40,7 +42,7 @@ if __name__ == "__main__":
 
 def build_bundle(embedder_path: str | Path, out: str | Path) -> Path:
     """Write the scoring-program zip atomically; the embedder must be a loadable calogan embedder."""
-    from calogan.embedder import load_embedder
+    from calogan.metrics.embedder import load_embedder
 
     embedder_path, out = Path(embedder_path), Path(out)
     load_embedder(embedder_path)  # validates the file (format, weights) before anything is written

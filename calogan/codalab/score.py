@@ -11,9 +11,9 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-from calogan.errors import InputError, run_cli
-from calogan.evaluate import PREDICTION_NAMES, SPLITS, evaluate_predictions
-from calogan.runtime import atomic_write_text, select_device
+from calogan.core.errors import InputError, run_cli
+from calogan.core.runtime import atomic_write_text, select_device
+from calogan.metrics.evaluate import PREDICTION_NAMES, SPLITS, evaluate_predictions
 
 SET_NAMES = {"val": "set1", "test": "set2"}
 EMBEDDER_NAME = "embedder.safetensors"
@@ -52,7 +52,7 @@ def score_submission(
         raise InputError(
             f"{emb}: embedder weights not found (build the program with python -m calogan.codalab.bundle)"
         )
-    from calogan.embedder import load_embedder
+    from calogan.metrics.embedder import load_embedder
 
     embedder = load_embedder(
         emb, device=device

@@ -10,8 +10,8 @@ import numpy as np
 from scipy import special
 from sklearn.preprocessing import QuantileTransformer
 
-from calogan.data import open_npz
-from calogan.errors import InputError
+from calogan.core.errors import InputError
+from calogan.ecal.data import open_npz
 from calogan.rich import DLL_COLUMNS, INPUT_COLUMNS, PARTICLES, SENTINEL, WEIGHT_COLUMN
 
 

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from calogan.errors import InputError, run_cli
+from calogan.core.errors import InputError, run_cli
+from calogan.core.runtime import atomic_write_json, atomic_write_text, select_device
 from calogan.rich import DLL_COLUMNS, SAMPLES
 from calogan.rich.data import RichSample, load_sample, sample_path
 from calogan.rich.models import RichModel, load_rich_model
 from calogan.rich.weights import n_effective
-from calogan.runtime import atomic_write_json, atomic_write_text, select_device
 
 P_EDGES = np.array([3.0, 6.0, 10.0, 20.0, 40.0, 200.0])
 ETA_EDGES = np.array([1.5, 2.5, 3.0, 3.5, 4.0, 5.5])
@@ -180,7 +180,7 @@ def evaluate_model(
 
 def make_plots(report: dict, real: RichSample, gen_dlls: np.ndarray, out_dir: Path) -> list[Path]:
     """Weighted DLL histograms in P and eta bins and efficiency curves with ratios; returns the PNG paths."""
-    from calogan.plots import subplots
+    from calogan.metrics.plots import subplots
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

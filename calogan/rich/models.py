@@ -95,9 +95,9 @@ class RichModel:
 
 def load_rich_model(path, device="cpu", ema: bool = True) -> RichModel:
     """Load a calogan.rich.train checkpoint (weights_only) into a RichModel."""
-    from calogan.errors import InputError
+    from calogan.core.errors import InputError
+    from calogan.core.runtime import torch_load_safe
     from calogan.rich.data import QuantileNormal
-    from calogan.runtime import torch_load_safe
 
     ckpt = torch_load_safe(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:

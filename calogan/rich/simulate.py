@@ -37,11 +37,11 @@ import numpy as np
 from scipy import optimize, special
 from tqdm import tqdm
 
-from calogan.data import save_npz
-from calogan.errors import InputError, run_cli
+from calogan.core.errors import InputError, run_cli
+from calogan.core.runtime import atomic_write_json
+from calogan.ecal.data import save_npz
 from calogan.rich import DLL_COLUMNS, PARTICLES, SAMPLES, SENTINEL
 from calogan.rich.data import sample_path
-from calogan.runtime import atomic_write_json
 
 MASS_GEV = {"electron": 0.000511, "muon": 0.10566, "pion": 0.13957, "kaon": 0.49368, "proton": 0.93827}
 HYPOTHESES = ("electron", "muon", "kaon", "proton")  # DLL_h = logL_h - logL_pion, in DLL_COLUMNS order

@@ -30,9 +30,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from calogan.data import sha256_file
-from calogan.errors import InputError, run_cli
-from calogan.gan import EMA, gradient_penalty
+from calogan.core.errors import InputError, run_cli
+from calogan.core.gan import EMA, gradient_penalty
+from calogan.core.runtime import atomic_torch_save, atomic_write_json, seed_everything, select_device
+from calogan.ecal.data import sha256_file
 from calogan.rich import PARTICLES
 from calogan.rich.data import (
     QuantileNormal,
@@ -47,7 +48,6 @@ from calogan.rich.data import (
 )
 from calogan.rich.models import CHECKPOINT_FORMAT, build_models
 from calogan.rich.weights import WEIGHT_MODES, expected_sweights, n_effective
-from calogan.runtime import atomic_torch_save, atomic_write_json, seed_everything, select_device
 
 PRESETS: dict[str, dict] = {
     "tiny": {"steps": 40, "batch_size": 256, "hidden": 32, "depth": 2, "noise_dim": 16, "n_critic": 2},

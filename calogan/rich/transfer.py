@@ -13,9 +13,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from calogan.errors import run_cli
+from calogan.core.errors import run_cli
+from calogan.core.runtime import atomic_write_json, atomic_write_text
 from calogan.rich.evaluate import evaluate_checkpoint
-from calogan.runtime import atomic_write_json, atomic_write_text
 
 
 def transfer_test(

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calogan.data import CaloData
-from calogan.errors import InputError
+from calogan.core.errors import InputError
+from calogan.ecal.data import CaloData
 
 _OPS: dict[str, Callable[[np.ndarray, float], np.ndarray]] = {
     "<=": operator.le,

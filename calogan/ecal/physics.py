@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from calogan.data import CELL_CENTRES, IMAGE_SIZE, N_CELLS, SHOWER_DEPTH_CM
+from calogan.ecal.data import CELL_CENTRES, IMAGE_SIZE, N_CELLS, SHOWER_DEPTH_CM
 
 #: The 20 sparsity levels: fraction of cells with energy >= alpha * image sum.
 SPARSITY_ALPHAS = np.logspace(-5, -1, 20)

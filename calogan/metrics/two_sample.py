@@ -23,17 +23,17 @@ from scipy import linalg, stats
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from calogan.data import CaloData
-from calogan.errors import InputError
-from calogan.physics import (
+from calogan.core.errors import InputError
+from calogan.core.runtime import atomic_write, atomic_write_text
+from calogan.ecal.data import CaloData
+from calogan.ecal.physics import (
     STAT_NAMES,
     barycentre_residual,
     energy_response,
     physical_statistics,
     standardise_statistics,
 )
-from calogan.response import physics_metric
-from calogan.runtime import atomic_write, atomic_write_text
+from calogan.metrics.response import physics_metric
 
 #: Names of the high-level features (24 statistics, energy response, barycentre residuals, conditions).
 HIGH_LEVEL_NAMES: tuple[str, ...] = STAT_NAMES + ("energy_response", "barycentre_dx", "barycentre_dy")
@@ -551,13 +551,13 @@ EXTRA_METRICS: dict[str, Callable[..., dict[str, Any]]] = {
     "kpd": kpd_metric,
     "sep": sep_metric,
     "prdc": prdc_metric,
-    "physics": physics_metric,  # response/resolution per energy bin, barycentre bias (calogan.response)
+    "physics": physics_metric,  # response/resolution per energy bin, barycentre bias (calogan.metrics.response)
 }
 
 
 def make_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write ROC curves (cls) and the separation-power table + bar chart (sep) for whichever metrics are present."""
-    from calogan.plots import subplots
+    from calogan.metrics.plots import subplots
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

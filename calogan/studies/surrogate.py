@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from calogan.data import CELL_CENTRES, IMAGE_SIZE, SHOWER_DEPTH_CM
-from calogan.errors import InputError
+from calogan.core.errors import InputError
+from calogan.ecal.data import CELL_CENTRES, IMAGE_SIZE, SHOWER_DEPTH_CM
 
 #: Statistic names a fine-tuning target may use (``sparsity`` means all 20 levels).
 SURROGATE_TARGETS = (
@@ -31,7 +31,7 @@ SURROGATE_TARGETS = (
 )
 DIRECT_TARGETS = ("energy_response",)
 TARGET_NAMES = SURROGATE_TARGETS + DIRECT_TARGETS
-#: Columns of calogan.physics.physical_statistics for each surrogate target.
+#: Columns of calogan.ecal.physics.physical_statistics for each surrogate target.
 TARGET_COLUMNS = {
     "longitudinal_asymmetry": [0],
     "transverse_asymmetry": [1],
@@ -73,7 +73,7 @@ def target_values(stats24: np.ndarray, names: list[str]) -> np.ndarray:
 
 def target_labels(names: list[str]) -> list[str]:
     """One label per surrogate output column (``sparsity`` expands to its 20 levels)."""
-    from calogan.physics import STAT_NAMES
+    from calogan.ecal.physics import STAT_NAMES
 
     labels = []
     for name in names:

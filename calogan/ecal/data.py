@@ -1,6 +1,6 @@
 """The competition data format (DESIGN §2): validated npz loading, atomic writing, condition vectors.
 
-Every validation failure raises :class:`calogan.errors.InputError` with a message naming the file,
+Every validation failure raises :class:`calogan.core.errors.InputError` with a message naming the file,
 the key and the problem. Files are always read with ``allow_pickle=False``.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from calogan.errors import InputError
-from calogan.runtime import atomic_write
+from calogan.core.errors import InputError
+from calogan.core.runtime import atomic_write
 
 IMAGE_SIZE = 30
 N_CELLS = IMAGE_SIZE * IMAGE_SIZE

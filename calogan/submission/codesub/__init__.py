@@ -1,4 +1,4 @@
-"""Template of the Codalab code submission (solution.py), copied into the zip by calogan.package --kind code."""
+"""Template of the Codalab code submission (solution.py), copied into the zip by `python -m calogan.package --kind code`."""
 
 from __future__ import annotations
 

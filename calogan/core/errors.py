@@ -25,9 +25,9 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
     """Run a CLI ``main(argv)``; map InputError to exit 2 and other failures to exit 1.
 
     ``main`` may return None (success) or an int exit status. Every command runs with freed CPU memory
-    kept for reuse (:func:`calogan.runtime.keep_freed_memory`).
+    kept for reuse (:func:`calogan.core.runtime.keep_freed_memory`).
     """
-    from calogan.runtime import keep_freed_memory
+    from calogan.core.runtime import keep_freed_memory
 
     keep_freed_memory()
     try:

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from calogan.data import PDG_ELECTRON, PDG_PHOTON, CaloData
-from calogan.errors import InputError
-from calogan.physics import (
+from calogan.core.errors import InputError
+from calogan.ecal.data import PDG_ELECTRON, PDG_PHOTON, CaloData
+from calogan.ecal.physics import (
     STAT_NAMES,
     barycentre,
     cluster_3x3,
@@ -216,7 +216,7 @@ def particle_type_switch(
     significant (> ``significance`` standard errors) and whose generated difference has the same sign;
     ``correlation`` is the Pearson correlation of the two difference vectors over those statistics.
     """
-    from calogan.predict import generate
+    from calogan.ecal.predict import generate
 
     if true.energy is None:
         raise InputError(f"{true.path}: solution has no EnergyDeposit to compare with")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from calogan.errors import InputError
+from calogan.core.errors import InputError
 
 
 def select_device(preference=None):

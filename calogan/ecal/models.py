@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from calogan.data import CELL_CENTRES, ConditionNormalizer
-from calogan.errors import InputError
+from calogan.core.errors import InputError
+from calogan.ecal.data import CELL_CENTRES, ConditionNormalizer
 
 #: ~165 energy units per GeV of particle momentum (DESIGN §2).
 ENERGY_PER_GEV = 165.0
@@ -352,7 +352,7 @@ def check_checkpoint(ckpt: object, path: str | Path) -> dict:
 
 def load_generator(checkpoint_path: str | Path, device: str | torch.device = "cpu", ema: bool = True):
     """Load the (EMA) generator of a training checkpoint; returns (generator in eval mode, metadata dict)."""
-    from calogan.runtime import torch_load_safe
+    from calogan.core.runtime import torch_load_safe
 
     ckpt = check_checkpoint(torch_load_safe(checkpoint_path), checkpoint_path)
     generator = build_generator(ckpt["model_config"])

@@ -1,0 +1,1 @@
+"""Shared machinery with no physics in it: bad-input errors, runtime helpers, WGAN-GP building blocks."""

@@ -1,0 +1,1 @@
+"""Judging generated showers: the competition score (PRD over embeddings and statistics) and stricter tests."""

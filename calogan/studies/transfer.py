@@ -1,0 +1,290 @@
+"""Generative-model transfer study: ``python -m calogan.transfer``.
+
+Trains (or takes) a generator on one selection of the training file and evaluates it on that selection and on
+another one of the validation solution, against the simulator's truth: score and ceiling, per-|p|-bin response
+and resolution ratios generated/real, and the efficiency of physics cuts generated vs real with binomial errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from calogan.core.errors import InputError, run_cli
+from calogan.core.runtime import atomic_write_json, atomic_write_text, select_device
+from calogan.ecal.data import CaloData, load_npz, require_file, save_npz, split_path
+from calogan.ecal.physics import cluster_3x3
+from calogan.studies.finetune import (
+    FinetuneConfig,
+    load_checked_checkpoint,
+    load_data_embedder,
+    score_images,
+)
+from calogan.studies.selection import Selection, apply_selection, overlap_fraction, parse_selection
+from calogan.studies.surrogate import momentum_quantile_edges
+
+#: Evaluation settings per preset: events per selection, PRD clusters and runs, |p| bins.
+PRESETS = {
+    "tiny": dict(eval_events=300, clusters=5, runs=2, n_bins=3),
+    "quick": dict(eval_events=5000, clusters=20, runs=10, n_bins=4),
+    "full": dict(eval_events=0, clusters=100, runs=20, n_bins=5),
+}
+#: Energy units per GeV (DESIGN §2) for the cluster-energy cut.
+UNITS_PER_GEV = 165.0
+CLUSTER_CUT_GEV = 2.0
+
+
+def efficiencies(gen: np.ndarray, real: np.ndarray) -> dict[str, dict]:
+    """Fractions of events passing each cut, generated and real, with binomial errors.
+
+    Cuts: E(3×3) > 2 GeV-equivalent (330 units); containment E(3×3)/E_total above the real sample's median.
+    Errors are binomial sqrt(e(1-e)/n); the pull (gen - real)/error uses Laplace-smoothed (k+1)/(n+2) errors.
+    """
+    out = {}
+    e3g, e3r = cluster_3x3(gen), cluster_3x3(real)
+    tot_g = np.asarray(gen, np.float64).reshape(len(gen), -1).sum(1)
+    tot_r = np.asarray(real, np.float64).reshape(len(real), -1).sum(1)
+    frac_g, frac_r = e3g / np.maximum(tot_g, 1e-12), e3r / np.maximum(tot_r, 1e-12)
+    median = float(np.median(frac_r))
+    cuts = {
+        f"E3x3 > {CLUSTER_CUT_GEV:g} GeV": (
+            e3g > CLUSTER_CUT_GEV * UNITS_PER_GEV,
+            e3r > CLUSTER_CUT_GEV * UNITS_PER_GEV,
+        ),
+        f"E3x3/E > {median:.3f} (real median)": (frac_g > median, frac_r > median),
+    }
+    for name, (pg, pr) in cuts.items():
+        eg, er = float(pg.mean()), float(pr.mean())
+        sg, sr = np.sqrt(eg * (1 - eg) / len(pg)), np.sqrt(er * (1 - er) / len(pr))
+        # the pull uses Laplace-smoothed errors, so efficiencies of exactly 0 or 1 still give a finite pull
+        lg, lr = (pg.sum() + 1) / (len(pg) + 2), (pr.sum() + 1) / (len(pr) + 2)
+        spull = np.hypot(np.sqrt(lg * (1 - lg) / len(pg)), np.sqrt(lr * (1 - lr) / len(pr)))
+        out[name] = {"gen": eg, "gen_err": float(sg), "real": er, "real_err": float(sr),
+                     "pull": float((eg - er) / spull)}  # fmt: skip
+    return out
+
+
+def response_ratios(gen: np.ndarray, data: CaloData, n_bins: int) -> dict:
+    """Per-|p|-bin ratios generated/real of the mean energy response and of the resolution (std/mean)."""
+    from calogan.ecal.physics import energy_response
+
+    rg, rr = energy_response(gen, data.momentum), energy_response(data.energy, data.momentum)
+    edges = momentum_quantile_edges(data.p_abs, n_bins)
+    bins = np.searchsorted(edges, np.log(data.p_abs))
+    p_edges = [float(data.p_abs.min())] + np.exp(edges).tolist() + [float(data.p_abs.max())]
+    rows = []
+    for b in range(n_bins):
+        g, r = rg[bins == b], rr[bins == b]
+        if len(r) < 2:
+            rows.append(
+                {
+                    "p_lo": p_edges[b],
+                    "p_hi": p_edges[b + 1],
+                    "n": int(len(r)),
+                    "response": None,
+                    "resolution": None,
+                }
+            )
+            continue
+        mg, mr = g.mean(), r.mean()
+        resp_err = abs(mg / mr) * np.hypot(g.std() / np.sqrt(len(g)) / mg, r.std() / np.sqrt(len(r)) / mr)
+        rows.append({"p_lo": p_edges[b], "p_hi": p_edges[b + 1], "n": int(len(r)), "response": float(mg / mr),
+                     "response_err": float(resp_err), "resolution": float((g.std() / mg) / (r.std() / mr))})  # fmt: skip
+    return {"bins": rows}
+
+
+def _evaluate_selection(
+    generator, val: CaloData, sel: Selection, option: str, cfg: FinetuneConfig, embedder, dev
+) -> dict:
+    from calogan.ecal.predict import generate
+
+    data = apply_selection(val, sel, option)
+    if cfg.eval_events and len(data) > cfg.eval_events:
+        data = data.subset(np.random.default_rng(cfg.seed).choice(len(data), cfg.eval_events, replace=False))
+    if len(data) < 20:
+        raise InputError(f"{option}: '{sel.text}' selects only {len(data)} validation events (need >= 20)")
+    gen = generate(generator, data, seed=cfg.seed + 1, device=dev)
+    return {
+        "selection": str(sel),
+        "n_events": len(data),
+        "score": score_images(gen, data, embedder, cfg, dev),
+        "response": response_ratios(gen, data, cfg.n_bins),
+        "efficiency": efficiencies(gen, data.energy),
+    }
+
+
+def _train_on_selection(
+    data_dir, train_sel: Selection, out_dir: Path, preset: str, seed: int, device, progress
+) -> Path:
+    """Write the selected training events to OUT/train_data and train a model there; returns its best.pt."""
+    from calogan.ecal.train import PRESETS as TRAIN_PRESETS
+    from calogan.ecal.train import make_config, train
+
+    full = load_npz(require_file(split_path(data_dir, "train")), require_energy=True)
+    subset = apply_selection(full, train_sel, "--train-selection")
+    sub_dir = out_dir / "train_data"
+    save_npz(split_path(sub_dir, "train"), subset.to_arrays())
+    holdout = max(10, min(int(TRAIN_PRESETS[preset].get("holdout", 2000)), len(subset) // 5))
+    cfg = make_config(
+        preset, data=str(sub_dir), run_dir=str(out_dir / "run"), seed=seed, device=device, holdout=holdout
+    )
+    run_dir = train(cfg, overwrite=True, progress=progress)
+    return Path(run_dir) / "checkpoints" / "best.pt"
+
+
+def transfer_study(
+    data_dir: str | os.PathLike,
+    train_selection: str,
+    test_selection: str,
+    out_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike | None = None,
+    preset: str = "quick",
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """Run the study and write OUT/{report.md, results.json, transfer.png}; returns the numbers."""
+    from calogan.ecal.models import load_generator
+
+    sel_train = parse_selection(train_selection, "--train-selection")
+    sel_test = parse_selection(test_selection, "--test-selection")
+    if preset not in PRESETS:
+        raise InputError(f"--preset: unknown preset '{preset}' (use {', '.join(PRESETS)})")
+    val = load_npz(require_file(split_path(data_dir, "val", "solution")), require_energy=True)
+    for sel, opt in ((sel_train, "--train-selection"), (sel_test, "--test-selection")):
+        apply_selection(val, sel, opt)  # fail on empty selections before any training
+    out_dir = Path(out_dir)
+    dev = select_device(device)
+    if checkpoint is not None:
+        load_checked_checkpoint(checkpoint, data_dir)
+    else:
+        checkpoint = _train_on_selection(data_dir, sel_train, out_dir, preset, seed, device, progress)
+    generator, _ = load_generator(checkpoint, device=dev, ema=True)
+    cfg = FinetuneConfig(**PRESETS[preset], seed=seed)
+    embedder = load_data_embedder(data_dir, dev)
+    result = {
+        "checkpoint": str(checkpoint),
+        "preset": preset,
+        "overlap_fraction_val": overlap_fraction(val, sel_train, sel_test),
+        "score_uses_embedder": embedder is not None,
+        "train_selection": _evaluate_selection(
+            generator, val, sel_train, "--train-selection", cfg, embedder, dev
+        ),
+        "test_selection": _evaluate_selection(
+            generator, val, sel_test, "--test-selection", cfg, embedder, dev
+        ),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_transfer(out_dir / "transfer.png", result)
+    atomic_write_json(out_dir / "results.json", result)
+    atomic_write_text(out_dir / "report.md", render_report(result))
+    return result
+
+
+def plot_transfer(path: Path, result: dict) -> Path:
+    """PNG: response ratio per |p| bin and cut efficiencies, for both selections."""
+    from calogan.metrics.plots import subplots
+
+    fig, (ax1, ax2) = subplots(1, 2, figsize=(10, 3.8))
+    for key, marker in (("train_selection", "o"), ("test_selection", "s")):
+        part = result[key]
+        rows = [r for r in part["response"]["bins"] if r["response"] is not None]
+        mid = [np.sqrt(r["p_lo"] * r["p_hi"]) for r in rows]
+        ax1.errorbar(mid, [r["response"] for r in rows], [r["response_err"] for r in rows], marker=marker,
+                     ls="", label=f"{key.split('_')[0]}: {part['selection']}")  # fmt: skip
+        effs = part["efficiency"]
+        x = np.arange(len(effs)) + (0.0 if key == "train_selection" else 0.4)
+        ax2.bar(x, [e["gen"] - e["real"] for e in effs.values()], 0.35, yerr=[np.hypot(e["gen_err"], e["real_err"]) for e in effs.values()],
+                label=part["selection"])  # fmt: skip
+        ax2.set_xticks(np.arange(len(effs)) + 0.2, list(effs), fontsize=7)
+    ax1.axhline(1.0, color="k", lw=0.8)
+    ax1.set_xscale("log")
+    ax1.set_xlabel("|p| (GeV)")
+    ax1.set_ylabel("mean response gen / real")
+    ax1.legend(fontsize=7)
+    ax2.axhline(0.0, color="k", lw=0.8)
+    ax2.set_ylabel("efficiency gen − real")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    os.replace(tmp, path)
+    return path
+
+
+def render_report(result: dict) -> str:
+    """Markdown report of a transfer study."""
+
+    def fmt(v, spec=".3f") -> str:
+        return "n/a" if v is None else format(v, spec)
+
+    lines = ["# Transfer study", "", f"Model: `{result['checkpoint']}` (preset {result['preset']}). "
+             f"Fraction of validation events in both selections: {result['overlap_fraction_val']:.3f}.", ""]  # fmt: skip
+    lines += [
+        "## Score (min of the PRD AUCs)",
+        "",
+        "| selection | events | score | ± std | ceiling |",
+        "|---|---|---|---|---|",
+    ]
+    for key in ("train_selection", "test_selection"):
+        p = result[key]
+        s = p["score"]
+        lines.append(f"| {key.split('_')[0]}: `{p['selection']}` | {p['n_events']} | {fmt(s.get('score'))} | "
+                     f"{fmt(s.get('score_std'))} | {fmt(s.get('ceiling'))} |")  # fmt: skip
+    if not result.get("score_uses_embedder"):
+        lines += ["", "No DATA/embedder.safetensors: scores are AUC_phys only."]
+    lines += ["", "## Energy response and resolution, generated / real", "",
+              "| selection | |p| bin (GeV) | events | response ratio | resolution ratio |", "|---|---|---|---|---|"]  # fmt: skip
+    for key in ("train_selection", "test_selection"):
+        for r in result[key]["response"]["bins"]:
+            lines.append(f"| `{result[key]['selection']}` | {r['p_lo']:.1f}–{r['p_hi']:.1f} | {r['n']} | "
+                         f"{fmt(r['response'])} ± {fmt(r.get('response_err'))} | {fmt(r['resolution'])} |")  # fmt: skip
+    lines += [
+        "",
+        "## Cut efficiencies (binomial errors)",
+        "",
+        "| selection | cut | generated | real | pull |",
+        "|---|---|---|---|---|",
+    ]
+    for key in ("train_selection", "test_selection"):
+        for cut, e in result[key]["efficiency"].items():
+            lines.append(f"| `{result[key]['selection']}` | {cut} | {e['gen']:.3f} ± {e['gen_err']:.3f} | "
+                         f"{e['real']:.3f} ± {e['real_err']:.3f} | {e['pull']:+.1f} |")  # fmt: skip
+    lines += ["", "![transfer](transfer.png)", ""]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m calogan.transfer", description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="data")
+    p.add_argument("--train-selection", required=True, help="e.g. 'p<20', 'pdg==11', 'r<5 & p>=5'")
+    p.add_argument("--test-selection", required=True, help="e.g. 'p>=20'")
+    p.add_argument(
+        "--checkpoint", default=None, help="use this model instead of training one on --train-selection"
+    )
+    p.add_argument("--preset", choices=tuple(PRESETS), default="quick")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: run :func:`transfer_study` and print the two scores."""
+    a = build_parser().parse_args(argv)
+    r = transfer_study(
+        a.data, a.train_selection, a.test_selection, a.out, a.checkpoint, a.preset, a.seed, a.device
+    )
+    for key in ("train_selection", "test_selection"):
+        s = r[key]["score"]
+        print(f"{key}: {r[key]['selection']}: score {s.get('score')} (ceiling {s.get('ceiling')})")
+    print(f"report: {Path(a.out) / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

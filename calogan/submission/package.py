@@ -1,0 +1,389 @@
+"""Build and check Codalab submission zips (issue 6, DESIGN §5).
+
+``python -m calogan.package (--checkpoint CKPT | --predictions DIR) [--data DIR] [--out ZIP] [--kind results|code]``
+``python -m calogan.package --check ZIP [--data DIR]``
+
+A results zip holds exactly data_val_prediction.npz and data_test_prediction.npz at its root. A code zip holds
+a self-contained solution.py, a TorchScript generator (generator.pt) with its settings (generator.json) and the
+Codalab ``metadata`` command line. Everything is validated before the zip is written; the zip is written to a
+temp file and renamed, so a failure never leaves a partial zip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from calogan.core.errors import InputError, run_cli
+from calogan.core.runtime import atomic_write
+from calogan.ecal.data import (
+    IMAGE_SIZE,
+    KEY_ENERGY,
+    check_prediction_arrays,
+    load_npz,
+    open_npz,
+    save_prediction,
+    sha256_file,
+    split_path,
+)
+from calogan.ecal.predict import PREDICT_SPLITS, ZIP_EPOCH, add_file_to_zip
+
+PREDICTION_NAMES = tuple(f"data_{split}_prediction.npz" for split in PREDICT_SPLITS)
+#: Codalab's usual upload limit; a bigger zip is reported (not refused: the limit is set per competition).
+SIZE_WARN_MB = 300.0
+CODE_FILES = ("solution.py", "generator.pt", "generator.json", "metadata")
+
+
+@dataclass
+class FileReport:
+    """What was checked about one prediction file."""
+
+    name: str
+    n: int
+    size_bytes: int
+    sha256: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def format_notes(arrays: dict[str, np.ndarray]) -> list[str]:
+    """Deviations from the canonical format that the scorer tolerates (dtype, flat shape, extra keys)."""
+    notes = []
+    raw = arrays[KEY_ENERGY]
+    if raw.dtype != np.float32:
+        notes.append(f"dtype {raw.dtype} (canonical: float32)")
+    if raw.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        notes.append(f"shape {raw.shape} (canonical: (N, 30, 30))")
+    extra = sorted(set(arrays) - {KEY_ENERGY})
+    if extra:
+        notes.append(f"extra keys {extra} (ignored by the scorer)")
+    return notes
+
+
+def expected_sizes(data_dir: str | os.PathLike | None, required: bool) -> dict[str, int | None]:
+    """N of data_val.npz / data_test.npz in ``data_dir`` (None where unknown and not required)."""
+    sizes: dict[str, int | None] = {}
+    for split in PREDICT_SPLITS:
+        path = split_path(data_dir, split) if data_dir is not None else None
+        if path is not None and path.exists():
+            sizes[split] = len(load_npz(path, require_energy=False))
+        elif required:
+            where = path if path is not None else f"data_{split}.npz"
+            raise InputError(f"{where}: file not found (needed to check N; pass --data DIR)")
+        else:
+            sizes[split] = None
+    return sizes
+
+
+def check_zip(
+    zip_path: str | os.PathLike, data_dir: str | os.PathLike | None = "data"
+) -> tuple[list[FileReport], dict[str, np.ndarray]]:
+    """Validate a results zip as the scoring program reads it; return per-file reports and the images.
+
+    Refused (InputError, one line): not a zip, missing or extra files, nested folders, pickled/object
+    arrays, wrong key/shape/N, NaN/Inf, negative energies. N is checked when ``data_dir`` has the data files.
+    """
+    zip_path = Path(zip_path)
+    if not zip_path.is_file():
+        raise InputError(f"{zip_path}: file not found")
+    if not zipfile.is_zipfile(zip_path):
+        raise InputError(f"{zip_path}: not a zip archive")
+    sizes = expected_sizes(data_dir, required=False)
+    reports, images = [], {}
+    with zipfile.ZipFile(zip_path) as zf, tempfile.TemporaryDirectory(prefix="calogan-check-") as tmp:
+        names = [info.filename for info in zf.infolist() if not info.is_dir()]
+        nested = [n for n in names if "/" in n.strip("/") and n.rsplit("/", 1)[-1] in PREDICTION_NAMES]
+        if nested:
+            raise InputError(
+                f"{zip_path}: '{nested[0]}' is inside a folder; the prediction files must be at the zip root"
+            )
+        missing = [n for n in PREDICTION_NAMES if n not in names]
+        if missing:
+            raise InputError(
+                f"{zip_path}: missing {', '.join(missing)} (has: {', '.join(names) or 'nothing'})"
+            )
+        extra = [n for n in names if n not in PREDICTION_NAMES]
+        if extra:
+            raise InputError(
+                f"{zip_path}: unexpected extra file(s) {', '.join(extra[:5])}; keep only the two predictions"
+            )
+        for split, name in zip(PREDICT_SPLITS, PREDICTION_NAMES):
+            label = f"{zip_path}:{name}"
+            try:
+                extracted = Path(zf.extract(name, tmp))
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise InputError(f"{label}: cannot be extracted ({exc})") from None
+            try:
+                arrays = open_npz(extracted)
+            except InputError as exc:
+                raise InputError(str(exc).replace(str(extracted), label)) from None
+            images[split] = check_prediction_arrays(label, arrays, sizes[split])
+            notes = format_notes(arrays)
+            if sizes[split] is None:
+                notes.append("N not checked (data file not found; pass --data DIR)")
+            reports.append(
+                FileReport(name, len(images[split]), extracted.stat().st_size, sha256_file(extracted), notes)
+            )
+    return reports, images
+
+
+def default_zip_name(source: Path, kind: str) -> Path:
+    """submissions/<run>-<date>[-code].zip, the run taken from runs/<run>/checkpoints/x.pt or runs/<run>/predictions."""
+    parts = source.resolve().parts
+    run = parts[-3] if len(parts) >= 3 and parts[-2] == "checkpoints" else None
+    if run is None:
+        run = source.resolve().parent.name if source.name in ("predictions", "") else source.stem
+    date = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M")
+    return Path("submissions") / f"{run}-{date}{'-code' if kind == 'code' else ''}.zip"
+
+
+def _write_zip_atomic(out: Path, entries: dict[str, Path | bytes], compression: int) -> Path:
+    """Write a zip of {arcname: file path or bytes} to a temp file beside ``out``, then rename."""
+
+    def write(handle) -> None:
+        with zipfile.ZipFile(handle, "w", compression, allowZip64=True) as zf:
+            for arcname, content in entries.items():
+                if isinstance(content, bytes):
+                    info = zipfile.ZipInfo(arcname, date_time=ZIP_EPOCH)
+                    info.external_attr = 0o644 << 16
+                    zf.writestr(info, content, compress_type=compression)
+                else:
+                    add_file_to_zip(zf, content, arcname)
+
+    return atomic_write(out, write)
+
+
+def _refuse_existing(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    if out.is_dir():
+        raise InputError(f"{out}: is a directory, expected a .zip file name")
+
+
+def build_results_zip(
+    predictions_dir: str | os.PathLike,
+    data_dir: str | os.PathLike = "data",
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    compress: bool = True,
+) -> tuple[Path, list[FileReport]]:
+    """Validate the two prediction files (N against the data files) and zip them at the root, atomically.
+
+    Files already in the canonical format are zipped byte for byte; others (float64, (N,900)) are
+    rewritten as float32 (N, 30, 30) first.
+    """
+    predictions_dir = Path(predictions_dir)
+    out = Path(out) if out else default_zip_name(predictions_dir, "results")
+    _refuse_existing(out, overwrite)
+    if not predictions_dir.is_dir():
+        raise InputError(
+            f"{predictions_dir}: not a folder with data_val_prediction.npz and data_test_prediction.npz"
+        )
+    sizes = expected_sizes(data_dir, required=True)
+    reports, entries = [], {}
+    with tempfile.TemporaryDirectory(prefix="calogan-package-") as tmp:
+        for split, name in zip(PREDICT_SPLITS, PREDICTION_NAMES):
+            path = predictions_dir / name
+            if not path.exists():
+                raise InputError(f"{path}: file not found (run `python -m calogan.predict` first)")
+            arrays = open_npz(path)
+            images = check_prediction_arrays(str(path), arrays, sizes[split])
+            notes = format_notes(arrays)
+            if notes:  # rewrite in the canonical format
+                path = save_prediction(Path(tmp) / name, images)
+                notes = [f"converted to float32 (N, 30, 30), one key ({'; '.join(notes)})"]
+            del arrays, images
+            entries[name] = path
+            reports.append(FileReport(name, sizes[split], path.stat().st_size, sha256_file(path), notes))
+        _write_zip_atomic(out, entries, zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED)
+    return out, reports
+
+
+def build_code_zip(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+    batch_size: int = 128,
+) -> tuple[Path, dict]:
+    """Build a code submission from a checkpoint's EMA generator; see :func:`build_code_zip_from_generator`."""
+    from calogan.ecal.data import require_file
+    from calogan.ecal.models import load_generator
+
+    checkpoint = Path(checkpoint)
+    out = Path(out) if out else default_zip_name(checkpoint, "code")
+    _refuse_existing(out, overwrite)
+    require_file(checkpoint, hint="pass the checkpoint written by `python -m calogan.train`")
+    generator, _ = load_generator(checkpoint, device="cpu", ema=True)
+    info = {"checkpoint": checkpoint.name, "checkpoint_sha256": sha256_file(checkpoint)}
+    return build_code_zip_from_generator(generator, out, overwrite, seed, batch_size, info)
+
+
+def build_code_zip_from_generator(
+    generator,
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    seed: int = 0,
+    batch_size: int = 128,
+    info: dict | None = None,
+) -> tuple[Path, dict]:
+    """Zip solution.py + TorchScript generator.pt + generator.json + Codalab metadata, atomically.
+
+    The solution needs only numpy and torch; it draws noise exactly like calogan.ecal.predict.
+    """
+    from calogan.ecal.export import export_generator
+    from calogan.submission.codesub import METADATA_COMMAND, SOLUTION_SCRIPT
+
+    out = Path(out)
+    _refuse_existing(out, overwrite)
+    with tempfile.TemporaryDirectory(prefix="calogan-code-") as tmp:
+        weights, err = export_generator(generator, Path(tmp) / "generator.pt", "torchscript", meta=info)
+        config = {
+            "weights": "generator.pt",
+            "noise_dim": int(generator.noise_dim),
+            "seed": seed,
+            "batch_size": batch_size,
+            **(info or {}),
+            "weights_sha256": sha256_file(weights),
+            "parity_rel_err": err,
+        }
+        entries = {
+            "solution.py": SOLUTION_SCRIPT,
+            "generator.pt": weights,
+            "generator.json": (json.dumps(config, indent=2) + "\n").encode(),
+            "metadata": f"command: {METADATA_COMMAND}\n".encode(),
+        }
+        _write_zip_atomic(out, entries, zipfile.ZIP_DEFLATED)
+    return out, config
+
+
+def local_score(
+    images: dict[str, np.ndarray], data_dir: str | os.PathLike, runs: int
+) -> dict[str, dict] | str:
+    """Score against data_dir/data_{split}_solution.npz when present; a string says why it was skipped.
+
+    AUC_img is computed only when a cached embedder (data_dir/embedder.safetensors) exists; training one
+    here would make packaging slow, so otherwise the score is AUC_phys only (and says so).
+    """
+    solutions = {s: split_path(data_dir, s, "solution") for s in PREDICT_SPLITS}
+    present = {s: p for s, p in solutions.items() if p.exists()}
+    if not present:
+        return f"skipped (no solution files in {data_dir})"
+    try:
+        from calogan.metrics.embedder import DEFAULT_NAME, load_or_train_embedder
+        from calogan.metrics.evaluate import score_arrays
+    except ImportError as exc:
+        return f"skipped (evaluator not available: {exc})"
+    scores = {}
+    try:
+        embedder = None
+        if (Path(data_dir) / DEFAULT_NAME).is_file():
+            embedder = load_or_train_embedder(data_dir, progress=False)
+        for split, path in present.items():
+            true = load_npz(path, require_energy=True)
+            scores[split] = score_arrays(
+                images[split], true, embedder, runs=runs, ceiling=False, standardised=False
+            )
+    except InputError as exc:
+        return f"skipped ({exc})"
+    return scores
+
+
+def print_summary(zip_path: Path, reports: list[FileReport], score: dict | str | None = None) -> None:
+    """Print sizes, checksums, notes and (optionally) the local score of a results zip."""
+    size_mb = zip_path.stat().st_size / 1e6
+    print(f"{zip_path}: {size_mb:.1f} MB, sha256 {sha256_file(zip_path)}")
+    if size_mb > SIZE_WARN_MB:
+        print(f"  warning: larger than Codalab's usual {SIZE_WARN_MB:.0f} MB upload limit")
+    for rep in reports:
+        print(f"  {rep.name}: N={rep.n}, {rep.size_bytes / 1e6:.1f} MB, sha256 {rep.sha256[:16]}…")
+        for note in rep.warnings:
+            print(f"    note: {note}")
+    if isinstance(score, str):
+        print(f"  local score: {score}")
+    elif score:
+        for split, s in score.items():
+            img = "n/a (no cached embedder)" if s.get("auc_img") is None else f"{s['auc_img']:.4f}"
+            print(
+                f"  local score [{split}]: score={s['score']:.4f} (AUC_img={img}, AUC_phys={s['auc_phys']:.4f}, "
+                f"std={s.get('score_std') or float('nan'):.4f}, runs={s.get('runs')})"
+            )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: build (from a checkpoint or prediction files) or --check a submission zip."""
+    parser = argparse.ArgumentParser(prog="python -m calogan.package", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--checkpoint", help="checkpoint: predictions are generated first (results) or exported (code)"
+    )
+    source.add_argument(
+        "--predictions", help="folder holding data_val_prediction.npz and data_test_prediction.npz"
+    )
+    source.add_argument("--check", metavar="ZIP", help="validate an existing results zip and exit")
+    parser.add_argument(
+        "--data", default="data", help="folder with data_{val,test}.npz (and solutions) (default: data)"
+    )
+    parser.add_argument("--out", help="zip to write (default: submissions/<run>-<date>.zip)")
+    parser.add_argument(
+        "--kind", choices=("results", "code"), default="results", help="results zip or code submission"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="noise seed for generation (default 0)")
+    parser.add_argument("--batch-size", type=int, default=128, help="generation batch size (default 128)")
+    parser.add_argument("--device", default="auto", help="device for generation (default auto)")
+    parser.add_argument("--no-score", action="store_true", help="skip the local score")
+    parser.add_argument(
+        "--score-runs", type=int, default=100, help="PRD runs for the local score (default 100)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing zip")
+    args = parser.parse_args(argv)
+
+    if args.check:
+        reports, images = check_zip(args.check, args.data)
+        score = None if args.no_score else local_score(images, args.data, args.score_runs)
+        print("OK: valid results submission")
+        print_summary(Path(args.check), reports, score)
+        return 0
+    if args.kind == "code":
+        if not args.checkpoint:
+            raise InputError("--kind code: needs --checkpoint (the generator is exported into the zip)")
+        out, config = build_code_zip(args.checkpoint, args.out, args.overwrite, args.seed, args.batch_size)
+        print(f"wrote {out}: code submission ({', '.join(CODE_FILES)}), noise_dim={config['noise_dim']}")
+        print(f"  {out.stat().st_size / 1e6:.1f} MB, sha256 {sha256_file(out)}")
+        print(f"  metadata: command: python3 $program/solution.py $input $output (seed {args.seed})")
+        return 0
+    if args.checkpoint:
+        from calogan.ecal.predict import predict_dir
+
+        out = Path(args.out) if args.out else default_zip_name(Path(args.checkpoint), "results")
+        _refuse_existing(out, args.overwrite)
+        staging = Path(
+            tempfile.mkdtemp(prefix=".calogan-predictions-", dir=out.parent if out.parent.exists() else None)
+        )
+        try:
+            predict_dir(args.checkpoint, args.data, staging, args.seed, True, args.batch_size, args.device)
+            out, reports = build_results_zip(staging, args.data, out, args.overwrite)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    else:
+        out, reports = build_results_zip(args.predictions, args.data, args.out, args.overwrite)
+    score = None
+    if not args.no_score:
+        _, images = check_zip(out, args.data)
+        score = local_score(images, args.data, args.score_runs)
+    print(f"wrote {out}: valid results submission")
+    print_summary(out, reports, score)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
