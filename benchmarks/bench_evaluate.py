@@ -17,6 +17,12 @@ import time
 import numpy as np
 import torch
 
+from calogan.core.runtime import choose_freed_memory_policy
+from calogan.ecal.physics import physical_statistics
+from calogan.ecal.simulate import simulate_dataset, simulate_showers
+from calogan.metrics.embedder import Embedder
+from calogan.metrics.prd import compute_prd, compute_prd_sklearn
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -33,14 +39,8 @@ def main() -> None:
         help="keep: calogan.core.runtime.keep_freed_memory() as calogan.metrics.evaluate does (for both sides); default: glibc as is",
     )
     args = parser.parse_args()
-    from calogan.core.runtime import choose_freed_memory_policy
 
     choose_freed_memory_policy(args.allocator == "keep")
-
-    from calogan.ecal.physics import physical_statistics
-    from calogan.ecal.simulate import simulate_dataset, simulate_showers
-    from calogan.metrics.embedder import Embedder
-    from calogan.metrics.prd import compute_prd, compute_prd_sklearn
 
     true = simulate_dataset(args.n, seed=11)
     gen = simulate_showers(true.point, true.momentum, true.pdg, np.random.default_rng(12))

@@ -1,4 +1,4 @@
-"""Time each extra metric (issue 10) on simulator data, as ratios to the 24-statistics computation in the same run.
+"""Time each extra metric on simulator data, as ratios to the 24-statistics computation in the same run.
 
 Usage: python benchmarks/bench_extra_metrics.py [--n 50000] [--metrics cls,fpd,kpd,sep,prdc] [--seed 0] [--json FILE]
 """
@@ -12,8 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from calogan.core.errors import run_cli
-from calogan.core.runtime import atomic_write_json, select_device
+from calogan.core.runtime import atomic_write_json, run_cli, select_device
 from calogan.ecal.physics import physical_statistics
 from calogan.ecal.simulate import simulate_dataset, simulate_showers
 from calogan.metrics import two_sample as xm

@@ -22,6 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from calogan.ecal.models import build_generator
+from calogan.ecal.predict import predict_with_generator
+from calogan.ecal.simulate import sample_conditions, simulate_showers
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from calogan.core.runtime import choose_freed_memory_policy  # noqa: E402
@@ -41,8 +45,6 @@ BATCHES = (1, 64, 1024)
 
 def build_models() -> dict[str, torch.nn.Module]:
     """The default generator and the 2019 baseline, as built by calogan.ecal.models (random weights)."""
-    from calogan.ecal.models import build_generator
-
     torch.manual_seed(0)
     return {
         "default": build_generator({"model": "shower"}).eval(),
@@ -132,8 +134,6 @@ def bench_backends(name: str, generator, tmp: Path, repeats: int) -> dict[str, d
 
 def bench_simulator(n: int = 2000) -> float:
     """Seconds per shower of calogan.ecal.simulate (conditions drawn once, showers timed)."""
-    from calogan.ecal.simulate import sample_conditions, simulate_showers
-
     rng = np.random.default_rng(0)
     point, momentum, pdg = sample_conditions(n, rng)
     simulate_showers(point[:100], momentum[:100], pdg[:100], rng)  # warm-up
@@ -144,9 +144,6 @@ def bench_simulator(n: int = 2000) -> float:
 
 def bench_predict(generator, tmp: Path, n_val: int, n_test: int, backends: list[str]) -> dict[str, float]:
     """Wall seconds of calogan.ecal.predict writing both prediction files for n_val + n_test events, per backend."""
-    from calogan.ecal.predict import predict_with_generator
-    from calogan.ecal.simulate import sample_conditions
-
     rng = np.random.default_rng(1)
     data_dir = tmp / "data"
     for split, n in (("val", n_val), ("test", n_test)):

@@ -1,4 +1,4 @@
-"""Quality of trained checkpoints on the validation solution (issue 5's targets), one row per checkpoint.
+"""Quality of trained checkpoints on the validation solution (against the quality targets of calogan.metrics.response), one row per checkpoint.
 
 For each checkpoint: generate the validation split with the EMA generator (``calogan.ecal.predict.generate``,
 seed 0), split the events into two random halves A and B, and report
@@ -19,6 +19,14 @@ import time
 
 import numpy as np
 
+from calogan.ecal.data import load_npz, split_path
+from calogan.ecal.models import count_parameters, load_generator
+from calogan.ecal.physics import physical_statistics
+from calogan.ecal.predict import generate
+from calogan.metrics.embedder import load_or_train_embedder
+from calogan.metrics.evaluate import format_physics_table, real_vs_real, score_arrays
+from calogan.metrics.response import particle_type_switch, physics_checks
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -30,14 +38,6 @@ def main() -> None:
     parser.add_argument("--switch-events", type=int, default=10000)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-
-    from calogan.ecal.data import load_npz, split_path
-    from calogan.ecal.models import count_parameters, load_generator
-    from calogan.ecal.physics import physical_statistics
-    from calogan.ecal.predict import generate
-    from calogan.metrics.embedder import load_or_train_embedder
-    from calogan.metrics.evaluate import format_physics_table, real_vs_real, score_arrays
-    from calogan.metrics.response import particle_type_switch, physics_checks
 
     true = load_npz(split_path(args.data, "val", "solution"), require_energy=True)
     embedder = load_or_train_embedder(args.data)

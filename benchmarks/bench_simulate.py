@@ -1,7 +1,7 @@
 """Benchmark the shower simulator: full-size CLI run (wall time, peak RSS) and vectorised vs per-event speed.
 
 Usage: .venv/bin/python benchmarks/bench_simulate.py [--n-train N --n-val N --n-test N] [--loop-events N]
-Prints a Markdown table; the issue 3 targets are <= 60 s and <= 4 GB for the default 150,000 events.
+Prints a Markdown table; the targets are <= 60 s and <= 4 GB for the default 150,000 events.
 """
 
 from __future__ import annotations
@@ -15,8 +15,13 @@ import tempfile
 import time
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import QuantileTransformer
 
-from calogan.ecal.simulate import DEFAULT_SIZES, sample_conditions, simulate_showers
+from calogan.ecal.physics import barycentre_residual, physical_statistics
+from calogan.ecal.simulate import DEFAULT_SIZES, sample_conditions, simulate_dataset, simulate_showers
 
 
 def run_cli(n_train: int, n_val: int, n_test: int) -> tuple[float, float]:
@@ -42,15 +47,7 @@ def events_per_second(n: int, chunk: int, seed: int = 0) -> float:
 
 
 def physics_table(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """The issue 3 physics checks on n simulated events, as (quantity, value) rows."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import QuantileTransformer
-
-    from calogan.ecal.physics import barycentre_residual, physical_statistics
-    from calogan.ecal.simulate import simulate_dataset
-
+    """The simulator physics checks (docs/data.md) on n simulated events, as (quantity, value) rows."""
     data = simulate_dataset(n, seed=seed)
     e = data.energy.reshape(n, -1).astype(np.float64)
     total, p = e.sum(axis=1), data.p_abs

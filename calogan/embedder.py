@@ -1,6 +1,6 @@
 """`python -m calogan.embedder`: runs calogan.metrics.embedder.main."""
 
-from calogan.core.errors import run_cli
+from calogan.core.runtime import run_cli
 from calogan.metrics.embedder import main
 
 if __name__ == "__main__":

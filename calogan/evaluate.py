@@ -1,6 +1,6 @@
 """`python -m calogan.evaluate`: runs calogan.metrics.evaluate.main."""
 
-from calogan.core.errors import run_cli
+from calogan.core.runtime import run_cli
 from calogan.metrics.evaluate import main
 
 if __name__ == "__main__":

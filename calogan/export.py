@@ -1,6 +1,6 @@
 """`python -m calogan.export`: runs calogan.ecal.export.main."""
 
-from calogan.core.errors import run_cli
+from calogan.core.runtime import run_cli
 from calogan.ecal.export import main
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`python -m calogan.finetune`: runs calogan.studies.finetune.main."""
 
-from calogan.core.errors import run_cli
+from calogan.core.runtime import run_cli
 from calogan.studies.finetune import main
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`python -m calogan.package`: runs calogan.submission.package.main."""
 
-from calogan.core.errors import run_cli
+from calogan.core.runtime import run_cli
 from calogan.submission.package import main
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`python -m calogan.predict`: runs calogan.ecal.predict.main."""
 
-from calogan.core.errors import run_cli
+from calogan.core.runtime import run_cli
 from calogan.ecal.predict import main
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`python -m calogan.simulate`: runs calogan.ecal.simulate.main."""
 
-from calogan.core.errors import run_cli
+from calogan.core.runtime import run_cli
 from calogan.ecal.simulate import main
 
 if __name__ == "__main__":

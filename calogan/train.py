@@ -1,6 +1,6 @@
 """`python -m calogan.train`: runs calogan.ecal.train.main."""
 
-from calogan.core.errors import run_cli
+from calogan.core.runtime import run_cli
 from calogan.ecal.train import main
 
 if __name__ == "__main__":

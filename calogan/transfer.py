@@ -1,6 +1,6 @@
 """`python -m calogan.transfer`: runs calogan.studies.transfer.main."""
 
-from calogan.core.errors import run_cli
+from calogan.core.runtime import run_cli
 from calogan.studies.transfer import main
 
 if __name__ == "__main__":

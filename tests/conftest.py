@@ -1,10 +1,13 @@
-"""Shared fixtures: a tiny simulated data set written once per test session."""
+"""Shared fixtures: a tiny simulated data set written once per pytest run."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+
+from calogan.ecal.simulate import write_dataset
+from calogan.ecal.train import make_config, train
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -13,8 +16,6 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
     """data_{train,val,test}.npz + solutions with 2000/600/600 events, seed 123."""
-    from calogan.ecal.simulate import write_dataset
-
     out = tmp_path_factory.mktemp("tiny_data")
     write_dataset(out, n_train=2000, n_val=600, n_test=600, seed=123, progress=False)
     return out
@@ -23,8 +24,6 @@ def tiny_data_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_data_dir, tmp_path_factory):
     """checkpoints/best.pt of a run of the tiny training preset on tiny_data_dir (in-process, seconds)."""
-    from calogan.ecal.train import make_config, train
-
     run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
     train(make_config("tiny", data=str(tiny_data_dir), run_dir=str(run_dir)), progress=False)
     return run_dir / "checkpoints" / "best.pt"

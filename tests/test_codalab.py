@@ -9,10 +9,12 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 
 from calogan.codalab.bundle import build_bundle
 from calogan.codalab.score import main as score_main
-from calogan.core.errors import run_cli
+from calogan.core.errors import InputError
+from calogan.core.runtime import run_cli
 from calogan.ecal.data import load_npz, save_prediction, split_path
 from calogan.metrics.embedder import Embedder, save_embedder
 
@@ -20,8 +22,6 @@ from calogan.metrics.embedder import Embedder, save_embedder
 @pytest.fixture(scope="module")
 def embedder_file(tmp_path_factory):
     """An untrained (randomly initialised, seeded) embedder: enough to exercise the program quickly."""
-    import torch
-
     torch.manual_seed(0)
     model = Embedder().eval()
     model.meta = {"format": "calogan-embedder-v2", "data_sha256": "x", "width": model.width, "embed_dim": 64,
@@ -72,8 +72,6 @@ def test_bundle_unzipped_scores_a_submission(tiny_data_dir, embedder_file, tmp_p
 
 
 def test_bundle_refuses_bad_embedder(tmp_path):
-    from calogan.core.errors import InputError
-
     (tmp_path / "e.safetensors").write_bytes(b"junk")
     with pytest.raises(InputError):
         build_bundle(tmp_path / "e.safetensors", tmp_path / "p.zip")

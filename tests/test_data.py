@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calogan.core.errors import InputError, run_cli
+from calogan.core.errors import InputError
+from calogan.core.runtime import run_cli
 from calogan.ecal.data import (
     KEY_ENERGY,
     KEY_MOMENTUM,
@@ -247,7 +248,7 @@ def test_run_cli_turns_bad_files_into_exit_2(tmp_path, capsys):
         assert len(lines) == 1 and str(path) in lines[0] and "Traceback" not in err
 
 
-CLI_SCRIPT = "import sys; from calogan.core.errors import run_cli; from calogan.ecal.data import load_npz; "
+CLI_SCRIPT = "import sys; from calogan.core.runtime import run_cli; from calogan.ecal.data import load_npz; "
 CLI_SCRIPT += "raise SystemExit(run_cli(lambda argv: load_npz(argv[0], require_energy=True), sys.argv[1:]))"
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calogan.core.errors import InputError, run_cli
+from calogan.core.errors import InputError
+from calogan.core.runtime import run_cli
 from calogan.ecal.data import load_npz, save_npz, sha256_file, split_path
 from calogan.metrics.embedder import Embedder, load_embedder, load_or_train_embedder, main, train_embedder
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import sys
+import types
 import zipfile
 
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from calogan.core.errors import InputError, run_cli
+from calogan.core.errors import InputError
+from calogan.core.runtime import run_cli
 from calogan.ecal.data import load_npz, save_npz, save_prediction, split_path
 from calogan.ecal.simulate import simulate_showers
-from calogan.metrics.embedder import train_embedder
+from calogan.metrics.embedder import load_embedder, train_embedder
 from calogan.metrics.evaluate import main, parse_metrics, score_arrays
 
 K, R = 20, 5  # reduced clusters / runs for CI time; N = 600 events per split
@@ -28,8 +30,6 @@ def embedder_path(tiny_data_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def embedder(embedder_path):
-    from calogan.metrics.embedder import load_embedder
-
     return load_embedder(embedder_path)
 
 
@@ -262,8 +262,6 @@ def test_cli_bad_options(pred_dir, tiny_data_dir, embedder_path, tmp_path, capsy
 
 def test_extra_metrics_hook(monkeypatch, resim, true_val, embedder):
     """Extra metrics are looked up in calogan.metrics.two_sample.EXTRA_METRICS and called with the shared arrays."""
-    import types
-
     seen = {}
 
     def dummy(**kw):

@@ -9,7 +9,8 @@ import pytest
 import torch
 from test_predict import StandInGenerator, save_small_checkpoint
 
-from calogan.core.errors import InputError, run_cli
+from calogan.core.errors import InputError
+from calogan.core.runtime import run_cli
 from calogan.ecal.export import (
     INPUT_NAMES,
     PARITY_RTOL,
@@ -22,6 +23,7 @@ from calogan.ecal.export import (
     main,
     onnx_session,
 )
+from calogan.ecal.models import load_generator
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +112,6 @@ def test_export_cli_bad_checkpoint(tmp_path, capsys):
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_cli_real_generator(tmp_path, capsys, fmt):
     """The default calogan.ecal.models generator exports from a checkpoint and matches eager (fresh batch sizes)."""
-    from calogan.ecal.models import load_generator
-
     ckpt = save_small_checkpoint(tmp_path / "c.pt")
     out = tmp_path / f"g.{fmt}"
     assert run_cli(main, ["--checkpoint", str(ckpt), "--format", fmt, "--out", str(out)]) == 0

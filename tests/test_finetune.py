@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from calogan.core.errors import InputError, run_cli
+from calogan.core.errors import InputError
+from calogan.core.gan import binned_wasserstein
+from calogan.core.runtime import run_cli
 from calogan.ecal.data import load_npz, split_path
+from calogan.ecal.models import load_generator
 from calogan.ecal.physics import physical_statistics
 from calogan.studies.finetune import main
 from calogan.studies.surrogate import (
-    binned_wasserstein,
     column_correlations,
     energy_distance,
     energy_response_t,
@@ -98,7 +100,6 @@ def test_finetune_cli_writes_checkpoint_and_report(tiny_data_dir, tiny_checkpoin
     assert set(result["statistics"]) == {"transverse_asymmetry", "energy_response"}
     assert len(result["statistics"]["energy_response"]["after"]["w1_bins"]) == 4
     assert "W1 before" in (out / "report.md").read_text()
-    from calogan.ecal.models import load_generator
 
     gen, meta = load_generator(out / "checkpoint.pt")
     assert gen.noise_dim > 0 and meta["step"] > 0

@@ -1,4 +1,4 @@
-"""Generators and critic: shapes, non-negativity, conditioning, gradient penalty, export, loading (issue 5)."""
+"""Generators and critic: shapes, non-negativity, conditioning, gradient penalty, export, loading."""
 
 from __future__ import annotations
 

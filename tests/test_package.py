@@ -12,9 +12,10 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from test_predict import StandInGenerator, write_fake_data
+from test_predict import StandInGenerator, save_small_checkpoint, write_fake_data
 
-from calogan.core.errors import InputError, run_cli
+from calogan.core.errors import InputError
+from calogan.core.runtime import run_cli
 from calogan.ecal.data import split_path
 from calogan.ecal.predict import predict_with_generator
 from calogan.submission.package import (
@@ -181,8 +182,6 @@ def test_package_cli_check_and_exit_codes(workspace, tmp_path, capsys):
 
 def test_package_from_checkpoint_results_and_code(workspace, tmp_path, capsys):
     """One command from a checkpoint: results zip (predicts first) and code zip, both validated."""
-    from test_predict import save_small_checkpoint
-
     _, data_dir, _ = workspace
     ckpt = save_small_checkpoint(tmp_path / "runs" / "myrun" / "checkpoints" / "best.pt")
     out = tmp_path / "r.zip"

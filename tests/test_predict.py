@@ -1,4 +1,4 @@
-"""Predictions: seeded, batch-size independent, streamed, atomic, validated (issue 6)."""
+"""Predictions: seeded, batch-size independent, streamed, atomic, validated."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from calogan.core.errors import InputError, run_cli
+from calogan.core.errors import InputError
+from calogan.core.runtime import atomic_torch_save, run_cli
 from calogan.ecal.data import CaloData, load_npz, load_prediction, save_npz, split_path
+from calogan.ecal.models import CHECKPOINT_FORMAT, build_generator, load_generator
 from calogan.ecal.predict import generate, main, predict_with_generator, write_prediction_streamed
 
 
@@ -54,9 +56,6 @@ def write_fake_data(directory, n_val: int = 150, n_test: int = 130):
 
 def save_small_checkpoint(path, model: str = "shower"):
     """A calogan-checkpoint-v1 file with a small untrained calogan.ecal.models generator (as calogan.ecal.train writes)."""
-    from calogan.core.runtime import atomic_torch_save
-    from calogan.ecal.models import CHECKPOINT_FORMAT, build_generator
-
     torch.manual_seed(0)
     config = {"model": model, "noise_dim": 8, "latent": 16, "gen_channels": 8}
     ema = build_generator(config).state_dict()
@@ -92,8 +91,6 @@ def test_generate_is_seeded_and_batch_size_independent(standin):
 
 @pytest.mark.parametrize("backend", ["torchscript", "onnx"])
 def test_compiled_backends_match_eager(backend):
-    from calogan.ecal.models import build_generator
-
     torch.manual_seed(1)
     gen = build_generator({"model": "shower", "noise_dim": 8, "latent": 16, "gen_channels": 8}).eval()
     data = fake_split(200, 3)
@@ -191,8 +188,6 @@ def test_predict_cli_bad_checkpoint(tmp_path, capsys):
 
 def test_predict_cli_end_to_end_with_checkpoint(tmp_path, capsys):
     """The predict CLI on a real calogan.ecal.models checkpoint: EMA weights, seeded, valid files."""
-    from calogan.ecal.models import load_generator
-
     data_dir = write_fake_data(tmp_path / "data", 70, 50)
     ckpt = save_small_checkpoint(tmp_path / "best.pt")
     argv = [

@@ -11,7 +11,14 @@ from calogan.core.errors import InputError
 from calogan.ecal.data import PDG_ELECTRON
 from calogan.ecal.simulate import simulate_dataset, simulate_showers
 from calogan.metrics.evaluate import format_physics_table, parse_metrics
-from calogan.metrics.response import energy_bin_edges, particle_type_switch, physics_checks
+from calogan.metrics.response import (
+    core_fractions,
+    core_resolution,
+    energy_bin_edges,
+    particle_type_switch,
+    physics_checks,
+)
+from calogan.metrics.two_sample import EXTRA_METRICS
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +91,6 @@ def test_particle_type_switch_reproduces_the_real_difference(truth):
 
 
 def test_physics_metric_in_the_evaluator_registry(truth, resim):
-    from calogan.metrics.two_sample import EXTRA_METRICS
-
     kw = dict(true_images=truth.energy, true=truth, stats_gen=None, stats_true=None, seed=7)
     good = EXTRA_METRICS["physics"](gen_images=resim, **kw)
     shuffled = EXTRA_METRICS["physics"](
@@ -97,8 +102,6 @@ def test_physics_metric_in_the_evaluator_registry(truth, resim):
 
 
 def test_shower_core_fractions_separate_narrow_from_real_showers(truth, resim):
-    from calogan.metrics.response import core_fractions
-
     img = np.zeros((2, 30, 30), np.float32)
     img[0, 10, 10], img[0, 10, 11], img[0, 20, 20] = 6.0, 2.0, 2.0  # 3x3 around the max holds 8 of 10
     assert np.allclose(core_fractions(img), [[0.6, 0.8], [0.0, 0.0]])  # an empty image gives 0, not NaN
@@ -113,8 +116,6 @@ def test_shower_core_fractions_separate_narrow_from_real_showers(truth, resim):
 
 
 def test_core_resolution_ignores_tails_that_dominate_the_std():
-    from calogan.metrics.response import core_resolution
-
     rng = np.random.default_rng(0)
     core = rng.normal(1.0, 0.05, 20000)
     tailed = np.concatenate([core, rng.uniform(0.05, 0.5, 1000)])  # 5 % leakage events

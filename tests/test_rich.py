@@ -9,8 +9,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from calogan.core.errors import InputError, run_cli
+from calogan.core.errors import InputError
+from calogan.core.runtime import run_cli
 from calogan.ecal.data import open_npz, save_npz
+from calogan.metrics.two_sample import binned_efficiency, weighted_auc
 from calogan.rich import COLUMNS, SENTINEL
 from calogan.rich import evaluate as rich_eval
 from calogan.rich import simulate as rich_sim
@@ -108,18 +110,16 @@ def test_weighted_auc_matches_sklearn_and_accepts_negative_weights():
     y = rng.random(500) < 0.5
     s = rng.normal(size=500) + y
     w = rng.uniform(0.1, 2, 500)
-    assert rich_eval.weighted_auc(y, s, w) == pytest.approx(roc_auc_score(y, s, sample_weight=w), abs=1e-9)
+    assert weighted_auc(y, s, w) == pytest.approx(roc_auc_score(y, s, sample_weight=w), abs=1e-9)
     s_tied = np.round(s)
-    assert rich_eval.weighted_auc(y, s_tied, w) == pytest.approx(
-        roc_auc_score(y, s_tied, sample_weight=w), abs=1e-9
-    )
+    assert weighted_auc(y, s_tied, w) == pytest.approx(roc_auc_score(y, s_tied, sample_weight=w), abs=1e-9)
     w_neg = rng.normal(0.6, 1.0, 500)
-    assert np.isfinite(rich_eval.weighted_auc(y, s, w_neg))
+    assert np.isfinite(weighted_auc(y, s, w_neg))
 
 
 def test_weighted_efficiency_errors():
     passed = np.array([1, 0, 1, 1] * 250, bool)
-    res = rich_eval.binned_efficiency(passed, np.full(1000, 5.0), np.ones(1000), np.array([0.0, 10.0]))
+    res = binned_efficiency(passed, np.full(1000, 5.0), np.ones(1000), np.array([0.0, 10.0]))
     assert res["eff"][0] == pytest.approx(0.75)
     assert res["err"][0] == pytest.approx(np.sqrt(0.75 * 0.25 / 1000))
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 import torch
 
+from calogan.core import runtime
 from calogan.core.errors import InputError
-from calogan.core.runtime import atomic_write_json, select_device
+from calogan.core.runtime import atomic_write_json, default_file_mode, select_device
+from calogan.ecal.data import save_npz
 
 
 def test_select_device_accepts_names_devices_and_auto():
@@ -31,25 +39,11 @@ def test_atomic_write_json_leaves_no_temp_files(tmp_path):
 
 
 def test_atomic_files_get_the_usual_mode(tmp_path):
-    import os
-
-    import numpy as np
-
-    from calogan.core.runtime import default_file_mode
-    from calogan.ecal.data import save_npz
-
     path = save_npz(tmp_path / "x.npz", {"a": np.zeros(3)})
     assert os.stat(path).st_mode & 0o777 == default_file_mode()
 
 
 def test_keep_freed_memory_is_idempotent_and_can_be_switched_off():
-    import os
-    import platform
-    import subprocess
-    import sys
-
-    from calogan.core import runtime
-
     first = runtime.keep_freed_memory()
     assert runtime.keep_freed_memory() is first  # once per process
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":

@@ -1,4 +1,4 @@
-"""The built-in ECAL shower simulator: the physics of issue 3 on a few thousand events, seeding, files and CLI."""
+"""The built-in ECAL shower simulator: its physics (docs/data.md) on a few thousand events, seeding, files and CLI."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import QuantileTransformer
 
-from calogan.core.errors import run_cli
+from calogan.core.runtime import run_cli
 from calogan.ecal import simulate
 from calogan.ecal.data import CELL_CENTRES, KEY_ENERGY, load_npz, sha256_file
+from calogan.ecal.physics import barycentre_residual, physical_statistics
 from calogan.ecal.simulate import (
     ShowerParams,
     sample_conditions,
@@ -77,8 +82,6 @@ def test_energy_response_and_resolution(sim):
 
 
 def test_barycentre_follows_point_and_direction(sim):
-    from calogan.ecal.physics import barycentre_residual
-
     res = barycentre_residual(sim.energy, sim.point, sim.momentum)[_contained(sim)]
     rms = np.sqrt((res**2).mean(axis=0))
     assert (rms < 1.0).all(), rms
@@ -111,13 +114,6 @@ def test_inclined_tracks_give_elongated_showers(sim):
 
 
 def test_electrons_and_photons_distinguishable_but_not_trivially(sim):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import QuantileTransformer
-
-    from calogan.ecal.physics import physical_statistics
-
     features = np.column_stack([physical_statistics(sim.energy, sim.point, sim.momentum), np.log(sim.p_abs)])
     y = sim.pdg == 22
     half = N_EVENTS // 2

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import calogan.ecal.train as train_mod
-from calogan.core.errors import run_cli
+from calogan.core.runtime import run_cli
 from calogan.ecal.models import CHECKPOINT_FORMAT
 from calogan.ecal.train import TrainingDiverged, main, make_config, parse_set, train
 

@@ -6,8 +6,9 @@ import json
 
 import numpy as np
 
-from calogan.core.errors import run_cli
-from calogan.studies.transfer import cluster_3x3, efficiencies, main
+from calogan.core.runtime import run_cli
+from calogan.ecal.physics import cluster_3x3
+from calogan.studies.transfer import efficiencies, main
 
 
 def test_cluster_3x3_sums_the_neighbourhood_of_the_maximum():

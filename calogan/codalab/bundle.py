@@ -14,8 +14,9 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from calogan.core.errors import InputError, run_cli
-from calogan.core.runtime import atomic_write
+from calogan.core.errors import InputError
+from calogan.core.runtime import atomic_write, run_cli
+from calogan.metrics.embedder import load_embedder
 
 #: calogan modules the scoring program imports (plots and extra metrics are not needed on Codalab).
 BUNDLED_MODULES = (
@@ -33,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from calogan.codalab.score import main  # noqa: E402
-from calogan.core.errors import run_cli  # noqa: E402
+from calogan.core.runtime import run_cli  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(run_cli(main, [*sys.argv[1:3], "--embedder", str(HERE / "embedder.safetensors"), *sys.argv[3:]]))
@@ -42,8 +43,6 @@ if __name__ == "__main__":
 
 def build_bundle(embedder_path: str | Path, out: str | Path) -> Path:
     """Write the scoring-program zip atomically; the embedder must be a loadable calogan embedder."""
-    from calogan.metrics.embedder import load_embedder
-
     embedder_path, out = Path(embedder_path), Path(out)
     load_embedder(embedder_path)  # validates the file (format, weights) before anything is written
     pkg = Path(__file__).resolve().parent.parent

@@ -11,8 +11,9 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-from calogan.core.errors import InputError, run_cli
-from calogan.core.runtime import atomic_write_text, select_device
+from calogan.core.errors import InputError
+from calogan.core.runtime import atomic_write_text, run_cli, select_device
+from calogan.metrics.embedder import load_embedder
 from calogan.metrics.evaluate import PREDICTION_NAMES, SPLITS, evaluate_predictions
 
 SET_NAMES = {"val": "set1", "test": "set2"}
@@ -52,8 +53,6 @@ def score_submission(
         raise InputError(
             f"{emb}: embedder weights not found (build the program with python -m calogan.codalab.bundle)"
         )
-    from calogan.metrics.embedder import load_embedder
-
     embedder = load_embedder(
         emb, device=device
     )  # no training file on Codalab: the bundle's embedder is trusted

@@ -70,3 +70,39 @@ class EMA:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state)
+
+
+def _sort_within_bins(values: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """values (B, k) sorted by (bin, value) per column; equal bin counts make rows comparable across samples."""
+    order = torch.argsort(values, dim=0)
+    regroup = torch.argsort(torch.gather(bins, 0, order), dim=0, stable=True)
+    return torch.gather(values, 0, torch.gather(order, 0, regroup))
+
+
+def binned_wasserstein(
+    gen: torch.Tensor,
+    real: torch.Tensor,
+    bins: torch.Tensor | None = None,
+    projections: int = 0,
+    seed: int = 0,
+    power: int = 1,
+) -> torch.Tensor:
+    """Mean 1-D Wasserstein-1 distance between gen and real (B, k) at the same conditions, per bin.
+
+    gen and real must come from the same condition rows, so each bin holds as many of both; k > 1 columns
+    are compared column by column, or (projections > 0) along random unit directions (sliced Wasserstein).
+    power=2 gives the squared Wasserstein-2 distance instead, which weighs tails (and so the spread) more.
+    """
+    if power not in (1, 2):
+        raise ValueError(f"binned_wasserstein: power must be 1 or 2, got {power}")
+    gen = gen.reshape(gen.shape[0], -1)
+    real = real.reshape(real.shape[0], -1).to(gen.dtype)
+    if projections > 0 and gen.shape[1] > 1:
+        g = torch.Generator(device="cpu").manual_seed(seed)
+        dirs = torch.randn(gen.shape[1], projections, generator=g).to(gen.device, gen.dtype)
+        dirs = dirs / dirs.norm(dim=0, keepdim=True)
+        gen, real = gen @ dirs, real @ dirs
+    bins = torch.zeros(gen.shape[0], dtype=torch.long, device=gen.device) if bins is None else bins
+    bins = bins.view(-1, 1).expand_as(gen)
+    gap = _sort_within_bins(gen, bins) - _sort_within_bins(real, bins)
+    return gap.abs().mean() if power == 1 else gap.pow(2).mean()

@@ -1,25 +1,69 @@
-"""Runtime helpers shared by every command: device choice, seeding, allocator tuning, atomic file writes."""
+"""Runtime helpers shared by every command: the CLI wrapper, device choice, seeding, allocator tuning,
+the progress-bar switch, atomic file writes and checkpoint loading.
+
+CLI convention (docs/cli.md): exit 0 on success, 2 on bad user input (one clear line on stderr, no
+traceback), 1 on anything else, 130 when interrupted.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import random
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from calogan.core.errors import InputError
 
 
+def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """Run a CLI ``main(argv)``; map InputError to exit 2 and other failures to exit 1.
+
+    ``main`` may return None (success) or an int exit status. Every command runs with freed CPU memory
+    kept for reuse (:func:`keep_freed_memory`). ``CALOGAN_DEBUG=1`` re-raises unexpected failures.
+    """
+    keep_freed_memory()
+    try:
+        result = main(argv)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exc:  # argparse exits 2 on bad options; keep its code
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except Exception as exc:  # noqa: BLE001 - the last-resort handler of a CLI
+        print(f"error: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if os.environ.get("CALOGAN_DEBUG", "") not in ("", "0"):
+            raise
+        return 1
+    return int(result) if isinstance(result, int) else 0
+
+
+def progress_disabled(progress: bool = True) -> bool | None:
+    """The ``disable`` argument of every progress bar: the one rule for when bars are drawn.
+
+    True (no bar) when ``progress`` is False or the TQDM_DISABLE environment variable is set to anything but
+    '', '0', 'false' or 'no'; otherwise None, which lets tqdm draw only when the output is a terminal.
+    """
+    if not progress:
+        return True
+    if os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no"):
+        return True
+    return None
+
+
 def select_device(preference=None):
     """Return a torch.device: 'auto'/None picks cuda, then mps, then cpu; a name or torch.device is checked."""
-    import torch
-
     pref = str(preference or "auto").lower()
     if pref == "auto":
         if torch.cuda.is_available():
@@ -63,8 +107,6 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 <
     _ALLOCATOR_TUNED = False
     if os.environ.get("CALOGAN_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
         return False
-    import ctypes
-
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
@@ -89,8 +131,6 @@ def choose_freed_memory_policy(keep: bool) -> bool:
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices)."""
-    import torch
-
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -131,15 +171,11 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     """torch.save through a temp file + rename, so a kill never leaves a broken checkpoint."""
-    import torch
-
     return atomic_write(path, lambda h: torch.save(obj, h))
 
 
 def torch_load_safe(path: str | os.PathLike, map_location="cpu") -> Any:
     """torch.load with weights_only=True; unreadable or foreign files raise InputError."""
-    import torch
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")

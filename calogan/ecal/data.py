@@ -1,4 +1,4 @@
-"""The competition data format (DESIGN §2): validated npz loading, atomic writing, condition vectors.
+"""The competition data format (docs/data.md): validated npz loading, atomic writing, condition vectors.
 
 Every validation failure raises :class:`calogan.core.errors.InputError` with a message naming the file,
 the key and the problem. Files are always read with ``allow_pickle=False``.
@@ -25,6 +25,8 @@ CELL_CENTRES = np.linspace(-14.5, 14.5, IMAGE_SIZE)
 #: Depth (cm) used by the competition for the expected shower centre: c = (x, y) + 25 * (px/pz, py/pz).
 SHOWER_DEPTH_CM = 25.0
 PDG_ELECTRON, PDG_PHOTON = 11, 22
+#: Energy scale of EnergyDeposit: about 165 units per GeV of particle momentum (sampling fraction × calibration).
+ENERGY_UNITS_PER_GEV = 165.0
 
 KEY_ENERGY = "EnergyDeposit"
 KEY_POINT = "ParticlePoint"
@@ -32,9 +34,6 @@ KEY_MOMENTUM = "ParticleMomentum"
 KEY_PDG = "ParticlePDG"
 CONDITION_KEYS = (KEY_POINT, KEY_MOMENTUM, KEY_PDG)
 SPLITS = ("train", "val", "test")
-
-#: Names of the raw condition vector returned by :func:`raw_conditions`.
-CONDITION_NAMES = ("x", "y", "px", "py", "pz", "is_photon")
 
 
 @dataclass
@@ -272,7 +271,7 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-# --------------------------------------------------------------------------- normalisation / torch
+# --------------------------------------------------------------------------- normalisation
 
 
 @dataclass
@@ -304,30 +303,3 @@ class ConditionNormalizer:
     @classmethod
     def from_dict(cls, d: Mapping[str, list[float]]) -> ConditionNormalizer:
         return cls(mean=np.asarray(d["mean"], np.float32), std=np.asarray(d["std"], np.float32))
-
-
-def to_tensors(data: CaloData, device: str | None = None):
-    """(images (N,30,30) or None, raw conditions (N,6)) as float32 torch tensors."""
-    import torch
-
-    cond = torch.from_numpy(data.conditions()).to(device or "cpu")
-    images = None if data.energy is None else torch.from_numpy(data.energy).to(device or "cpu")
-    return images, cond
-
-
-class CaloDataset:
-    """A map-style torch Dataset of (image, raw condition vector) pairs."""
-
-    def __init__(self, data: CaloData):
-        if data.energy is None:
-            raise InputError(f"{data.path}: no '{KEY_ENERGY}' to train on")
-        import torch
-
-        self.images = torch.from_numpy(data.energy)
-        self.conditions = torch.from_numpy(data.conditions())
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def __getitem__(self, index):
-        return self.images[index], self.conditions[index]

@@ -1,4 +1,4 @@
-"""Export a trained generator with its normalisation baked in: TorchScript or ONNX (issue 6).
+"""Export a trained generator with its normalisation baked in: TorchScript or ONNX (docs/submission.md).
 
 ``python -m calogan.export --checkpoint CKPT --format torchscript|onnx --out FILE``
 
@@ -16,12 +16,15 @@ import os
 import tempfile
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from calogan.core.errors import InputError, run_cli
+from calogan.core.errors import InputError
+from calogan.ecal.data import require_file
+from calogan.ecal.models import load_generator
 
 FORMATS = ("torchscript", "onnx")
 INPUT_NAMES = ("point", "momentum", "pdg", "noise")
@@ -108,7 +111,7 @@ def load_torchscript(path: str | os.PathLike):
     return module.eval(), json.loads(extra[META_NAME] or "{}")
 
 
-def _require_onnx():
+def require_onnx():
     """Import onnx + onnxruntime or raise a one-line InputError naming the missing extra."""
     try:
         import onnx  # noqa: F401
@@ -122,7 +125,7 @@ def _require_onnx():
 
 def save_onnx(generator, path: str | os.PathLike, meta: dict | None = None, opset: int = 17) -> Path:
     """Write an ONNX export (dynamic batch axis, metadata key calogan.json), atomically."""
-    _require_onnx()
+    require_onnx()
     import onnx
 
     wrapped = RawInputGenerator(generator).cpu().float().eval()
@@ -168,10 +171,8 @@ def trace_to_onnx(
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None):
     """An onnxruntime CPU InferenceSession for an exported generator."""
-    _require_onnx()
+    require_onnx()
     import onnxruntime as ort
-
-    from calogan.ecal.data import require_file
 
     require_file(Path(path), hint="write one with `python -m calogan.export --format onnx`")
     options = ort.SessionOptions()
@@ -198,8 +199,6 @@ class ParallelOnnxSession:
     """
 
     def __init__(self, path: str | os.PathLike, workers: int | None = None, chunk: int = ONNX_CHUNK):
-        from concurrent.futures import ThreadPoolExecutor
-
         if chunk < 1:
             raise InputError(f"chunk: must be >= 1, got {chunk}")
         self.workers = max(1, int(workers or torch.get_num_threads()))
@@ -283,7 +282,7 @@ def export_generator(
         raise InputError(f"{out}: is a directory, expected a file name")
     generator = generator.cpu().float().eval()
     if fmt == "onnx":
-        _require_onnx()
+        require_onnx()
     # Write beside the target and only move into place once the parity check has passed.
     with tempfile.TemporaryDirectory(
         prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None
@@ -308,9 +307,6 @@ def export_checkpoint(
     ema: bool = True,
 ) -> tuple[Path, float | None]:
     """Load the (EMA) generator of ``checkpoint`` and export it; see :func:`export_generator`."""
-    from calogan.ecal.data import require_file
-    from calogan.ecal.models import load_generator
-
     if fmt not in FORMATS:
         raise InputError(f"--format: unknown format '{fmt}' (use {' or '.join(FORMATS)})")
     if Path(out).exists() and not overwrite:
@@ -337,7 +333,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     path, err = export_checkpoint(args.checkpoint, args.out, args.format, args.overwrite, ema=not args.no_ema)
     print(f"wrote {path} ({args.format}); parity vs eager: max |diff| = {err:.1e} x image max")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))

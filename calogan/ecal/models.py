@@ -1,4 +1,4 @@
-"""Conditional generators and critic for the ECAL WGAN-GP (issue 5, DESIGN §4).
+"""Conditional generators and critic for the ECAL WGAN-GP (docs/training.md).
 
 Every generator maps (noise (B, noise_dim), raw conditions (B, 6) = x, y, px, py, pz, is_photon) to a
 non-negative (B, 30, 30) image; the condition normalisation lives inside as buffers, so a checkpoint maps
@@ -26,10 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from calogan.core.errors import InputError
-from calogan.ecal.data import CELL_CENTRES, ConditionNormalizer
+from calogan.core.runtime import torch_load_safe
+from calogan.ecal.data import CELL_CENTRES, ENERGY_UNITS_PER_GEV, ConditionNormalizer
 
-#: ~165 energy units per GeV of particle momentum (DESIGN §2).
-ENERGY_PER_GEV = 165.0
 #: Smallest resolved energy fraction in the critic's log space (the sparsity statistics go down to 1e-5).
 FRACTION_FLOOR = 1e-6
 #: The critic's log-fraction scaling (log(frac + floor) + shift) / scale maps 1e-6..1 to about 0..1.75.
@@ -92,11 +91,13 @@ class _Normalised(nn.Module):
         return torch.cat([u, v, along, across, torch.log1p(r2), torch.exp(-r2)], dim=1)
 
 
-def log_energy_ratio(images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+def log_energy_ratio(
+    images: torch.Tensor, cond: torch.Tensor, units_per_gev: float = ENERGY_UNITS_PER_GEV
+) -> torch.Tensor:
     """log(E_total / (165·|p|)) per image, (B, 1)."""
     total = images.reshape(images.shape[0], -1).sum(dim=1, keepdim=True)
     p = _pnorm(cond)
-    return torch.log(total + 1e-3) - torch.log(165.0 * p)
+    return torch.log(total + 1e-3) - torch.log(units_per_gev * p)
 
 
 def critic_features(images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -157,6 +158,7 @@ class ShowerGenerator(_Normalised):
         self.register_buffer("grid_x", grid_x, persistent=False)  # derived constants, not weights
         self.register_buffer("grid_y", grid_y, persistent=False)
         self.global_noise = int(noise_dim)
+        self.units_per_gev = ENERGY_UNITS_PER_GEV  # a float attribute: a constant in TorchScript/ONNX graphs
         self.cell_noise = bool(cell_noise)
         self.noise_dim = self.global_noise + (self.grid**2 if self.cell_noise else 0)
         self.mlp = nn.Sequential(
@@ -188,7 +190,7 @@ class ShowerGenerator(_Normalised):
         batch, grid = conditions.shape[0], self.grid
         z = noise[:, : self.global_noise]
         h = self.mlp(torch.cat([z, self.features(conditions)], dim=1))
-        log_e = self.energy_head(h) + torch.log(165.0 * _pnorm(conditions))
+        log_e = self.energy_head(h) + torch.log(self.units_per_gev * _pnorm(conditions))
         g1, b1 = self.film1(h).reshape(batch, 1, 1, -1).chunk(2, dim=-1)
         g2, b2 = self.film2(h).reshape(batch, 1, 1, -1).chunk(2, dim=-1)
         # cells x channels layout (B, H, W, C): the 1x1 convolutions become matrix products, and the 3x3 ones
@@ -352,8 +354,6 @@ def check_checkpoint(ckpt: object, path: str | Path) -> dict:
 
 def load_generator(checkpoint_path: str | Path, device: str | torch.device = "cpu", ema: bool = True):
     """Load the (EMA) generator of a training checkpoint; returns (generator in eval mode, metadata dict)."""
-    from calogan.core.runtime import torch_load_safe
-
     ckpt = check_checkpoint(torch_load_safe(checkpoint_path), checkpoint_path)
     generator = build_generator(ckpt["model_config"])
     try:

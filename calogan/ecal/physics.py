@@ -1,4 +1,4 @@
-"""The 24 physical statistics of the competition metric (DESIGN §3) and shower observables for plots.
+"""The 24 physical statistics of the competition metric (docs/scoring.md), shower observables and |p| binning.
 
 All statistics are computed in float64, vectorised over the batch (torch, chunked), with the line
 arithmetic written in exactly the form of the 2019 reference (``calogan_metrics``) so that edge
@@ -145,9 +145,9 @@ def _chunk_statistics(img: torch.Tensor, point: torch.Tensor, mom: torch.Tensor)
 def physical_statistics(
     images: np.ndarray, point: np.ndarray, momentum: np.ndarray, chunk_size: int = _CHUNK
 ) -> np.ndarray:
-    """The 24 physical statistics of DESIGN §3 per image, (N, 24) float64, columns as :data:`STAT_NAMES`.
+    """The 24 physical statistics of the competition metric per image, (N, 24) float64, columns as :data:`STAT_NAMES`.
 
-    Definitions (c = (x, y) + 25 (px/pz, py/pz), lines through c, cell centres as in DESIGN §2):
+    Definitions (c = (x, y) + 25 (px/pz, py/pz), lines through c, cell centres as in :data:`CELL_CENTRES`):
     longitudinal asymmetry (slope -px/py, side A: (y - line)·sign(py) >= 0 with sign(0) = -1),
     transverse asymmetry (slope py/px, side A: y - line >= 0), value (E_A - E_B)/E;
     longitudinal / transverse width (slopes px/py and -py/px): std of x·sqrt(1 + (py/px)^2) over the
@@ -182,7 +182,7 @@ def physical_statistics(
 
 
 def _reference_statistics_one(image: np.ndarray, point: np.ndarray, momentum: np.ndarray) -> np.ndarray:
-    """Straightforward per-event implementation of DESIGN §3 with loops over the 30x30 grid (tests only)."""
+    """Straightforward per-event implementation of the 24 statistics with loops over the 30x30 grid (tests only)."""
     img = np.asarray(image, dtype=np.float64).reshape(IMAGE_SIZE, IMAGE_SIZE)
     x, y = float(point[0]), float(point[1])
     px, py, pz = (np.float64(v) for v in momentum[:3])
@@ -241,7 +241,7 @@ def _reference_statistics_one(image: np.ndarray, point: np.ndarray, momentum: np
 
 
 def standardise_statistics(stats: np.ndarray, reference: np.ndarray, method: str = "rank") -> np.ndarray:
-    """Rescales each statistic on the true sample so no single one dominates k-means (DESIGN §3 variant).
+    """Rescales each statistic on the true sample so no single one dominates k-means (a variant of the metric).
 
     ``rank``: mid-rank empirical CDF of ``reference`` per column, in [0, 1];
     ``z``: (stats - mean) / std of ``reference`` per column (std 0 → 1).
@@ -344,3 +344,24 @@ def cluster_3x3(images: np.ndarray) -> np.ndarray:
     rows = (r[:, None, None] + offs[None, :, None]).clip(0, 31)
     cols = (c[:, None, None] + offs[None, None, :]).clip(0, 31)
     return padded[np.arange(n)[:, None, None], rows, cols].sum((1, 2))
+
+
+# ---------------------------------------------------------------- momentum bins
+
+
+def momentum_quantile_edges(p_abs: np.ndarray, n_bins: int) -> np.ndarray:
+    """Interior log|p| quantile edges (n_bins - 1,) splitting ``p_abs`` into equally populated bins."""
+    return np.quantile(np.log(p_abs), np.linspace(0, 1, n_bins + 1)[1:-1])
+
+
+def momentum_quantile_bins(p_abs: np.ndarray, n_bins: int) -> tuple[np.ndarray, list[float]]:
+    """(bin index 0..n_bins-1 of every event, the n_bins + 1 bin edges in GeV) of equally populated |p| bins."""
+    edges = momentum_quantile_edges(p_abs, n_bins)
+    which = np.searchsorted(edges, np.log(p_abs))
+    return which, [float(p_abs.min())] + np.exp(edges).tolist() + [float(p_abs.max())]
+
+
+def momentum_bins(conditions: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Bin index (B,) of log|p| of raw conditions in the interior edges of :func:`momentum_quantile_edges`."""
+    logp = torch.log(torch.linalg.vector_norm(conditions[:, 2:5], dim=1))
+    return torch.bucketize(logp, edges.to(logp.device, logp.dtype))

@@ -1,7 +1,7 @@
-"""Generate EnergyDeposit predictions for data_val.npz / data_test.npz with a trained generator (issue 6).
+"""Generate EnergyDeposit predictions for data_val.npz / data_test.npz with a trained generator.
 
 ``python -m calogan.predict --checkpoint CKPT [--data DIR] [--out DIR] [--seed S] [--overwrite]``
-writes OUT/data_val_prediction.npz and OUT/data_test_prediction.npz (DESIGN §2): float32 (N, 30, 30),
+writes OUT/data_val_prediction.npz and OUT/data_test_prediction.npz (docs/submission.md): float32 (N, 30, 30),
 finite, non-negative, same N and order as the input files.
 
 Noise is drawn per event from a seeded NumPy generator in event order, so the same seed gives the same
@@ -23,10 +23,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from calogan.core.errors import InputError, run_cli
-from calogan.core.runtime import keep_freed_memory, select_device
+from calogan.core.errors import InputError
+from calogan.core.runtime import keep_freed_memory, progress_disabled, select_device
 from calogan.ecal.data import IMAGE_SIZE, KEY_ENERGY, CaloData, load_npz, require_file, split_path
+from calogan.ecal.export import ParallelOnnxSession, require_onnx, trace_to_onnx
+from calogan.ecal.models import load_generator
 
 PREDICT_SPLITS = ("val", "test")
 BACKENDS = ("torchscript", "eager", "onnx")
@@ -50,8 +54,6 @@ def inference_generator(generator, backend: str = DEFAULT_BACKEND, device=None):
     ``torchscript`` traces and freezes the module (weights become constants, elementwise chains fuse);
     ``onnx`` exports it to a temporary ONNX file and runs it in ONNX Runtime on the CPU.
     """
-    import torch
-
     if isinstance(generator, _Compiled):  # already compiled (e.g. once for both splits)
         return generator
     check_backend(backend)
@@ -73,8 +75,6 @@ class _Compiled:
     """A generator compiled for inference, called like the module: (noise, conditions) -> images."""
 
     def __init__(self, generator, backend: str, device):
-        import torch
-
         self.noise_dim = int(generator.noise_dim)
         example = (
             torch.zeros(8, self.noise_dim, device=device),
@@ -86,9 +86,7 @@ class _Compiled:
                 self.module = torch.jit.freeze(torch.jit.trace(generator, example, check_trace=False))
                 self.session = None
                 return
-            from calogan.ecal.export import ParallelOnnxSession, _require_onnx, trace_to_onnx
-
-            _require_onnx()
+            require_onnx()
             with tempfile.TemporaryDirectory(prefix="calogan-onnx-") as tmp:
                 path = Path(tmp) / "generator.onnx"
                 # trace a copy, so that the caller's module stays on its device
@@ -98,8 +96,6 @@ class _Compiled:
                 self.session = ParallelOnnxSession(path)
 
     def __call__(self, noise, conditions):
-        import torch
-
         if self.session is None:
             return self.module(noise, conditions)
         feeds = {"noise": noise.cpu().numpy(), "conditions": conditions.cpu().numpy()}
@@ -115,8 +111,6 @@ def iter_generate(
     backend: str = "eager",
 ) -> Iterator[np.ndarray]:
     """Yield (b, 30, 30) float32 image batches for ``data`` in order; noise drawn per event in order."""
-    import torch
-
     if batch_size < 1:
         raise InputError(f"--batch-size: must be >= 1, got {batch_size}")
     keep_freed_memory()  # batches reuse freed activations instead of page-faulting fresh ones
@@ -157,10 +151,8 @@ def generate(
 
 def _fill(out: np.ndarray, batches: Iterator[np.ndarray], n: int, progress: bool, desc: str) -> None:
     """Copy streamed batches into ``out`` (an array or a memmap) with a tqdm bar."""
-    from tqdm import tqdm
-
     pos = 0
-    with tqdm(total=n, desc=desc, unit="ev", disable=not progress) as bar:
+    with tqdm(total=n, desc=desc, unit="ev", disable=progress_disabled(progress)) as bar:
         for batch in batches:
             out[pos : pos + len(batch)] = batch
             pos += len(batch)
@@ -212,6 +204,15 @@ def prediction_paths(out_dir: str | os.PathLike) -> list[Path]:
     return [split_path(out_dir, split, "prediction") for split in PREDICT_SPLITS]
 
 
+def writable_prediction_paths(out_dir: str | os.PathLike, overwrite: bool) -> list[Path]:
+    """:func:`prediction_paths`, refused (InputError) when one exists and ``overwrite`` is False."""
+    outputs = prediction_paths(out_dir)
+    existing = [str(p) for p in outputs if p.exists()]
+    if existing and not overwrite:
+        raise InputError(f"{existing[0]}: already exists (pass --overwrite to replace it)")
+    return outputs
+
+
 def predict_with_generator(
     generator,
     data_dir: str | os.PathLike,
@@ -224,10 +225,7 @@ def predict_with_generator(
     backend: str = DEFAULT_BACKEND,
 ) -> list[Path]:
     """Write both prediction files for an in-memory generator; inputs are validated before any work."""
-    outputs = prediction_paths(out_dir)
-    existing = [str(p) for p in outputs if p.exists()]
-    if existing and not overwrite:
-        raise InputError(f"{existing[0]}: already exists (pass --overwrite to replace it)")
+    outputs = writable_prediction_paths(out_dir, overwrite)
     datasets = {}
     for split in PREDICT_SPLITS:
         datasets[split] = load_npz(require_file(split_path(data_dir, split)), require_energy=False)
@@ -251,12 +249,7 @@ def predict_dir(
     backend: str = DEFAULT_BACKEND,
 ) -> list[Path]:
     """Load the EMA generator of ``checkpoint`` and write OUT/data_{val,test}_prediction.npz."""
-    from calogan.ecal.models import load_generator
-
-    outputs = prediction_paths(out_dir)
-    existing = [str(p) for p in outputs if p.exists()]
-    if existing and not overwrite:  # fail fast, before loading anything
-        raise InputError(f"{existing[0]}: already exists (pass --overwrite to replace it)")
+    writable_prediction_paths(out_dir, overwrite)  # fail fast, before loading anything
     require_file(Path(checkpoint), hint="pass the checkpoint written by `python -m calogan.train`")
     check_backend(backend)  # fail fast, before loading anything
     dev = select_device(device)
@@ -309,7 +302,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in outputs:
         print(f"wrote {path}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))

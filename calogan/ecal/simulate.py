@@ -1,7 +1,7 @@
-"""A vectorised, GFlash-like parametric LHCb ECAL shower simulator writing competition-format files (DESIGN §8).
+"""A vectorised, GFlash-like parametric LHCb ECAL shower simulator writing competition-format files (docs/data.md).
 
 It makes the kit runnable without the original competition files. It is a parametric toy, not a Geant4
-replacement: one layer of 30x30 cells (1 cm pitch), energies in competition units (~165 per GeV).
+replacement: one layer of 30x30 cells (1 cm pitch), energies in competition units (ENERGY_UNITS_PER_GEV, ~165 per GeV).
 
 Model, per event:
   * visible energy E_vis = response * |p| * (1 + N(0, a/sqrt(E) (+) b)), lost outside the window if it leaks;
@@ -17,6 +17,7 @@ Model, per event:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -25,11 +26,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from calogan.core.errors import InputError, run_cli
-from calogan.core.runtime import atomic_write_json
+from calogan.core.errors import InputError
+from calogan.core.runtime import atomic_write_json, progress_disabled
 from calogan.ecal.data import (
     CELL_CENTRES,
+    ENERGY_UNITS_PER_GEV,
     IMAGE_SIZE,
     N_CELLS,
     PDG_ELECTRON,
@@ -51,7 +54,7 @@ CHUNK_EVENTS = 4096
 class ShowerParams:
     """Every physical and kinematic parameter of the simulator, with its meaning and unit."""
 
-    # --- kinematics (DESIGN §2)
+    # --- kinematics (the competition's ranges, docs/data.md)
     p_min_gev: float = 2.0  # lower edge of the log-uniform |p| spectrum
     p_max_gev: float = 100.0  # upper edge of the log-uniform |p| spectrum
     pt_scale_gev: float = 2.5  # scale of the Student-t distributed px, py (mostly within ±7.5 GeV)
@@ -61,9 +64,7 @@ class ShowerParams:
     point_z_cm: float = 1252.0  # z of the ECAL reference plane (stored, unused by the metric)
     photon_fraction: float = 0.5  # fraction of photons (PDG 22); the rest are electrons (PDG 11)
     # --- energy scale and resolution
-    response_per_gev: float = (
-        165.0  # visible units per GeV of particle energy (sampling fraction * calibration)
-    )
+    response_per_gev: float = ENERGY_UNITS_PER_GEV  # visible units per GeV of particle energy
     stochastic_term: float = 0.10  # a in sigma/E = a/sqrt(E[GeV]) (+) b
     constant_term: float = 0.01  # b in sigma/E = a/sqrt(E[GeV]) (+) b
     # --- longitudinal profile (GFlash, Grindhammer & Peters)
@@ -213,26 +214,19 @@ def _split_data(
     n: int, seed_seq: np.random.SeedSequence, prm: ShowerParams, progress: bool = False, desc: str = ""
 ) -> CaloData:
     """One split: conditions from the first child stream, then one independent stream per chunk of showers."""
-    from tqdm.auto import tqdm
-
     cond_seq, shower_seq = seed_seq.spawn(2)
     point, momentum, pdg = sample_conditions(n, np.random.default_rng(cond_seq), prm)
     energy = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), np.float32)
     starts = range(0, n, CHUNK_EVENTS)
     chunk_seqs = shower_seq.spawn(len(starts))
     with tqdm(
-        total=n, desc=desc or "simulate", unit="ev", disable=not _progress_enabled(progress), leave=False
+        total=n, desc=desc or "simulate", unit="ev", disable=progress_disabled(progress), leave=False
     ) as bar:
         for start, seq in zip(starts, chunk_seqs, strict=True):
             sl = slice(start, start + CHUNK_EVENTS)
             energy[sl] = _showers_chunk(point[sl], momentum[sl], pdg[sl], np.random.default_rng(seq), prm)
             bar.update(energy[sl].shape[0])
     return CaloData(point=point, momentum=momentum, pdg=pdg, energy=energy)
-
-
-def _progress_enabled(progress: bool) -> bool:
-    """Show a bar only when asked and not switched off with TQDM_DISABLE=1."""
-    return progress and os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true", "yes")
 
 
 def simulate_dataset(
@@ -330,8 +324,6 @@ def write_dataset(
 
 def _read_manifest(path: Path) -> dict:
     """The manifest of an existing data directory, or an empty dict if it has none or it is unreadable."""
-    import json
-
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -378,7 +370,3 @@ def main(argv: Sequence[str] | None = None) -> int | None:
             f"wrote {total} events to {args.out}/ in {manifest['seconds']:.1f} s (manifest: {MANIFEST_NAME})"
         )
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))

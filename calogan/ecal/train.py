@@ -1,4 +1,4 @@
-"""Train the conditional WGAN-GP on data_train.npz (issue 5): ``python -m calogan.train``.
+"""Train the conditional WGAN-GP on data_train.npz (docs/training.md): ``python -m calogan.train``.
 
 One readable loop: n_critic critic steps with the gradient penalty (per-sample norm, conditions fed to
 the critic), one generator step, an EMA of the generator, periodic scoring of the EMA generator on a
@@ -23,12 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
 
-from calogan.core.errors import InputError, run_cli
-from calogan.core.gan import EMA, gradient_penalty
+from calogan.core.errors import InputError
+from calogan.core.gan import EMA, binned_wasserstein, gradient_penalty
 from calogan.core.runtime import (
     atomic_torch_save,
     atomic_write_json,
+    keep_freed_memory,
+    progress_disabled,
     seed_everything,
     select_device,
     torch_load_safe,
@@ -44,7 +48,11 @@ from calogan.ecal.models import (
     log_energy_ratio,
     model_config,
 )
-from calogan.studies.surrogate import binned_wasserstein, momentum_bins, momentum_quantile_edges
+from calogan.ecal.physics import momentum_bins, momentum_quantile_edges
+from calogan.ecal.predict import generate
+from calogan.metrics.embedder import load_embedder
+from calogan.metrics.evaluate import score_arrays
+from calogan.metrics.plots import plot_showers, plot_statistics
 
 
 @dataclass
@@ -222,8 +230,6 @@ def _allreduce_grads(model: torch.nn.Module, world: int) -> None:
     """Average gradients over processes (explicit all_reduce: works with the penalty's double backward)."""
     if world <= 1:
         return
-    import torch.distributed as dist
-
     for p in model.parameters():
         if p.grad is not None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
@@ -233,8 +239,6 @@ def _allreduce_grads(model: torch.nn.Module, world: int) -> None:
 def _broadcast_params(model: torch.nn.Module, world: int) -> None:
     if world <= 1:
         return
-    import torch.distributed as dist
-
     for t in list(model.parameters()) + list(model.buffers()):
         dist.broadcast(t.data, src=0)
 
@@ -291,9 +295,6 @@ def evaluate_generator(
     generator, holdout, cfg: TrainConfig, embedder, device, plots_dir: Path | None, step: int
 ):
     """Score the generator on the held-out training events (reduced K/R); optionally write plots."""
-    from calogan.ecal.predict import generate
-    from calogan.metrics.evaluate import score_arrays
-
     gen = generate(generator, holdout, batch_size=512, seed=cfg.seed, device=device)
     result, details = score_arrays(
         gen,
@@ -308,8 +309,6 @@ def evaluate_generator(
     )
     if plots_dir is not None:
         try:
-            from calogan.metrics.plots import plot_showers, plot_statistics
-
             plots_dir.mkdir(parents=True, exist_ok=True)
             plot_showers(holdout.energy, gen, plots_dir / f"showers_step{step:06d}.png")
             plot_statistics(
@@ -331,8 +330,6 @@ def _load_embedder(cfg: TrainConfig, device):
     path = Path(cfg.data) / "embedder.safetensors"
     if not path.exists():
         return None
-    from calogan.metrics.embedder import load_embedder
-
     return load_embedder(path, sha256_file(split_path(cfg.data, "train")), device=device)
 
 
@@ -346,8 +343,6 @@ def train(
     progress: bool = True,
 ) -> Path:
     """Train per ``cfg`` (or continue the run in ``resume``); returns the run directory."""
-    from calogan.core.runtime import keep_freed_memory
-
     keep_freed_memory()
     rank, world = _dist_info()
     resume_ckpt = None
@@ -379,8 +374,6 @@ def train(
         )
 
     if world > 1:
-        import torch.distributed as dist
-
         if not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo")
     if cfg.threads > 0:
@@ -584,8 +577,6 @@ def _budget_spent(deadline: float, world: int, device) -> bool:
         return False
     spent = time.perf_counter() > deadline
     if world > 1:
-        import torch.distributed as dist
-
         flag = torch.tensor([float(spent)], device=device)
         dist.broadcast(flag, src=0)
         spent = bool(flag.item() > 0)
@@ -593,9 +584,9 @@ def _budget_spent(deadline: float, world: int, device) -> bool:
 
 
 def _progress(start: int, total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=start, desc="train", disable=not enabled or None, dynamic_ncols=True)
+    return tqdm(
+        total=total, initial=start, desc="train", disable=progress_disabled(enabled), dynamic_ncols=True
+    )
 
 
 def _tensorboard(run_dir: Path):
@@ -657,7 +648,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"run directory: {run_dir}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))

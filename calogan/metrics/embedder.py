@@ -1,4 +1,4 @@
-"""Image embedder for AUC_img (DESIGN §3): a small BatchNorm conv net regressing the conditions from an image.
+"""Image embedder for AUC_img (docs/scoring.md): a small BatchNorm conv net regressing the conditions from an image.
 
 The net reads log1p-scaled images, regresses the normalised point (x, y) and momentum (px, py, pz) and
 classifies the particle type; its 64-d last hidden layer (a plain linear output, no tanh) is the embedding.
@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import nn
 from tqdm.auto import tqdm
 
-from calogan.core.errors import InputError, run_cli
-from calogan.core.runtime import atomic_write, seed_everything, select_device
+from calogan.core.errors import InputError
+from calogan.core.runtime import atomic_write, progress_disabled, seed_everything, select_device
 from calogan.ecal.data import ConditionNormalizer, load_npz, require_file, sha256_file, split_path
 
 FORMAT = "calogan-embedder-v2"
@@ -85,13 +87,6 @@ class Embedder(nn.Module):
         return out
 
 
-def _no_bar(progress: bool) -> bool:
-    """True when progress bars are off (argument or TQDM_DISABLE=1)."""
-    import os
-
-    return (not progress) or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
-
-
 def _targets(data, normalizer: ConditionNormalizer) -> np.ndarray:
     return normalizer.transform(data.conditions())
 
@@ -125,7 +120,9 @@ def train_embedder(
     gen = torch.Generator().manual_seed(seed)
     bce = nn.BCEWithLogitsLoss()
     loss_val = float("nan")
-    bar = tqdm(total=epochs * steps_per_epoch, desc="embedder", unit="step", disable=_no_bar(progress))
+    bar = tqdm(
+        total=epochs * steps_per_epoch, desc="embedder", unit="step", disable=progress_disabled(progress)
+    )
     model.train()
     for _ in range(epochs):
         perm = torch.randperm(len(images), generator=gen)
@@ -162,8 +159,6 @@ def train_embedder(
 
 def save_embedder(model: Embedder, path: str | Path) -> Path:
     """Write weights (safetensors) with JSON metadata atomically; no pickled objects."""
-    from safetensors.torch import save
-
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     blob = save(tensors, metadata={"calogan": json.dumps(model.meta)})
     return atomic_write(path, lambda h: h.write(blob))
@@ -173,8 +168,6 @@ def load_embedder(
     path: str | Path, expected_sha256: str | None = None, allow_mismatch: bool = False, device=None
 ) -> Embedder:
     """Load a safetensors embedder; refuse (InputError) a data-hash mismatch unless allow_mismatch."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: embedder file not found")
@@ -253,7 +246,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"wrote {out} (final loss {model.meta['final_loss']:.4f}, data sha256 {model.meta['data_sha256'][:12]}…)"
     )
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))

@@ -1,4 +1,4 @@
-"""Score generated showers as the competition did (DESIGN §3), with the 2019 embedding bug fixed.
+"""Score generated showers as the competition did (docs/scoring.md), with the 2019 embedding bug fixed.
 
 score = min(AUC_img, AUC_phys): PRD-AUC of the generated against the true images over 64-d embeddings
 (calogan.metrics.embedder) and over the 24 physical statistics (calogan.ecal.physics). Unlike the 2019 scoring program,
@@ -19,9 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calogan.core.errors import InputError, run_cli
-from calogan.core.runtime import atomic_write_json, select_device
+from calogan.core.errors import InputError
+from calogan.core.runtime import atomic_write_json, keep_freed_memory, select_device
 from calogan.ecal.data import CaloData, load_npz, load_prediction, split_path
+from calogan.ecal.physics import physical_statistics, standardise_statistics
+from calogan.metrics.embedder import load_or_train_embedder
+from calogan.metrics.prd import compute_prd
 
 SPLITS = ("val", "test")
 PREDICTION_NAMES = {s: f"data_{s}_prediction.npz" for s in SPLITS}
@@ -31,8 +34,6 @@ PREDICTION_NAMES = {s: f"data_{s}_prediction.npz" for s in SPLITS}
 
 
 def _prd(eval_f: np.ndarray, ref_f: np.ndarray, clusters: int, runs: int, seed: int, device):
-    from calogan.metrics.prd import compute_prd
-
     return compute_prd(eval_f, ref_f, num_clusters=clusters, num_runs=runs, seed=seed, device=device)
 
 
@@ -104,9 +105,6 @@ def score_arrays(
     against the other half, N/2 vs N/2) with its parts under ``ceiling_detail``, and ``standardised`` (the
     score with each statistic rank-scaled on the true sample). ``embedder=None`` scores AUC_phys only.
     """
-    from calogan.core.runtime import keep_freed_memory
-    from calogan.ecal.physics import physical_statistics, standardise_statistics
-
     keep_freed_memory()
     if true.energy is None:
         raise InputError(f"{true.path}: solution has no EnergyDeposit to compare with")
@@ -187,10 +185,11 @@ def score_arrays(
     return (out, details) if return_details else out
 
 
-# ---------------------------------------------------------------- extra metrics hook (issue 10)
+# ---------------------------------------------------------------- stricter metrics (docs/metrics.md)
 
 
 def _extra_module():
+    """calogan.metrics.two_sample, or None where it is not shipped (the Codalab scoring bundle)."""
     try:
         return importlib.import_module("calogan.metrics.two_sample")
     except ModuleNotFoundError as exc:
@@ -325,8 +324,6 @@ def evaluate_predictions(
             raise InputError(f"{pred}: expected a submission .zip, a folder or a prediction .npz")
         images = {s: _load_pred(files[s], len(truths[s]), shown[s]) for s in splits}
     if embedder is None:
-        from calogan.metrics.embedder import load_or_train_embedder
-
         embedder = load_or_train_embedder(
             solution_dir, embedder_path, allow_mismatch=allow_embedder_mismatch, device=dev, progress=progress
         )
@@ -350,7 +347,9 @@ def evaluate_predictions(
             return_details=True,
         )
     if plots_dir is not None:
-        from calogan.metrics.plots import make_all_plots
+        from calogan.metrics.plots import (
+            make_all_plots,  # local: the Codalab bundle ships no plots/matplotlib
+        )
 
         make_all_plots(details, Path(plots_dir))
         mod = _extra_module() if any(m != "prd" for m in metrics) else None
@@ -484,7 +483,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         atomic_write_json(args.json, results)
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))

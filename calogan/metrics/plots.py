@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 
 from calogan.core.runtime import atomic_write
 from calogan.ecal.data import CELL_CENTRES
+from calogan.ecal.physics import STAT_NAMES, energy_response
 
 
 def subplots(*args, figsize=None, layout=None, **kwargs):
@@ -40,8 +41,6 @@ def plot_prd(curves: dict, path: Path, title: str = "PRD curves") -> Path:
 
 def plot_statistics(stats_true: np.ndarray, stats_gen: np.ndarray, path: Path, names=None) -> Path:
     """24-panel histograms of the physical statistics, real vs generated (shared binning per panel)."""
-    from calogan.ecal.physics import STAT_NAMES
-
     names = list(names or STAT_NAMES)
     fig, axes = subplots(4, 6, figsize=(18, 11))
     for k, ax in enumerate(axes.ravel()):
@@ -89,8 +88,6 @@ def plot_showers(
 
 def plot_energy_response(true_images, gen_images, momentum, path: Path, bins: int = 10) -> Path:
     """Mean energy response (sum/|p|) and resolution (std/mean) vs |p|, real vs generated."""
-    from calogan.ecal.physics import energy_response
-
     p = np.linalg.norm(np.asarray(momentum, np.float64), axis=1)
     edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
     which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2)

@@ -1,4 +1,4 @@
-"""Precision-recall for distributions (Sajjadi et al. 2018) as the competition computed it (DESIGN §3), fast.
+"""Precision-recall for distributions (Sajjadi et al. 2018) as the competition computed it (docs/scoring.md), fast.
 
 The union of the two samples is clustered R times with mini-batch k-means (K centres, 10 k-means++
 initialisations each, the best kept by validation inertia, sklearn's MiniBatchKMeans update rule with
@@ -16,7 +16,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.cluster import MiniBatchKMeans
 from tqdm.auto import tqdm
+
+from calogan.core.runtime import progress_disabled
 
 DEFAULT_CLUSTERS = 100
 DEFAULT_ANGLES = 1001
@@ -348,7 +351,7 @@ def compute_prd(
     gen.manual_seed(int(seed))
     labels, steps = [], []
     group_sizes = [min(runs_per_batch, num_runs - s) for s in range(0, num_runs, runs_per_batch)]
-    for g in tqdm(group_sizes, desc="PRD k-means", unit="batch", disable=not progress):
+    for g in tqdm(group_sizes, desc="PRD k-means", unit="batch", disable=progress_disabled(progress)):
         lab, st = batched_minibatch_kmeans_labels(
             data, num_clusters, g, gen, n_init=n_init, batch_size=batch_size
         )
@@ -378,13 +381,11 @@ def compute_prd_sklearn(
     progress: bool = False,
 ) -> PRDResult:
     """Reference baseline: one sklearn MiniBatchKMeans(n_clusters=K, n_init=10) fit per run, as in 2019."""
-    from sklearn.cluster import MiniBatchKMeans
-
     ev, rf = _check_inputs(eval_features, ref_features, enforce_balance)
     union = np.concatenate([ev, rf], axis=0)
     rng = np.random.RandomState(seed)
     labels = []
-    for _ in tqdm(range(num_runs), desc="PRD sklearn", disable=not progress):
+    for _ in tqdm(range(num_runs), desc="PRD sklearn", disable=progress_disabled(progress)):
         km = MiniBatchKMeans(n_clusters=num_clusters, n_init=n_init, random_state=rng.randint(2**31 - 1))
         labels.append(km.fit(union).labels_)
     eval_hist, ref_hist = _histograms(np.stack(labels), len(ev), num_clusters)

@@ -1,4 +1,4 @@
-"""Conditional physics checks of generated showers (issue 5's quality targets), on paired conditions.
+"""Conditional physics checks of generated showers against quality targets (docs/metrics.md), on paired conditions.
 
 A physicist asks three things of a calorimeter fast simulation beyond a summary score:
 
@@ -7,7 +7,7 @@ A physicist asks three things of a calorimeter fast simulation beyond a summary 
 - the **barycentre bias**: mean of (generated − real) barycentre for the same event, in cm (target < 0.3);
 - the **shower core**: mean fraction of the energy in the hottest cell and in the 3×3 cells around it, per
   energy bin (no target; a too-narrow or too-wide core is the most visible shape defect, and it drives the
-  spread of the hard half-plane asymmetries of DESIGN §3);
+  spread of the hard half-plane asymmetries among the 24 statistics);
 - the **particle-type response**: generating every event as e− and again as γ must move the 24 statistics the
   way the real e−/γ difference does (:func:`particle_type_switch`, needs the generator).
 
@@ -30,8 +30,9 @@ from calogan.ecal.physics import (
     expected_centre,
     physical_statistics,
 )
+from calogan.ecal.predict import generate
 
-#: Targets of issue 5 (generated/real).
+#: Quality targets (generated/real): mean response within 3 %, resolution within 20 %, barycentre bias below 0.3 cm.
 RESPONSE_TOLERANCE = 0.03
 RESOLUTION_TOLERANCE = 0.20
 BARYCENTRE_TOLERANCE_CM = 0.3
@@ -87,8 +88,21 @@ def response_by_energy(
     r_gen = energy_response(gen_images, true.momentum)
     r_true = energy_response(true.energy, true.momentum)
     edges, which = energy_bin_index(true.p_abs, bins)
+    return response_rows(r_gen, r_true, which, edges, min_events)
+
+
+def response_rows(
+    r_gen: np.ndarray, r_true: np.ndarray, which: np.ndarray, edges, min_events: int = 20
+) -> list[dict[str, Any]]:
+    """Per |p| bin k (events with ``which == k``, |p| in [edges[k], edges[k+1]]): response and resolution ratios.
+
+    ``r_gen``, ``r_true``: energy responses (image sum / |p|) of generated and real showers at the same
+    conditions. Each row holds p_lo, p_hi, n and, from ``min_events`` events on, the real and generated mean
+    response and resolution (std/mean), their generated/real ratios with standard errors, the pass flags of the
+    targets and the core resolutions; sparser bins get response_ratio = resolution_ratio = None.
+    """
     rows = []
-    for k in range(bins):  # a handful of bins; the work inside is vectorised over events
+    for k in range(len(edges) - 1):  # a handful of bins; the work inside is vectorised over events
         sel = which == k
         n = int(sel.sum())
         row: dict[str, Any] = {"p_lo": float(edges[k]), "p_hi": float(edges[k + 1]), "n": n}
@@ -169,7 +183,7 @@ def shower_core(gen_images: np.ndarray, true: CaloData, bins: int = 6) -> list[d
 
 
 def physics_checks(gen_images: np.ndarray, true: CaloData, bins: int = 6) -> dict[str, Any]:
-    """Response/resolution per energy bin and barycentre bias, with a pass flag per issue-5 target."""
+    """Response/resolution per energy bin and barycentre bias, with a pass flag per quality target."""
     gen = np.asarray(gen_images, dtype=np.float32).reshape(-1, 30, 30)
     if len(gen) != len(true):
         raise InputError(f"{true.path}: {len(gen)} generated images but {len(true)} true events")
@@ -216,8 +230,6 @@ def particle_type_switch(
     significant (> ``significance`` standard errors) and whose generated difference has the same sign;
     ``correlation`` is the Pearson correlation of the two difference vectors over those statistics.
     """
-    from calogan.ecal.predict import generate
-
     if true.energy is None:
         raise InputError(f"{true.path}: solution has no EnergyDeposit to compare with")
     real_stats = physical_statistics(true.energy, true.point, true.momentum)

@@ -1,4 +1,4 @@
-"""Modern fast-calorimeter validation metrics beside PRD (issue 10): classifier tests, FPD, KPD, separation, density/coverage.
+"""Stricter two-sample tests beside PRD (docs/metrics.md): classifier tests, FPD, KPD, separation, density/coverage.
 
 Every metric compares the generated sample with the true one *and* reports its real-vs-real reference at the
 same sizes. Both use the same random split of the events into two disjoint halves A and B:
@@ -6,6 +6,9 @@ metric value = generated[A] vs true[B]; reference = true[A] vs true[B]. The two 
 the true half B, the conditions of A and the sample sizes, so a good generator's value lies within noise of
 the reference. Conditions enter the features (directly or through energy response and barycentre residuals),
 so a generator that ignores its conditions is caught even when its images look plausible in isolation.
+
+The generic pieces serve the RICH evaluation too: :func:`classifier_scores` (the one classifier two-sample
+test: real = 1, generated = 0, optional sample weights), :func:`weighted_auc` and :func:`binned_efficiency`.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import linalg, stats
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.isotonic import IsotonicRegression
+from sklearn.metrics import roc_auc_score, roc_curve
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from calogan.core.errors import InputError
-from calogan.core.runtime import atomic_write, atomic_write_text
+from calogan.core.runtime import atomic_write, atomic_write_text, progress_disabled
 from calogan.ecal.data import CaloData
 from calogan.ecal.physics import (
     STAT_NAMES,
@@ -33,13 +39,12 @@ from calogan.ecal.physics import (
     physical_statistics,
     standardise_statistics,
 )
+from calogan.metrics.plots import subplots
 from calogan.metrics.response import physics_metric
 
 #: Names of the high-level features (24 statistics, energy response, barycentre residuals, conditions).
+#: They are also the observables of the separation-power table.
 HIGH_LEVEL_NAMES: tuple[str, ...] = STAT_NAMES + ("energy_response", "barycentre_dx", "barycentre_dy")
-CONDITION_FEATURE_NAMES: tuple[str, ...] = ("x", "y", "px", "py", "pz", "log_p", "is_photon")
-#: Observables in the separation-power table (24 statistics + energy response + barycentre residuals).
-SEP_NAMES: tuple[str, ...] = HIGH_LEVEL_NAMES
 
 
 # --------------------------------------------------------------------------- features and splits
@@ -68,12 +73,6 @@ def high_level_features(images: np.ndarray, true: CaloData, stats_24: np.ndarray
     residual = barycentre_residual(images, true.point, true.momentum)
     feats = np.concatenate([np.asarray(stats_24, np.float64), response, residual], axis=1)
     return np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def standardise(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """z-scale each column with the reference sample's mean and std (std 0 → 1)."""
-    mean, std = reference.mean(axis=0), reference.std(axis=0)
-    return (x - mean) / np.where(std > 0, std, 1.0)
 
 
 def gaussianise(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -106,8 +105,6 @@ def _jsd_bits(p_true: np.ndarray, labels: np.ndarray) -> float:
 
 def _roc_summary(labels: np.ndarray, scores: np.ndarray, points: int = 101) -> dict[str, Any]:
     """ROC AUC and the ROC curve resampled on a fixed false-positive grid (small, JSON-friendly)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     fpr, tpr, _ = roc_curve(labels, scores)
     grid = np.linspace(0.0, 1.0, points)
     return {
@@ -128,8 +125,6 @@ def _calibrated_report(
     labels: np.ndarray, raw: np.ndarray, cal: np.ndarray, test: np.ndarray
 ) -> dict[str, Any]:
     """Isotonic calibration on the calibration split; AUC, ROC and JSD on the held-out test split."""
-    from sklearn.isotonic import IsotonicRegression
-
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw[cal], labels[cal])
     out = _roc_summary(labels[test], raw[test])
     out["jsd"] = _jsd_bits(iso.predict(raw[test]), labels[test])
@@ -202,35 +197,109 @@ def _low_level_inputs(images: np.ndarray, cond: np.ndarray) -> np.ndarray:
     return np.concatenate([np.log1p(flat), total, cond.astype(np.float32)], axis=1)
 
 
-def classifier_test(
+def classifier_scores(
+    x_real: np.ndarray,
     x_gen: np.ndarray,
-    x_true: np.ndarray,
+    train: np.ndarray,
+    kind: str = "high",
+    seed: int = 0,
+    weights: np.ndarray | None = None,
+    stop: np.ndarray | None = None,
+    device: torch.device | None = None,
+    epochs: int = 30,
+    hgb_iter: int = 100,
+    early_stopping: bool | str = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The classifier two-sample test's classifier: trained to tell real (label 1) from generated (label 0).
+
+    The rows are stacked generated first, then real: x = [x_gen; x_real], labels [0, ..., 0, 1, ..., 1].
+    ``train`` indexes the stacked rows the classifier learns from; the features are z-scaled on them.
+    ``kind`` "high": sklearn gradient boosting (``hgb_iter`` iterations, ``early_stopping`` as sklearn's),
+    score P(real | x), fitted with ``weights`` (stacked like x; negative sWeights allowed) when given;
+    "low": a small torch MLP on the GPU/CPU ``device``, score its logit, stopped early on the ``stop`` rows
+    (unweighted). Returns (labels, scores) of every stacked row; a summary (AUC, ROC, JSD) is the caller's.
+    """
+    x = np.concatenate([x_gen, x_real]).astype(np.float64)
+    y = np.concatenate([np.zeros(len(x_gen)), np.ones(len(x_real))])
+    x = standardise_statistics(x, x[train], method="z")
+    if kind == "low":
+        if weights is not None:
+            raise ValueError("classifier_scores: the low-level MLP takes no sample weights")
+        return y, _train_mlp(
+            x.astype(np.float32), y, train, stop, seed, device or torch.device("cpu"), epochs
+        )
+    clf = HistGradientBoostingClassifier(
+        max_iter=hgb_iter, learning_rate=0.1, early_stopping=early_stopping, random_state=seed
+    )
+    with threadpool_limits(limits=torch.get_num_threads()):  # no OpenMP oversubscription beside torch
+        clf.fit(x[train], y[train], sample_weight=None if weights is None else weights[train])
+        return y, clf.predict_proba(x)[:, 1]
+
+
+def classifier_test(
+    x_real: np.ndarray,
+    x_gen: np.ndarray,
     kind: str,
     seed: int,
     device: torch.device,
     epochs: int = 30,
     hgb_iter: int = 100,
 ) -> dict[str, Any]:
-    """Train a classifier generated (0) vs true (1); ROC AUC and calibrated JSD on a held-out 20 % split."""
-    x = np.concatenate([x_gen, x_true]).astype(np.float64)
-    y = np.concatenate([np.zeros(len(x_gen)), np.ones(len(x_true))])
-    rng = np.random.default_rng(seed)
-    train, cal, test = _three_way_split(len(x), rng)
-    x = standardise(x, x[train])
-    if kind == "low":
-        raw = _train_mlp(x.astype(np.float32), y, train, cal, seed, device, epochs)
-    else:
-        from sklearn.ensemble import HistGradientBoostingClassifier
-
-        clf = HistGradientBoostingClassifier(
-            max_iter=hgb_iter, learning_rate=0.1, early_stopping=True, random_state=seed
-        )
-        with threadpool_limits(limits=torch.get_num_threads()):  # no OpenMP oversubscription beside torch
-            clf.fit(x[train], y[train])
-            raw = clf.predict_proba(x)[:, 1]
+    """Classifier real (1) vs generated (0) on 60 % of the rows; ROC AUC and calibrated JSD on a held-out 20 %."""
+    train, cal, test = _three_way_split(len(x_real) + len(x_gen), np.random.default_rng(seed))
+    y, raw = classifier_scores(
+        x_real, x_gen, train, kind, seed, stop=cal, device=device, epochs=epochs, hgb_iter=hgb_iter
+    )
     out = _calibrated_report(y, raw, cal, test)
     out["n_test"] = int(len(test))
     return out
+
+
+def weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float:
+    """ROC AUC as the weighted probability that a positive outscores a negative (ties count 1/2).
+
+    The Mann-Whitney form, valid with negative weights (sWeights); NaN when either class weighs zero.
+    """
+    labels = np.asarray(labels).astype(bool)
+    _, inv = np.unique(scores, return_inverse=True)
+    k = inv.max() + 1 if len(inv) else 0
+    w_pos = np.bincount(inv, weights * labels, k)
+    w_neg = np.bincount(inv, weights * ~labels, k)
+    below = np.cumsum(w_neg) - w_neg
+    total = w_pos.sum() * w_neg.sum()
+    if total == 0:
+        return float("nan")
+    return float((w_pos * (below + 0.5 * w_neg)).sum() / total)
+
+
+def binned_efficiency(
+    passed: np.ndarray,
+    x: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+    edges: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Efficiency of a cut with its binomial error and the effective sample size, per bin of x.
+
+    eff = sum(w · pass) / sum(w); error² = sum w² (pass - eff)² / (sum w)², the binomial eff (1 - eff) / n
+    for unit weights and valid with sWeights; n_eff = (sum w)² / sum w². Without ``x`` and ``edges`` every
+    event falls in one bin; without ``weights`` every event weighs 1. Returns arrays with one entry per bin.
+    """
+    passed = np.asarray(passed)
+    if x is None:
+        idx, nb = np.zeros(len(passed), np.int64), 1
+    else:
+        idx, nb = np.digitize(x, edges) - 1, len(edges) - 1
+    w = np.ones(len(passed)) if weights is None else np.asarray(weights)
+    ok = (idx >= 0) & (idx < nb)
+    idx, passed, w = idx[ok], passed[ok].astype(np.float64), w[ok].astype(np.float64)
+    sw = np.bincount(idx, w, nb)
+    sw2 = np.bincount(idx, w * w, nb)
+    swp = np.bincount(idx, w * passed, nb)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eff = np.where(sw > 0, swp / sw, np.nan)
+        var = np.bincount(idx, w * w * (passed - eff[idx]) ** 2, nb) / sw**2
+        neff = np.where(sw2 > 0, sw**2 / sw2, 0.0)
+    return {"eff": eff, "err": np.sqrt(np.maximum(var, 0.0)), "n_eff": neff}
 
 
 def cls_metric(
@@ -258,13 +327,13 @@ def cls_metric(
         "split": "generated[A] vs true[B]; reference true[A] vs true[B]",
     }
     jobs = [(kind, which) for kind in kinds for which in (("gen", "ref") if reference else ("gen",))]
-    for kind, which in tqdm(jobs, desc="cls", leave=False):
+    for kind, which in tqdm(jobs, desc="cls", leave=False, disable=progress_disabled()):
         src = gen_images if which == "gen" else true.energy
         if kind == "low":
             xa, xb = _low_level_inputs(src[a], cond[a]), _low_level_inputs(true.energy[b], cond[b])
         else:
             xa, xb = (hl_gen if which == "gen" else hl_true)[a], hl_true[b]
-        rep = classifier_test(xa, xb, kind, seed, device, epochs, hgb_iter)
+        rep = classifier_test(xb, xa, kind, seed, device, epochs, hgb_iter)
         key = kind if which == "gen" else f"{kind}_ref"
         result[key] = rep
     for kind in kinds:
@@ -441,7 +510,7 @@ def sep_metric(
     hg = high_level_features(gen_images, true, stats_gen)
     ht = high_level_features(true.energy, true, stats_true)
     table = []
-    for j, name in enumerate(SEP_NAMES):  # 27 observables, each vectorised over events
+    for j, name in enumerate(HIGH_LEVEL_NAMES):  # 27 observables, each vectorised over events
         ref_col, gen_col, ta_col = ht[b, j], hg[a, j], ht[a, j]
         scale = float(ref_col.std()) or 1.0
         table.append({
@@ -557,8 +626,6 @@ EXTRA_METRICS: dict[str, Callable[..., dict[str, Any]]] = {
 
 def make_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """Write ROC curves (cls) and the separation-power table + bar chart (sep) for whichever metrics are present."""
-    from calogan.metrics.plots import subplots
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy import special
 from sklearn.preprocessing import QuantileTransformer
 
@@ -189,8 +190,6 @@ def normal_from_uniform(u):
     """Standard-normal quantile of CDF values u (numpy array or torch tensor), clipped as sklearn does."""
     if isinstance(u, np.ndarray):
         return special.ndtri(np.clip(u, UNIFORM_CLIP, 1 - UNIFORM_CLIP))
-    import torch
-
     return torch.special.ndtri(u.clamp(UNIFORM_CLIP, 1 - UNIFORM_CLIP))
 
 

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingClassifier
 
-from calogan.core.errors import InputError, run_cli
-from calogan.core.runtime import atomic_write_json, atomic_write_text, select_device
+from calogan.core.errors import InputError
+from calogan.core.runtime import atomic_write_json, atomic_write_text, run_cli, select_device
+from calogan.metrics.plots import subplots
+from calogan.metrics.two_sample import binned_efficiency, classifier_scores, weighted_auc
 from calogan.rich import DLL_COLUMNS, SAMPLES
 from calogan.rich.data import RichSample, load_sample, sample_path
 from calogan.rich.models import RichModel, load_rich_model
@@ -43,59 +44,38 @@ MIN_NEFF = (
 MIN_EFF = 0.05  # ... and the real efficiency is above this (ratios of tiny efficiencies are not meaningful)
 
 
-def weighted_auc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float:
-    """ROC AUC as the weighted probability that a positive outscores a negative (ties count 1/2)."""
-    labels = np.asarray(labels).astype(bool)
-    _, inv = np.unique(scores, return_inverse=True)
-    k = inv.max() + 1 if len(inv) else 0
-    w_pos = np.bincount(inv, weights * labels, k)
-    w_neg = np.bincount(inv, weights * ~labels, k)
-    below = np.cumsum(w_neg) - w_neg
-    total = w_pos.sum() * w_neg.sum()
-    if total == 0:
-        return float("nan")
-    return float((w_pos * (below + 0.5 * w_neg)).sum() / total)
-
-
-def binned_efficiency(passed: np.ndarray, x: np.ndarray, weights: np.ndarray, edges: np.ndarray) -> dict:
-    """Weighted efficiency, its error and the effective size per bin of x."""
-    idx = np.digitize(x, edges) - 1
-    ok = (idx >= 0) & (idx < len(edges) - 1)
-    idx, passed, w = idx[ok], passed[ok].astype(np.float64), weights[ok].astype(np.float64)
-    nb = len(edges) - 1
-    sw = np.bincount(idx, w, nb)
-    sw2 = np.bincount(idx, w * w, nb)
-    swp = np.bincount(idx, w * passed, nb)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        eff = np.where(sw > 0, swp / sw, np.nan)
-        var = np.bincount(idx, w * w * (passed - eff[idx]) ** 2, nb) / sw**2
-        neff = np.where(sw2 > 0, sw**2 / sw2, 0.0)
-    return {"eff": eff, "err": np.sqrt(np.maximum(var, 0.0)), "n_eff": neff}
-
-
 def classifier_test(real: RichSample, gen_dlls: np.ndarray, seed: int = 0, max_iter: int = 200) -> dict:
-    """Weighted gradient-boosting two-sample test; ROC AUC overall and per (P, eta) bin on held-out events."""
+    """Weighted gradient-boosting two-sample test; ROC AUC overall and per (P, eta) bin on held-out events.
+
+    Real (label 1) and generated (label 0) rows of the same event share its conditions and sWeight and go
+    to the same half: one half of the events trains :func:`calogan.metrics.two_sample.classifier_scores`,
+    the other is scored.
+    """
     n = len(real)
     rng = np.random.default_rng(seed)
     test_mask = np.zeros(n, bool)
     test_mask[rng.permutation(n)[: n // 2]] = True
-    x = np.concatenate([np.column_stack([real.inputs, real.dlls]), np.column_stack([real.inputs, gen_dlls])])
-    y = np.concatenate([np.zeros(n), np.ones(n)])
+    is_test = np.concatenate([test_mask, test_mask])  # stacked rows: generated, then real (same events)
     w = np.concatenate([real.weights, real.weights]).astype(np.float64)
-    is_test = np.concatenate([test_mask, test_mask])
-    clf = HistGradientBoostingClassifier(
-        max_iter=max_iter, learning_rate=0.1, max_leaf_nodes=31, random_state=seed
+    y, scores = classifier_scores(
+        np.column_stack([real.inputs, real.dlls]),
+        np.column_stack([real.inputs, gen_dlls]),
+        np.flatnonzero(~is_test),
+        "high",
+        seed,
+        weights=w,
+        hgb_iter=max_iter,
+        early_stopping="auto",
     )
-    clf.fit(x[~is_test], y[~is_test], sample_weight=w[~is_test])
-    s = clf.predict_proba(x[is_test])[:, 1]
-    yt, wt, xt = y[is_test], w[is_test], x[is_test]
+    s, yt, wt = scores[is_test], y[is_test], w[is_test]
+    inputs = np.concatenate([real.inputs, real.inputs])[is_test]
     out = {"auc": weighted_auc(yt, s, wt), "n_test_events": int(test_mask.sum()), "per_bin": []}
-    ip = np.digitize(xt[:, 0], AUC_P_EDGES) - 1
-    ie = np.digitize(xt[:, 1], AUC_ETA_EDGES) - 1
+    ip = np.digitize(inputs[:, 0], AUC_P_EDGES) - 1
+    ie = np.digitize(inputs[:, 1], AUC_ETA_EDGES) - 1
     for i in range(len(AUC_P_EDGES) - 1):
         for j in range(len(AUC_ETA_EDGES) - 1):
             m = (ip == i) & (ie == j)
-            neff = n_effective(wt[m & (yt == 0)])
+            neff = n_effective(wt[m & (yt == 1)])
             auc = weighted_auc(yt[m], s[m], wt[m]) if neff >= 50 else None
             out["per_bin"].append(
                 {"p": [float(AUC_P_EDGES[i]), float(AUC_P_EDGES[i + 1])]}
@@ -180,8 +160,6 @@ def evaluate_model(
 
 def make_plots(report: dict, real: RichSample, gen_dlls: np.ndarray, out_dir: Path) -> list[Path]:
     """Weighted DLL histograms in P and eta bins and efficiency curves with ratios; returns the PNG paths."""
-    from calogan.metrics.plots import subplots
-
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     ok_r, ok_g = real.has_rich, (gen_dlls > -998).all(1)

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+
+from calogan.core.errors import InputError
+from calogan.core.runtime import torch_load_safe
+from calogan.rich import SENTINEL
+from calogan.rich.data import QuantileNormal, from_basis, model_inputs, no_rich_probability
 
 N_CONDITIONS = 3
 N_OUTPUTS = 5
@@ -72,11 +78,6 @@ class RichModel:
     @torch.no_grad()
     def generate(self, inputs, seed: int = 0, batch_size: int = 65536, device=None):
         """Sample (N, 5) DLLs for raw inputs (N, 3) = P, ETA, NTRACKS; -999 rows drawn from the no-RICH table."""
-        import numpy as np
-
-        from calogan.rich import SENTINEL
-        from calogan.rich.data import from_basis, model_inputs, no_rich_probability
-
         device = device or next(self.generator.parameters()).device
         cond = torch.from_numpy(self.qt_in.transform(model_inputs(inputs)))
         gen = torch.Generator().manual_seed(seed)
@@ -95,10 +96,6 @@ class RichModel:
 
 def load_rich_model(path, device="cpu", ema: bool = True) -> RichModel:
     """Load a calogan.rich.train checkpoint (weights_only) into a RichModel."""
-    from calogan.core.errors import InputError
-    from calogan.core.runtime import torch_load_safe
-    from calogan.rich.data import QuantileNormal
-
     ckpt = torch_load_safe(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path}: not a calogan RICH checkpoint (format != {CHECKPOINT_FORMAT})")

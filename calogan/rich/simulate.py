@@ -37,8 +37,8 @@ import numpy as np
 from scipy import optimize, special
 from tqdm import tqdm
 
-from calogan.core.errors import InputError, run_cli
-from calogan.core.runtime import atomic_write_json
+from calogan.core.errors import InputError
+from calogan.core.runtime import atomic_write_json, progress_disabled, run_cli
 from calogan.ecal.data import save_npz
 from calogan.rich import DLL_COLUMNS, PARTICLES, SAMPLES, SENTINEL
 from calogan.rich.data import sample_path
@@ -215,7 +215,7 @@ def write_samples(
     if existing and not overwrite:
         raise InputError(f"{existing[0]}: already exists (pass --overwrite to replace)")
     manifest: dict = {"seed": seed, "sizes": sizes, "files": {}}
-    for p, s in tqdm(jobs, desc="rich samples", disable=not progress):
+    for p, s in tqdm(jobs, desc="rich samples", disable=progress_disabled(progress)):
         rng = np.random.default_rng([seed, PARTICLES.index(p), SAMPLES.index(s)])
         cols = simulate_sample(p, sizes[s], rng, transfer=(s == "transfer"))
         path = save_npz(sample_path(out_dir, p, s), cols)

@@ -30,9 +30,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from calogan.core.errors import InputError, run_cli
+from calogan.core.errors import InputError
 from calogan.core.gan import EMA, gradient_penalty
-from calogan.core.runtime import atomic_torch_save, atomic_write_json, seed_everything, select_device
+from calogan.core.runtime import (
+    atomic_torch_save,
+    atomic_write_json,
+    progress_disabled,
+    run_cli,
+    seed_everything,
+    select_device,
+)
 from calogan.ecal.data import sha256_file
 from calogan.rich import PARTICLES
 from calogan.rich.data import (
@@ -209,7 +216,7 @@ def train(config: TrainConfig) -> Path:
     bar = tqdm(
         range(1, config.steps + 1),
         desc=f"rich {config.particle}",
-        **({} if config.progress else {"disable": True}),
+        disable=progress_disabled(config.progress),
     )
     for step in bar:
         for _ in range(config.n_critic):

@@ -13,8 +13,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from calogan.core.errors import run_cli
-from calogan.core.runtime import atomic_write_json, atomic_write_text
+from calogan.core.runtime import atomic_write_json, atomic_write_text, run_cli
 from calogan.rich.evaluate import evaluate_checkpoint
 
 

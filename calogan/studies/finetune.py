@@ -1,7 +1,7 @@
 """Physics-targeted fine-tuning of a trained generator: ``python -m calogan.finetune``.
 
 Starting from a training checkpoint, WGAN-GP training continues with an extra generator loss per target
-statistic: ``energy_response`` is matched directly (it is differentiable); the statistics of DESIGN §3
+statistic: ``energy_response`` is matched directly (it is differentiable); the competition statistics
 (asymmetries, widths, sparsity levels) are predicted by a surrogate regressor that keeps learning on real and
 generated images, and the generator matches the surrogate's predictions on its images to the real values at
 the same conditions (Rogachev & Ratnikov, arXiv:2207.06329). The report compares before/after.
@@ -18,26 +18,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import ks_2samp, wasserstein_distance
+from tqdm import tqdm
 
-from calogan.core.errors import InputError, run_cli
+from calogan.core.errors import InputError
+from calogan.core.gan import EMA, gradient_penalty
 from calogan.core.runtime import (
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
+    progress_disabled,
     seed_everything,
     select_device,
+    torch_load_safe,
 )
 from calogan.ecal.data import CaloData, load_npz, require_file, sha256_file, split_path
+from calogan.ecal.models import build_critic, build_generator, check_checkpoint, critic_features
+from calogan.ecal.physics import (
+    energy_response,
+    momentum_bins,
+    momentum_quantile_bins,
+    momentum_quantile_edges,
+    physical_statistics,
+)
+from calogan.ecal.predict import generate
+from calogan.metrics.embedder import load_embedder
+from calogan.metrics.evaluate import score_arrays
+from calogan.metrics.plots import subplots
 from calogan.studies.surrogate import (
     DIRECT_TARGETS,
     LOSSES,
     TARGET_COLUMNS,
     TARGET_NAMES,
-    bar_disabled,
     distribution_loss,
     energy_response_t,
-    momentum_bins,
-    momentum_quantile_edges,
     parse_targets,
     surrogate_step,
     target_labels,
@@ -78,9 +92,6 @@ PRESETS: dict[str, dict] = {
 
 def load_checked_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike) -> dict:
     """Load a training checkpoint and refuse it (InputError) when it was trained on other data."""
-    from calogan.core.runtime import torch_load_safe
-    from calogan.ecal.models import check_checkpoint
-
     ckpt = check_checkpoint(torch_load_safe(checkpoint), checkpoint)
     train_path = require_file(split_path(data_dir, "train"))
     if ckpt.get("data_sha256") not in (None, sha256_file(train_path)):
@@ -93,8 +104,6 @@ def load_checked_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.Pa
 
 def statistic_table(images: np.ndarray, data: CaloData, names: Sequence[str]) -> dict[str, np.ndarray]:
     """Per-event values (N, k) of each named statistic (sparsity: its 20 levels; widths in natural units)."""
-    from calogan.ecal.physics import energy_response, physical_statistics
-
     out: dict[str, np.ndarray] = {}
     stats = None
     for name in names:
@@ -108,7 +117,6 @@ def statistic_table(images: np.ndarray, data: CaloData, names: Sequence[str]) ->
 
 def distances(gen: np.ndarray, real: np.ndarray, bins: np.ndarray, n_bins: int) -> dict:
     """W1 and KS statistic (mean over the k columns) gen vs real, overall and per energy bin."""
-    from scipy.stats import ks_2samp, wasserstein_distance
 
     def pair(g: np.ndarray, r: np.ndarray) -> tuple[float, float]:
         w1 = np.mean([wasserstein_distance(g[:, j], r[:, j]) for j in range(g.shape[1])])
@@ -122,8 +130,6 @@ def distances(gen: np.ndarray, real: np.ndarray, bins: np.ndarray, n_bins: int) 
 
 def plot_histograms(path: Path, title: str, real: np.ndarray, samples: dict[str, np.ndarray]) -> Path:
     """One PNG: histograms of real and of each generated sample (first column of each)."""
-    from calogan.metrics.plots import subplots
-
     lo, hi = np.quantile(real[:, 0], [0.005, 0.995])
     edges = np.linspace(lo, hi if hi > lo else lo + 1, 41)
     fig, ax = subplots(figsize=(5, 3.6))
@@ -142,8 +148,6 @@ def plot_histograms(path: Path, title: str, real: np.ndarray, samples: dict[str,
 
 def score_images(images: np.ndarray, data: CaloData, embedder, cfg: FinetuneConfig, device) -> dict:
     """The competition score of images against data (calogan.metrics.evaluate.score_arrays), JSON-safe subset."""
-    from calogan.metrics.evaluate import score_arrays
-
     res = score_arrays(images, data, embedder=embedder, clusters=cfg.clusters, runs=cfg.runs, seed=1337,
                        ceiling=True, device=device)  # fmt: skip
     keep = ("score", "auc_img", "auc_phys", "score_std", "ceiling")
@@ -155,8 +159,6 @@ def load_data_embedder(data_dir: str | os.PathLike, device):
     path = Path(data_dir) / "embedder.safetensors"
     if not path.exists():
         return None
-    from calogan.metrics.embedder import load_embedder
-
     return load_embedder(path, sha256_file(split_path(data_dir, "train")), device=device)
 
 
@@ -166,8 +168,6 @@ def load_data_embedder(data_dir: str | os.PathLike, device):
 def _real_targets(train: CaloData, surrogate_names: list[str]) -> np.ndarray | None:
     if not surrogate_names:
         return None
-    from calogan.ecal.physics import physical_statistics
-
     return target_values(physical_statistics(train.energy, train.point, train.momentum), surrogate_names)
 
 
@@ -181,12 +181,6 @@ def finetune(
     progress: bool = True,
 ) -> dict:
     """Fine-tune the checkpoint's generator on the target statistics; write OUT/{checkpoint.pt, report.md, ...}."""
-    from tqdm import tqdm
-
-    from calogan.core.gan import EMA, gradient_penalty
-    from calogan.ecal.models import build_critic, build_generator, critic_features
-    from calogan.ecal.physics import physical_statistics
-
     cfg = cfg or FinetuneConfig()
     names = list(targets)
     ckpt = load_checked_checkpoint(checkpoint, data_dir)
@@ -230,7 +224,7 @@ def finetune(
         return torch.randint(0, images.shape[0], (cfg.batch_size,), generator=sampler).to(dev)
 
     generator.train()
-    for step in tqdm(range(cfg.steps), desc="finetune", disable=bar_disabled(progress)):
+    for step in tqdm(range(cfg.steps), desc="finetune", disable=progress_disabled(progress)):
         for _ in range(cfg.n_critic):
             idx = batch()
             real, cond = images[idx], conds[idx]
@@ -293,16 +287,12 @@ def compare_generators(
     before, after, val: CaloData, names, data_dir, out_dir: Path, cfg: FinetuneConfig, dev
 ) -> dict:
     """Targeted-statistic distances (overall and per |p| bin) and the overall score, before vs after."""
-    from calogan.ecal.predict import generate
-
     if cfg.eval_events and len(val) > cfg.eval_events:
         val = val.subset(np.random.default_rng(cfg.seed).choice(len(val), cfg.eval_events, replace=False))
     gens = {
         k: generate(g, val, seed=cfg.seed + 1, device=dev) for k, g in (("before", before), ("after", after))
     }
-    edges = momentum_quantile_edges(val.p_abs, cfg.n_bins)
-    bins = np.searchsorted(edges, np.log(val.p_abs))
-    p_edges = [float(val.p_abs.min())] + np.exp(edges).tolist() + [float(val.p_abs.max())]
+    bins, p_edges = momentum_quantile_bins(val.p_abs, cfg.n_bins)
     real = statistic_table(val.energy, val, names)
     tables = {k: statistic_table(v, val, names) for k, v in gens.items()}
     out: dict = {"n_events": len(val), "p_bin_edges": p_edges, "statistics": {}}
@@ -403,7 +393,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"score: {s['before'].get('score')} -> {s['after'].get('score')}; report: {Path(args.out) / 'report.md'}"
     )
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))

@@ -1,7 +1,7 @@
 """A small event-selection grammar for transfer studies: ``p<20``, ``pdg==11 & r<5`` (parsed, never eval).
 
 Grammar: ``SEL := TERM ('&' TERM)*``, ``TERM := VAR OP NUMBER``, OP one of ``< <= > >= == !=``.
-Variables (DESIGN §2 units):
+Variables (units of the competition files, docs/data.md):
 
 ==========  =====================================================
 ``p``       |p|, GeV

@@ -2,14 +2,14 @@
 
 Two ways to put a physics statistic into a generator loss (Rogachev & Ratnikov, arXiv:2207.06329):
 
-* a statistic written in torch (energy response, barycentre, soft widths, soft asymmetries) is matched directly;
-* a non-differentiable one (the hard half-plane asymmetries and widths of DESIGN §3, the sparsity levels) is
+* a statistic written in torch (energy response, soft widths, soft asymmetries) is matched directly;
+* a non-differentiable one (the hard half-plane asymmetries and widths of the 24 statistics, the sparsity levels) is
   predicted by :class:`SurrogateRegressor`, a small CNN on the log-scaled, energy-normalised image whose
   per-cell features are pooled with energy weights (the form of every competition statistic), and the
   generator is trained through the surrogate's predictions.
 
 Distributions are compared at the same conditions: generated and real values of one batch share their
-conditions, and :func:`binned_wasserstein` compares them per |p| bin.
+conditions, and :func:`calogan.core.gan.binned_wasserstein` compares them per |p| bin.
 """
 
 from __future__ import annotations
@@ -17,9 +17,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from calogan.core.errors import InputError
+from calogan.core.gan import binned_wasserstein
+from calogan.core.runtime import progress_disabled
 from calogan.ecal.data import CELL_CENTRES, IMAGE_SIZE, SHOWER_DEPTH_CM
+from calogan.ecal.physics import STAT_NAMES
 
 #: Statistic names a fine-tuning target may use (``sparsity`` means all 20 levels).
 SURROGATE_TARGETS = (
@@ -44,13 +48,6 @@ LOG_TARGETS = ("longitudinal_width", "transverse_width")
 _LOG_FLOOR = 1e-7
 
 
-def bar_disabled(progress: bool) -> bool:
-    """True when no progress bar should be drawn (progress=False or TQDM_DISABLE set)."""
-    import os
-
-    return not progress or os.environ.get("TQDM_DISABLE", "") not in ("", "0")
-
-
 def parse_targets(text: str, option: str = "--target") -> list[str]:
     """Split a comma list of statistic names; unknown names raise InputError listing the valid ones."""
     names = [t.strip() for t in (text or "").split(",") if t.strip()]
@@ -73,8 +70,6 @@ def target_values(stats24: np.ndarray, names: list[str]) -> np.ndarray:
 
 def target_labels(names: list[str]) -> list[str]:
     """One label per surrogate output column (``sparsity`` expands to its 20 levels)."""
-    from calogan.ecal.physics import STAT_NAMES
-
     labels = []
     for name in names:
         for col in TARGET_COLUMNS[name]:
@@ -112,14 +107,6 @@ def energy_response_t(images: torch.Tensor, conditions: torch.Tensor) -> torch.T
     return images.reshape(images.shape[0], -1).sum(1) / p
 
 
-def barycentre_t(images: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Energy-weighted centre (B, 2) cm, differentiable."""
-    xs, ys = _grid(images.device, images.dtype)
-    img = images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
-    total = img.sum((1, 2)) + eps
-    return torch.stack([(img * xs).sum((1, 2)) / total, (img * ys).sum((1, 2)) / total], dim=1)
-
-
 def soft_widths(images: torch.Tensor, conditions: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Energy-weighted standard deviations (B, 2) cm along and across the transverse momentum."""
     along, across = shower_frame(conditions)
@@ -136,7 +123,7 @@ def soft_widths(images: torch.Tensor, conditions: torch.Tensor, eps: float = 1e-
 def soft_asymmetries(
     images: torch.Tensor, conditions: torch.Tensor, temperature: float = 0.25
 ) -> torch.Tensor:
-    """Sigmoid-smoothed (longitudinal, transverse) asymmetries (B, 2) with DESIGN §3's side conventions.
+    """Sigmoid-smoothed (longitudinal, transverse) asymmetries (B, 2) with the competition statistics' side conventions.
 
     Longitudinal side A is along >= 0; transverse side A is across·sign(px) >= 0 (sign(0) = +1 here,
     unlike the reference's signed-zero rule); temperature (cm) -> 0 recovers the hard split.
@@ -153,53 +140,6 @@ def soft_asymmetries(
 
 
 # ------------------------------------------------------------------ distribution-matching losses
-
-
-def momentum_quantile_edges(p_abs: np.ndarray, n_bins: int) -> np.ndarray:
-    """Interior log|p| quantile edges (n_bins - 1,) splitting ``p_abs`` into equally populated bins."""
-    return np.quantile(np.log(p_abs), np.linspace(0, 1, n_bins + 1)[1:-1])
-
-
-def momentum_bins(conditions: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """Bin index (B,) of log|p| in the interior edges (a 1-D tensor of n_bins - 1 values)."""
-    logp = torch.log(torch.linalg.vector_norm(conditions[:, 2:5], dim=1))
-    return torch.bucketize(logp, edges.to(logp.device, logp.dtype))
-
-
-def _sort_within_bins(values: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-    """values (B, k) sorted by (bin, value) per column; equal bin counts make rows comparable across samples."""
-    order = torch.argsort(values, dim=0)
-    regroup = torch.argsort(torch.gather(bins, 0, order), dim=0, stable=True)
-    return torch.gather(values, 0, torch.gather(order, 0, regroup))
-
-
-def binned_wasserstein(
-    gen: torch.Tensor,
-    real: torch.Tensor,
-    bins: torch.Tensor | None = None,
-    projections: int = 0,
-    seed: int = 0,
-    power: int = 1,
-) -> torch.Tensor:
-    """Mean 1-D Wasserstein-1 distance between gen and real (B, k) at the same conditions, per bin.
-
-    gen and real must come from the same condition rows, so each bin holds as many of both; k > 1 columns
-    are compared column by column, or (projections > 0) along random unit directions (sliced Wasserstein).
-    power=2 gives the squared Wasserstein-2 distance instead, which weighs tails (and so the spread) more.
-    """
-    if power not in (1, 2):
-        raise ValueError(f"binned_wasserstein: power must be 1 or 2, got {power}")
-    gen = gen.reshape(gen.shape[0], -1)
-    real = real.reshape(real.shape[0], -1).to(gen.dtype)
-    if projections > 0 and gen.shape[1] > 1:
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        dirs = torch.randn(gen.shape[1], projections, generator=g).to(gen.device, gen.dtype)
-        dirs = dirs / dirs.norm(dim=0, keepdim=True)
-        gen, real = gen @ dirs, real @ dirs
-    bins = torch.zeros(gen.shape[0], dtype=torch.long, device=gen.device) if bins is None else bins
-    bins = bins.view(-1, 1).expand_as(gen)
-    gap = _sort_within_bins(gen, bins) - _sort_within_bins(real, bins)
-    return gap.abs().mean() if power == 1 else gap.pow(2).mean()
 
 
 def energy_distance(gen: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -358,8 +298,6 @@ def train_surrogate(
     model: SurrogateRegressor | None = None,
 ) -> SurrogateRegressor:
     """Fit a SurrogateRegressor to targets (N, k) from images (N,30,30) and raw conditions (N,6)."""
-    from tqdm import tqdm
-
     torch.manual_seed(seed)
     if model is None:
         model = SurrogateRegressor(targets.shape[1])
@@ -371,7 +309,7 @@ def train_surrogate(
     cond_t = torch.as_tensor(conditions, dtype=torch.float32)
     tgt_t = torch.as_tensor(targets, dtype=torch.float32)
     gen = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(steps), desc="surrogate", disable=bar_disabled(progress)):
+    for _ in tqdm(range(steps), desc="surrogate", disable=progress_disabled(progress)):
         idx = torch.randint(0, img_t.shape[0], (min(batch_size, img_t.shape[0]),), generator=gen)
         surrogate_step(model, opt, img_t[idx].to(device), cond_t[idx].to(device), tgt_t[idx].to(device))
         sched.step()

@@ -14,10 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from calogan.core.errors import InputError, run_cli
+from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write_json, atomic_write_text, select_device
-from calogan.ecal.data import CaloData, load_npz, require_file, save_npz, split_path
-from calogan.ecal.physics import cluster_3x3
+from calogan.ecal.data import ENERGY_UNITS_PER_GEV, CaloData, load_npz, require_file, save_npz, split_path
+from calogan.ecal.models import load_generator
+from calogan.ecal.physics import cluster_3x3, energy_response, momentum_quantile_bins
+from calogan.ecal.predict import generate
+from calogan.ecal.train import PRESETS as TRAIN_PRESETS
+from calogan.ecal.train import make_config, train
+from calogan.metrics.plots import subplots
+from calogan.metrics.response import response_rows
+from calogan.metrics.two_sample import binned_efficiency
 from calogan.studies.finetune import (
     FinetuneConfig,
     load_checked_checkpoint,
@@ -25,7 +32,6 @@ from calogan.studies.finetune import (
     score_images,
 )
 from calogan.studies.selection import Selection, apply_selection, overlap_fraction, parse_selection
-from calogan.studies.surrogate import momentum_quantile_edges
 
 #: Evaluation settings per preset: events per selection, PRD clusters and runs, |p| bins.
 PRESETS = {
@@ -33,15 +39,19 @@ PRESETS = {
     "quick": dict(eval_events=5000, clusters=20, runs=10, n_bins=4),
     "full": dict(eval_events=0, clusters=100, runs=20, n_bins=5),
 }
-#: Energy units per GeV (DESIGN §2) for the cluster-energy cut.
-UNITS_PER_GEV = 165.0
 CLUSTER_CUT_GEV = 2.0
+
+
+def _efficiency(passed: np.ndarray) -> tuple[float, float]:
+    """Fraction of events passing and its binomial error sqrt(e(1-e)/n)."""
+    res = binned_efficiency(passed)
+    return float(res["eff"][0]), float(res["err"][0])
 
 
 def efficiencies(gen: np.ndarray, real: np.ndarray) -> dict[str, dict]:
     """Fractions of events passing each cut, generated and real, with binomial errors.
 
-    Cuts: E(3×3) > 2 GeV-equivalent (330 units); containment E(3×3)/E_total above the real sample's median.
+    Cuts: E(3×3) > 2 GeV-equivalent (2 × ENERGY_UNITS_PER_GEV units); containment E(3×3)/E_total above the real sample's median.
     Errors are binomial sqrt(e(1-e)/n); the pull (gen - real)/error uses Laplace-smoothed (k+1)/(n+2) errors.
     """
     out = {}
@@ -52,14 +62,13 @@ def efficiencies(gen: np.ndarray, real: np.ndarray) -> dict[str, dict]:
     median = float(np.median(frac_r))
     cuts = {
         f"E3x3 > {CLUSTER_CUT_GEV:g} GeV": (
-            e3g > CLUSTER_CUT_GEV * UNITS_PER_GEV,
-            e3r > CLUSTER_CUT_GEV * UNITS_PER_GEV,
+            e3g > CLUSTER_CUT_GEV * ENERGY_UNITS_PER_GEV,
+            e3r > CLUSTER_CUT_GEV * ENERGY_UNITS_PER_GEV,
         ),
         f"E3x3/E > {median:.3f} (real median)": (frac_g > median, frac_r > median),
     }
     for name, (pg, pr) in cuts.items():
-        eg, er = float(pg.mean()), float(pr.mean())
-        sg, sr = np.sqrt(eg * (1 - eg) / len(pg)), np.sqrt(er * (1 - er) / len(pr))
+        (eg, sg), (er, sr) = _efficiency(pg), _efficiency(pr)
         # the pull uses Laplace-smoothed errors, so efficiencies of exactly 0 or 1 still give a finite pull
         lg, lr = (pg.sum() + 1) / (len(pg) + 2), (pr.sum() + 1) / (len(pr) + 2)
         spull = np.hypot(np.sqrt(lg * (1 - lg) / len(pg)), np.sqrt(lr * (1 - lr) / len(pr)))
@@ -69,39 +78,25 @@ def efficiencies(gen: np.ndarray, real: np.ndarray) -> dict[str, dict]:
 
 
 def response_ratios(gen: np.ndarray, data: CaloData, n_bins: int) -> dict:
-    """Per-|p|-bin ratios generated/real of the mean energy response and of the resolution (std/mean)."""
-    from calogan.ecal.physics import energy_response
+    """Per-|p|-bin ratios generated/real of the mean energy response and of the resolution (std/mean).
 
+    Equally populated |p| bins; the numbers come from :func:`calogan.metrics.response.response_rows`.
+    """
     rg, rr = energy_response(gen, data.momentum), energy_response(data.energy, data.momentum)
-    edges = momentum_quantile_edges(data.p_abs, n_bins)
-    bins = np.searchsorted(edges, np.log(data.p_abs))
-    p_edges = [float(data.p_abs.min())] + np.exp(edges).tolist() + [float(data.p_abs.max())]
+    which, p_edges = momentum_quantile_bins(data.p_abs, n_bins)
     rows = []
-    for b in range(n_bins):
-        g, r = rg[bins == b], rr[bins == b]
-        if len(r) < 2:
-            rows.append(
-                {
-                    "p_lo": p_edges[b],
-                    "p_hi": p_edges[b + 1],
-                    "n": int(len(r)),
-                    "response": None,
-                    "resolution": None,
-                }
-            )
-            continue
-        mg, mr = g.mean(), r.mean()
-        resp_err = abs(mg / mr) * np.hypot(g.std() / np.sqrt(len(g)) / mg, r.std() / np.sqrt(len(r)) / mr)
-        rows.append({"p_lo": p_edges[b], "p_hi": p_edges[b + 1], "n": int(len(r)), "response": float(mg / mr),
-                     "response_err": float(resp_err), "resolution": float((g.std() / mg) / (r.std() / mr))})  # fmt: skip
+    for row in response_rows(rg, rr, which, p_edges, min_events=2):
+        out = {"p_lo": row["p_lo"], "p_hi": row["p_hi"], "n": row["n"], "response": row["response_ratio"]}
+        if row["response_ratio"] is not None:
+            out["response_err"] = row["response_ratio_err"]
+        out["resolution"] = row["resolution_ratio"]
+        rows.append(out)
     return {"bins": rows}
 
 
 def _evaluate_selection(
     generator, val: CaloData, sel: Selection, option: str, cfg: FinetuneConfig, embedder, dev
 ) -> dict:
-    from calogan.ecal.predict import generate
-
     data = apply_selection(val, sel, option)
     if cfg.eval_events and len(data) > cfg.eval_events:
         data = data.subset(np.random.default_rng(cfg.seed).choice(len(data), cfg.eval_events, replace=False))
@@ -121,9 +116,6 @@ def _train_on_selection(
     data_dir, train_sel: Selection, out_dir: Path, preset: str, seed: int, device, progress
 ) -> Path:
     """Write the selected training events to OUT/train_data and train a model there; returns its best.pt."""
-    from calogan.ecal.train import PRESETS as TRAIN_PRESETS
-    from calogan.ecal.train import make_config, train
-
     full = load_npz(require_file(split_path(data_dir, "train")), require_energy=True)
     subset = apply_selection(full, train_sel, "--train-selection")
     sub_dir = out_dir / "train_data"
@@ -148,8 +140,6 @@ def transfer_study(
     progress: bool = True,
 ) -> dict:
     """Run the study and write OUT/{report.md, results.json, transfer.png}; returns the numbers."""
-    from calogan.ecal.models import load_generator
-
     sel_train = parse_selection(train_selection, "--train-selection")
     sel_test = parse_selection(test_selection, "--test-selection")
     if preset not in PRESETS:
@@ -187,8 +177,6 @@ def transfer_study(
 
 def plot_transfer(path: Path, result: dict) -> Path:
     """PNG: response ratio per |p| bin and cut efficiencies, for both selections."""
-    from calogan.metrics.plots import subplots
-
     fig, (ax1, ax2) = subplots(1, 2, figsize=(10, 3.8))
     for key, marker in (("train_selection", "o"), ("test_selection", "s")):
         part = result[key]
@@ -284,7 +272,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{key}: {r[key]['selection']}: score {s.get('score')} (ceiling {s.get('ceiling')})")
     print(f"report: {Path(a.out) / 'report.md'}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))

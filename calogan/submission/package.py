@@ -1,4 +1,4 @@
-"""Build and check Codalab submission zips (issue 6, DESIGN §5).
+"""Build and check Codalab submission zips (docs/submission.md).
 
 ``python -m calogan.package (--checkpoint CKPT | --predictions DIR) [--data DIR] [--out ZIP] [--kind results|code]``
 ``python -m calogan.package --check ZIP [--data DIR]``
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calogan.core.errors import InputError, run_cli
+from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write
 from calogan.ecal.data import (
     IMAGE_SIZE,
@@ -32,11 +32,17 @@ from calogan.ecal.data import (
     check_prediction_arrays,
     load_npz,
     open_npz,
+    require_file,
     save_prediction,
     sha256_file,
     split_path,
 )
-from calogan.ecal.predict import PREDICT_SPLITS, ZIP_EPOCH, add_file_to_zip
+from calogan.ecal.export import export_generator
+from calogan.ecal.models import load_generator
+from calogan.ecal.predict import PREDICT_SPLITS, ZIP_EPOCH, add_file_to_zip, predict_dir
+from calogan.metrics.embedder import DEFAULT_NAME, load_or_train_embedder
+from calogan.metrics.evaluate import score_arrays
+from calogan.submission.codesub import METADATA_COMMAND, SOLUTION_SCRIPT
 
 PREDICTION_NAMES = tuple(f"data_{split}_prediction.npz" for split in PREDICT_SPLITS)
 #: Codalab's usual upload limit; a bigger zip is reported (not refused: the limit is set per competition).
@@ -216,9 +222,6 @@ def build_code_zip(
     batch_size: int = 128,
 ) -> tuple[Path, dict]:
     """Build a code submission from a checkpoint's EMA generator; see :func:`build_code_zip_from_generator`."""
-    from calogan.ecal.data import require_file
-    from calogan.ecal.models import load_generator
-
     checkpoint = Path(checkpoint)
     out = Path(out) if out else default_zip_name(checkpoint, "code")
     _refuse_existing(out, overwrite)
@@ -240,9 +243,6 @@ def build_code_zip_from_generator(
 
     The solution needs only numpy and torch; it draws noise exactly like calogan.ecal.predict.
     """
-    from calogan.ecal.export import export_generator
-    from calogan.submission.codesub import METADATA_COMMAND, SOLUTION_SCRIPT
-
     out = Path(out)
     _refuse_existing(out, overwrite)
     with tempfile.TemporaryDirectory(prefix="calogan-code-") as tmp:
@@ -278,11 +278,6 @@ def local_score(
     present = {s: p for s, p in solutions.items() if p.exists()}
     if not present:
         return f"skipped (no solution files in {data_dir})"
-    try:
-        from calogan.metrics.embedder import DEFAULT_NAME, load_or_train_embedder
-        from calogan.metrics.evaluate import score_arrays
-    except ImportError as exc:
-        return f"skipped (evaluator not available: {exc})"
     scores = {}
     try:
         embedder = None
@@ -362,8 +357,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  metadata: command: python3 $program/solution.py $input $output (seed {args.seed})")
         return 0
     if args.checkpoint:
-        from calogan.ecal.predict import predict_dir
-
         out = Path(args.out) if args.out else default_zip_name(Path(args.checkpoint), "results")
         _refuse_existing(out, args.overwrite)
         staging = Path(
@@ -383,7 +376,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {out}: valid results submission")
     print_summary(out, reports, score)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
