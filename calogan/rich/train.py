@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,18 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from calogan.core.engine import AdversarialEngine, AdversarialTask, Batch, EngineSettings, RunDirectory
 from calogan.core.errors import InputError
-from calogan.core.gan import EMA, gradient_penalty
-from calogan.core.runtime import (
-    atomic_torch_save,
-    atomic_write_json,
-    progress_disabled,
-    run_cli,
-    seed_everything,
-    select_device,
-)
+from calogan.core.runtime import run_cli, seed_everything, select_device, torch_load_safe
 from calogan.ecal.data import sha256_file
 from calogan.rich import PARTICLES
 from calogan.rich.data import (
@@ -109,161 +101,160 @@ class TrainConfig:
         return cls(preset=preset, **values)
 
 
-def train(config: TrainConfig) -> Path:
-    """Train one particle's GAN; writes run_dir/{config.json, metrics.jsonl, checkpoints/last.pt}."""
-    if not config.max_minutes >= 0:  # also rejects NaN
-        raise InputError(f"--max-minutes must be a number >= 0, got {config.max_minutes}")
-    deadline = time.perf_counter() + 60.0 * config.max_minutes if config.max_minutes > 0 else float("inf")
+class RichTask(AdversarialTask):
+    """One particle's DLLs given its kinematics, in quantile-normal space, each real event with its weight."""
+
+    format = CHECKPOINT_FORMAT
+
+    def __init__(self, config: TrainConfig, device: torch.device):
+        self.config, self.device = config, device
+        self.path = sample_path(config.data, config.particle, "train")
+        sample = load_sample(self.path)
+        rich = sample.subset(sample.has_rich)
+        if len(rich) < 10 or rich.weights.sum() <= 0:
+            raise InputError(f"{self.path}: too few tracks with RICH information to train on")
+        self.qt_in = QuantileNormal.fit(model_inputs(rich.inputs), seed=config.seed)
+        outputs = to_basis(rich.dlls, config.dll_basis)
+        self.qt_out = QuantileNormal.fit(outputs, seed=config.seed)
+        self.cond = torch.from_numpy(self.qt_in.transform(model_inputs(rich.inputs))).to(device)
+        cdf_low, cdf_high = self.qt_out.uniform_bounds(outputs)  # equal except for tied values
+        self.has_ties = bool((cdf_high > cdf_low).any())
+        self.cdf_low = torch.from_numpy(cdf_low).to(device)
+        self.cdf_step = torch.from_numpy(cdf_high).to(device) - self.cdf_low
+        if config.weights == "expected":
+            features = np.column_stack([model_inputs(rich.inputs), rich.dlls])
+            train_weights = expected_sweights(features, rich.weights, seed=config.seed)
+        else:
+            train_weights = rich.weights.astype(np.float64)
+        if train_weights.sum() <= 0:
+            raise InputError(f"{self.path}: the {config.weights} training weights sum to <= 0")
+        self.weight_info = {
+            "mode": config.weights,
+            "sum_sweights": float(rich.weights.sum()),
+            "sum_train_weights": float(train_weights.sum()),
+            "n_effective_sweights": n_effective(rich.weights),
+            "n_effective_train_weights": n_effective(train_weights),
+        }
+        w = torch.from_numpy(train_weights.astype(np.float32)).to(device)
+        self.weights = w / w.mean()  # global normalisation: weighted means are sum(w v) / batch size
+        self.model_config = {"noise_dim": config.noise_dim, "hidden": config.hidden, "depth": config.depth}
+        generator, critic = build_models(self.model_config)
+        self.generator, self.critic = generator.to(device), critic.to(device)
+
+        def tensors(qn: QuantileNormal) -> dict[str, torch.Tensor]:
+            return {k: torch.from_numpy(v) for k, v in qn.to_arrays().items()}
+
+        self.fixed = {  # the parts of every checkpoint that do not change during training
+            "particle": config.particle,
+            "config": {
+                k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()
+            },
+            "model_config": self.model_config,
+            "qt_in": tensors(self.qt_in),
+            "qt_out": tensors(self.qt_out),
+            "no_rich_table": torch.from_numpy(fit_no_rich_table(sample)),
+            "data_sha256": sha256_file(self.path),
+            "training_weights": self.weight_info,
+        }
+
+    def sample(self, rng: torch.Generator, batch_size: int) -> Batch:
+        idx = torch.randint(0, len(self.weights), (batch_size,), generator=rng).to(self.device)
+        u = self.cdf_low[idx]
+        if self.has_ties:  # a fresh position inside each tied value's CDF step
+            u = u + torch.rand(u.shape, generator=rng, dtype=u.dtype).to(self.device) * self.cdf_step[idx]
+        return Batch(normal_from_uniform(u).float(), self.cond[idx], weight=self.weights[idx], index=idx)
+
+    def checkpoint_fields(self) -> dict:
+        return self.fixed
+
+
+#: last.pt is rewritten every this many steps, so a killed run loses at most that many
+CHECKPOINT_INTERVAL = 100
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    """The run directory: ``config.run_dir``, else runs/rich_{particle}_{preset}."""
+    return Path(config.run_dir or f"runs/rich_{config.particle}_{config.preset}")
+
+
+def _deadline(config: TrainConfig, start: float) -> float:
+    """perf_counter() value at which the wall-clock budget (counted from ``start``) is spent."""
+    return start + 60.0 * config.max_minutes if config.max_minutes > 0 else math.inf
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Reject impossible settings with one line naming the option."""
     check_particle(config.particle)
     check_dll_basis(config.dll_basis)
     if config.weights not in WEIGHT_MODES:
         raise InputError(f"--weights: unknown mode '{config.weights}' (use one of {', '.join(WEIGHT_MODES)})")
-    path = sample_path(config.data, config.particle, "train")
-    sample = load_sample(path)
-    run_dir = Path(config.run_dir or f"runs/rich_{config.particle}_{config.preset}")
-    seed_everything(config.seed)
+    if not config.max_minutes >= 0:  # also rejects NaN
+        raise InputError(f"--max-minutes must be a number >= 0, got {config.max_minutes}")
+    for name in ("steps", "batch_size", "hidden", "depth", "noise_dim", "n_critic", "log_every"):
+        if getattr(config, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+    if config.checkpoint_every < 0:
+        raise InputError(f"--checkpoint-every must be >= 0, got {config.checkpoint_every}")
+    for name in ("lr_g", "lr_c"):
+        if not (math.isfinite(getattr(config, name)) and getattr(config, name) > 0):
+            raise InputError(f"--lr must be a finite number > 0, got {getattr(config, name)}")
+
+
+def train(config: TrainConfig, overwrite: bool = False, resume: bool = False) -> Path:
+    """Train one particle's GAN into run_dir/{config.json, metrics.jsonl, checkpoints/last.pt}; returns run_dir.
+
+    ``resume`` continues the run in ``config.run_dir`` from its last.pt (its saved config wins, except the
+    total steps and the time budget); an existing run directory is replaced only with ``overwrite``.
+    """
+    start = time.perf_counter()
+    run_path = default_run_dir(config)
+    saved = None
+    if resume:
+        run = RunDirectory.existing(run_path)
+        saved = torch_load_safe(run.last)
+        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+            raise InputError(f"{run.last}: not a calogan RICH checkpoint (format != {CHECKPOINT_FORMAT})")
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        stored = {k: (tuple(v) if k == "betas" else v) for k, v in saved["config"].items() if k in known}
+        config = dataclasses.replace(TrainConfig(**stored), steps=config.steps, max_minutes=config.max_minutes,
+                                     progress=config.progress, device=config.device)  # fmt: skip
+    validate_config(config)
     device = select_device(config.device)
-
-    rich = sample.subset(sample.has_rich)
-    if len(rich) < 10 or rich.weights.sum() <= 0:
-        raise InputError(f"{path}: too few tracks with RICH information to train on")
-    qt_in = QuantileNormal.fit(model_inputs(rich.inputs), seed=config.seed)
-    outputs = to_basis(rich.dlls, config.dll_basis)
-    qt_out = QuantileNormal.fit(outputs, seed=config.seed)
-    cond = torch.from_numpy(qt_in.transform(model_inputs(rich.inputs))).to(device)
-    cdf_low, cdf_high = qt_out.uniform_bounds(outputs)  # equal except for tied values
-    has_ties = bool((cdf_high > cdf_low).any())
-    cdf_low = torch.from_numpy(cdf_low).to(device)
-    cdf_step = torch.from_numpy(cdf_high).to(device) - cdf_low
-    if config.weights == "expected":
-        features = np.column_stack([model_inputs(rich.inputs), rich.dlls])
-        train_weights = expected_sweights(features, rich.weights, seed=config.seed)
-    else:
-        train_weights = rich.weights.astype(np.float64)
-    if train_weights.sum() <= 0:
-        raise InputError(f"{path}: the {config.weights} training weights sum to <= 0")
-    weight_info = {
-        "mode": config.weights,
-        "sum_sweights": float(rich.weights.sum()),
-        "sum_train_weights": float(train_weights.sum()),
-        "n_effective_sweights": n_effective(rich.weights),
-        "n_effective_train_weights": n_effective(train_weights),
-    }
-    w = torch.from_numpy(train_weights.astype(np.float32)).to(device)
-    w = w / w.mean()  # global normalisation: weighted means below are sum(w v) / batch_size
-
-    model_config = {"noise_dim": config.noise_dim, "hidden": config.hidden, "depth": config.depth}
-    gen, critic = build_models(model_config)
-    gen, critic = gen.to(device), critic.to(device)
-    ema = EMA(gen, config.ema_decay)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=config.lr_g, betas=config.betas)
-    opt_c = torch.optim.Adam(critic.parameters(), lr=config.lr_c, betas=config.betas)
-    # optional linear decay of both learning rates to zero at the last step (one schedule step per gen step)
-    decay = (lambda i: max(0.0, 1.0 - i / config.steps)) if config.lr_decay else (lambda i: 1.0)
-    schedules = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (opt_g, opt_c)]
-    rng = torch.Generator(device="cpu").manual_seed(config.seed)
-
-    def batch():
-        idx = torch.randint(0, len(w), (config.batch_size,), generator=rng).to(device)
-        u = cdf_low[idx]
-        if has_ties:  # a fresh position inside each tied value's CDF step
-            u = u + torch.rand(u.shape, generator=rng, dtype=u.dtype).to(device) * cdf_step[idx]
-        return cond[idx], normal_from_uniform(u).float(), w[idx]
-
-    def noise(n: int) -> torch.Tensor:
-        return torch.randn(n, config.noise_dim, generator=rng).to(device)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", dataclasses.asdict(config))
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.write_text("")
-
-    def tensors(qn: QuantileNormal) -> dict[str, torch.Tensor]:
-        return {k: torch.from_numpy(v) for k, v in qn.to_arrays().items()}
-
-    fixed = {  # the parts of every checkpoint that do not change during training
-        "format": CHECKPOINT_FORMAT,
-        "particle": config.particle,
-        "config": {
-            k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()
-        },
-        "model_config": model_config,
-        "qt_in": tensors(qt_in),
-        "qt_out": tensors(qt_out),
-        "no_rich_table": torch.from_numpy(fit_no_rich_table(sample)),
-        "data_sha256": sha256_file(path),
-    }
-
-    def checkpoint(step: int) -> dict:
-        """One self-contained checkpoint as of this step (weights_only-loadable)."""
-        return fixed | {
-            "generator": gen.state_dict(),
-            "generator_ema": ema.state_dict(),
-            "critic": critic.state_dict(),
-            "opt_g": opt_g.state_dict(),
-            "opt_c": opt_c.state_dict(),
-            "step": step,
-            "metrics": {
-                "train_seconds": round(time.perf_counter() - t0, 2),
-                "weights": weight_info,
-                "last": history[-1] if history else {},
-            },
-        }
-
-    t0 = time.perf_counter()
-    history: list[dict] = []
-    step = 0
-    bar = tqdm(
-        range(1, config.steps + 1),
-        desc=f"rich {config.particle}",
-        disable=progress_disabled(config.progress),
-    )
-    for step in bar:
-        for _ in range(config.n_critic):
-            c, x, wb = batch()
-            with torch.no_grad():
-                fake = gen(noise(len(c)), c)
-            gp, _ = gradient_penalty(critic, x, fake, c, config.gp_weight, sample_weight=wb.abs())
-            wdist = (wb * critic(x, c)).mean() - (
-                wb * critic(fake, c)
-            ).mean()  # sWeighted E[D(real)] - E[D(fake)]
-            loss_c = -wdist + gp
-            opt_c.zero_grad(set_to_none=True)
-            loss_c.backward()
-            opt_c.step()
-        c, _, wb = batch()
-        loss_g = -(wb * critic(gen(noise(len(c)), c), c)).mean()
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-        ema.update(gen)
-        for schedule in schedules:
-            schedule.step()
-        out_of_time = step < config.steps and time.perf_counter() >= deadline
-        if step % config.log_every == 0 or step == config.steps or out_of_time:
-            rec = {"step": step, "wdist": wdist.item(), "gp": gp.item(), "loss_g": loss_g.item()}
-            rec["elapsed_s"] = round(time.perf_counter() - t0, 2)
-            history.append(rec)
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-            atomic_torch_save(run_dir / "checkpoints" / f"step_{step:06d}.pt", checkpoint(step))
-        if out_of_time:
-            bar.write(f"time budget of {config.max_minutes} min reached at step {step} of {config.steps}")
-            break
-    bar.close()
-
-    atomic_torch_save(run_dir / "checkpoints" / "last.pt", checkpoint(step))
-    return run_dir
+    seed_everything(config.seed)
+    task = RichTask(config, device)
+    if saved is not None and saved.get("data_sha256") != task.fixed["data_sha256"]:
+        raise InputError(f"{task.path}: differs from the data the run in {run_path} was trained on (sha256)")
+    if saved is None:
+        run = RunDirectory.create(run_path, dataclasses.asdict(config), overwrite)
+    settings = EngineSettings(
+        steps=config.steps, batch_size=config.batch_size, n_critic=config.n_critic, gp_weight=config.gp_weight,
+        lr_g=config.lr_g, lr_c=config.lr_c, betas=tuple(config.betas), ema_decay=config.ema_decay,
+        lr_decay=config.lr_decay, log_every=config.log_every, eval_every=0,
+        checkpoint_every=CHECKPOINT_INTERVAL, keep_every=config.checkpoint_every,
+        deadline=_deadline(config, start), seed=config.seed, description=f"rich {config.particle}",
+    )  # fmt: skip
+    engine = AdversarialEngine(task, settings, run, device, progress=config.progress)
+    if saved is not None:
+        engine.load(saved)
+    engine.fit()
+    return run.path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI wrapper of train()."""
     ap = argparse.ArgumentParser(prog="python -m calogan.rich.train", description=__doc__.splitlines()[0])
-    ap.add_argument("--particle", required=True, help=f"one of {', '.join(PARTICLES)}")
+    ap.add_argument(
+        "--particle", required=True, help=f"one of {', '.join(PARTICLES)}, or all (one after another)"
+    )
     ap.add_argument("--data", required=True, help="folder with rich_{particle}_train.npz")
     ap.add_argument("--preset", default="quick", help="tiny | quick | full")
-    ap.add_argument("--run-dir", default=None)
+    ap.add_argument(
+        "--run-dir", default=None, help="run directory (with --particle all: one folder per particle in it)"
+    )
+    ap.add_argument(
+        "--resume", action="store_true", help="continue the run(s) in the run directory from last.pt"
+    )
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=None, help="override the preset's number of generator steps")
@@ -293,29 +284,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="emu (default: DLLe-DLLmu, rest raw) | adjacent (also p-K, bt-p) | raw",
     )
     args = ap.parse_args(argv)
-    check_particle(args.particle)
-    config = TrainConfig.from_preset(
-        args.preset,
-        particle=args.particle,
-        data=args.data,
-        run_dir=args.run_dir,
-        seed=args.seed,
-        device=args.device,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        dll_basis=args.dll_basis,
-        weights=args.weights,
-        lr_decay=args.lr_decay,
-        checkpoint_every=args.checkpoint_every,
-        lr_g=args.lr,
-        lr_c=args.lr,
-        # an explicit --steps means that many steps: the preset's time budget only guards its own step count
-        max_minutes=args.max_minutes if args.max_minutes is not None else (0.0 if args.steps else None),
-    )
-    if config.steps < 1:
-        raise InputError(f"--steps: must be positive, got {config.steps}")
-    run_dir = train(config)
-    print(f"checkpoint: {run_dir / 'checkpoints' / 'last.pt'}")
+    if args.resume and args.overwrite:
+        raise InputError("--resume and --overwrite exclude each other")
+    particles = list(PARTICLES) if args.particle == "all" else [check_particle(args.particle)]
+    configs = []
+    for particle in particles:
+        run_dir = args.run_dir
+        if run_dir and args.particle == "all":
+            run_dir = str(Path(run_dir) / particle)
+        configs.append(TrainConfig.from_preset(
+            args.preset, particle=particle, data=args.data, run_dir=run_dir, seed=args.seed, device=args.device,
+            steps=args.steps, batch_size=args.batch_size, dll_basis=args.dll_basis, weights=args.weights,
+            lr_decay=args.lr_decay, checkpoint_every=args.checkpoint_every, lr_g=args.lr, lr_c=args.lr,
+            # an explicit --steps means that many steps: the preset's time budget only guards its own step count
+            max_minutes=args.max_minutes if args.max_minutes is not None else (0.0 if args.steps else None),
+        ))  # fmt: skip
+    for config in configs:  # every option checked before any training starts
+        validate_config(config)
+    for config in configs:
+        resume = args.resume and (Path(default_run_dir(config)) / "checkpoints" / "last.pt").exists()
+        run_dir = train(config, overwrite=args.overwrite, resume=resume)
+        print(f"checkpoint: {run_dir / 'checkpoints' / 'last.pt'}")
     return 0
 
 

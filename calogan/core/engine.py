@@ -1,0 +1,509 @@
+"""The one adversarial training engine behind every calogan trainer (ECAL, fine-tuning, RICH).
+
+A trainer describes *what* is trained as an :class:`AdversarialTask` (models, how a batch is drawn, what
+the critic reads, extra generator losses, the periodic evaluation, the fixed checkpoint fields); the engine
+owns *how*: WGAN-GP critic and generator steps with optional per-event weights, the gradient penalty, the
+EMA generator, atomic checkpoints that resume exactly, the NaN/Inf guard, the wall-clock budget, Ctrl-C /
+SIGTERM handling, ``metrics.jsonl``, the progress bar and the gradient all-reduce under ``torchrun``.
+
+Guarantees, the same for every trainer:
+- ``last.pt`` is rewritten atomically every ``checkpoint_every`` steps: kill -9 loses at most that many;
+- resuming from ``last.pt`` continues exactly (optimisers, EMA, schedules, RNG states, metrics log);
+- a NaN/Inf loss stops the run with :class:`TrainingDiverged` before the bad step is saved;
+- Ctrl-C or SIGTERM finishes the current step, writes ``last.pt`` and raises KeyboardInterrupt (exit 130);
+- the caller's config is never modified.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from calogan.core.errors import InputError
+from calogan.core.gan import EMA, gradient_penalty
+from calogan.core.runtime import atomic_torch_save, atomic_write_json, progress_disabled
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN/Inf; the run stopped and the last good checkpoint was kept."""
+
+
+# ---------------------------------------------------------------- what a trainer provides
+
+
+@dataclass
+class Batch:
+    """One training batch: what the critic reads for real events, their conditions and optional weights."""
+
+    real: torch.Tensor
+    cond: torch.Tensor
+    weight: torch.Tensor | None = None  # per-event weights (e.g. sWeights), normalised to mean 1 globally
+    index: torch.Tensor | None = None  # rows of the training sample, for tasks that look up more per event
+
+
+class AdversarialTask:
+    """What is trained. Subclasses set ``generator`` and ``critic`` and override ``sample``; the rest is optional.
+
+    The generator is called as ``generator(noise, cond)`` with ``noise`` of shape (B, generator.noise_dim).
+    """
+
+    generator: nn.Module
+    critic: nn.Module
+    format: str = "calogan-checkpoint-v1"
+
+    def sample(self, rng: torch.Generator, batch_size: int) -> Batch:
+        """Draw a batch of real events (rows chosen with ``rng`` so that a resume repeats them)."""
+        raise NotImplementedError
+
+    def critic_view(self, events: torch.Tensor, cond: torch.Tensor, step: int) -> torch.Tensor:
+        """What the critic reads of real or generated events (default: the events themselves)."""
+        return events
+
+    def extra_generator_losses(self, fake: torch.Tensor, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        """Weighted loss terms added to the generator's adversarial loss, by name (logged as loss_<name>)."""
+        return {}
+
+    def after_generator_step(self, fake: torch.Tensor, batch: Batch, step: int) -> None:
+        """Anything that learns beside the GAN (a surrogate regressor) takes its step here."""
+
+    def evaluate(self, generator: nn.Module, step: int) -> dict | None:
+        """Periodic evaluation of the EMA generator; a ``selection`` entry (higher is better) picks best.pt."""
+        return None
+
+    def checkpoint_fields(self) -> dict:
+        """The fixed part of every checkpoint: config, model config, normalisation, data hash, ..."""
+        return {}
+
+    def extra_state(self) -> dict:
+        """State beside the GAN that an exact resume needs (e.g. a surrogate and its optimiser)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the engine trains; trainers fill it from their own config."""
+
+    steps: int
+    batch_size: int
+    n_critic: int = 5
+    gp_weight: float = 10.0
+    lr_g: float = 1e-4
+    lr_c: float = 1e-4
+    betas: tuple[float, float] = (0.0, 0.9)
+    ema_decay: float = 0.995
+    lr_decay: bool = False  # both learning rates fall linearly to 0 at the last step
+    log_every: int = 10
+    eval_every: int = 0  # 0: evaluate only at the end
+    checkpoint_every: int = 100  # last.pt interval in steps
+    keep_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: never)
+    deadline: float = math.inf  # time.perf_counter() value at which training stops (wall-clock budget)
+    seed: int = 0
+    description: str = "train"
+
+
+@dataclass
+class Outcome:
+    """How a run ended: the step reached, why it stopped, and the evaluation history."""
+
+    step: int
+    reason: str  # "done" | "budget"
+    metrics: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- run directory
+
+
+class RunDirectory:
+    """A training run's folder: config.json, metrics.jsonl, checkpoints/{last,best,step_N}.pt."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+        self.log_path = self.path / "metrics.jsonl"
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, config: dict, overwrite: bool = False) -> RunDirectory:
+        """A fresh run directory holding config.json; an existing one is replaced only with ``overwrite``."""
+        run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise InputError(f"{run.path}: exists and is not a directory (choose another run directory)")
+        if run.path.exists() and any(run.path.iterdir()):
+            if not overwrite:
+                raise InputError(
+                    f"{run.path}: run directory exists (pass --resume {run.path} or --overwrite)"
+                )
+            if not (run.path / "config.json").exists():
+                raise InputError(
+                    f"{run.path}: exists and is not a calogan run directory; refusing to overwrite it"
+                )
+            shutil.rmtree(run.path)
+        try:
+            run.checkpoints.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run.path / "config.json", config)
+        except OSError as exc:
+            raise InputError(f"{run.path}: cannot write the run directory ({exc.strerror or exc})") from None
+        return run
+
+    @classmethod
+    def existing(cls, path: str | os.PathLike) -> RunDirectory:
+        """The run directory of a run to resume; it must hold checkpoints/last.pt."""
+        run = cls(path)
+        if not run.last.exists():
+            raise InputError(
+                f"{run.last}: no checkpoint to resume from (is {run.path} a calogan run directory?)"
+            )
+        return run
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    def save(self, name: str, checkpoint: dict) -> None:
+        atomic_torch_save(self.checkpoints / name, checkpoint)
+
+    def log(self, record: dict) -> None:
+        with open(self.log_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def truncate_log(self, step: int) -> None:
+        """Drop log lines after ``step`` (a killed run may have logged past its last checkpoint)."""
+        if not self.log_path.exists():
+            return
+        lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
+        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+        self.log_path.write_text("".join(ln + "\n" for ln in keep))
+
+
+# ---------------------------------------------------------------- distributed helpers
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) from the torchrun environment; (0, 1) when not distributed."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _allreduce_grads(model: nn.Module, world: int) -> None:
+    """Average gradients over processes (an explicit all_reduce also works with the penalty's double backward)."""
+    if world <= 1:
+        return
+    for p in model.parameters():
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+            p.grad.div_(world)
+
+
+def _broadcast_params(model: nn.Module, world: int) -> None:
+    if world <= 1:
+        return
+    for t in list(model.parameters()) + list(model.buffers()):
+        torch.distributed.broadcast(t.data, src=0)
+
+
+def _rank0_decides(flag: bool, world: int, device: torch.device) -> bool:
+    """Rank 0's value of a stop flag, for every process (all stop at the same step)."""
+    if world <= 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    torch.distributed.broadcast(value, src=0)
+    return bool(value.item() > 0)
+
+
+# ---------------------------------------------------------------- interrupts
+
+
+class _StopRequest:
+    """Turns SIGINT / SIGTERM into a flag checked once per step, so the step in flight finishes cleanly."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+    @contextmanager
+    def installed(self) -> Iterator[_StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set in the main thread
+            return
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def handler(signum, frame):  # noqa: ARG001
+            if self.signal is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.signal = signum
+
+        for s in previous:
+            signal.signal(s, handler)
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+# ---------------------------------------------------------------- the engine
+
+
+class AdversarialEngine:
+    """WGAN-GP training of an :class:`AdversarialTask` into a :class:`RunDirectory`."""
+
+    def __init__(
+        self,
+        task: AdversarialTask,
+        settings: EngineSettings,
+        run: RunDirectory,
+        device: torch.device,
+        progress: bool = True,
+    ):
+        self.task, self.settings, self.run, self.device = task, settings, run, device
+        self.rank, self.world = dist_info()
+        s = settings
+        _broadcast_params(task.generator, self.world)
+        _broadcast_params(task.critic, self.world)
+        self.ema = EMA(task.generator, s.ema_decay)
+        self.opt_g = torch.optim.Adam(task.generator.parameters(), lr=s.lr_g, betas=s.betas)
+        self.opt_c = torch.optim.Adam(task.critic.parameters(), lr=s.lr_c, betas=s.betas)
+        decay = _linear_decay(s.steps) if s.lr_decay else _constant
+        self.schedules = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (self.opt_g, self.opt_c)]
+        self.sampler = torch.Generator().manual_seed(s.seed * 1000 + self.rank)
+        self.step = 0
+        self.metrics: dict = {"best_selection": None, "best_step": None, "history": []}
+        self.progress = progress and self.rank == 0
+
+    # ------------------------------------------------------------ checkpoints
+
+    def checkpoint(self) -> dict:
+        """Everything an exact resume needs, loadable with ``torch.load(weights_only=True)``."""
+        rng = {"torch": torch.get_rng_state(), "sampler": self.sampler.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": self.task.format,
+            **self.task.checkpoint_fields(),
+            "generator": self.task.generator.state_dict(),
+            "generator_ema": self.ema.state_dict(),
+            "critic": self.task.critic.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_c": self.opt_c.state_dict(),
+            "schedules": [sch.state_dict() for sch in self.schedules],
+            "extra_state": self.task.extra_state(),
+            "step": self.step,
+            "metrics": json.loads(json.dumps(self.metrics)),
+            "rng": rng,
+        }
+
+    def load(self, checkpoint: dict) -> None:
+        """Continue from a checkpoint written by :meth:`checkpoint` (weights, optimisers, RNG, metrics)."""
+        self.task.generator.load_state_dict(checkpoint["generator"])
+        self.ema.load_state_dict(checkpoint["generator_ema"])
+        self.task.critic.load_state_dict(checkpoint["critic"])
+        self.opt_g.load_state_dict(checkpoint["opt_g"])
+        self.opt_c.load_state_dict(checkpoint["opt_c"])
+        for sch, state in zip(self.schedules, checkpoint.get("schedules") or []):
+            sch.load_state_dict(state)
+        self.task.load_extra_state(checkpoint.get("extra_state") or {})
+        self.step = int(checkpoint["step"])
+        self.metrics = {**self.metrics, **(checkpoint.get("metrics") or {})}
+        if self.world == 1:
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+            self.sampler.set_state(checkpoint["rng"]["sampler"])
+            if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+        else:  # per-rank RNG streams are not stored: reseed deterministically from the step
+            torch.manual_seed(self.settings.seed + 7919 * self.step + self.rank)
+            self.sampler.manual_seed(self.settings.seed * 1000 + self.rank + 104729 * self.step)
+        if self.rank == 0:
+            self.run.truncate_log(self.step)
+
+    def _save(self, *names: str) -> None:
+        if self.rank == 0:
+            checkpoint = self.checkpoint()
+            for name in names:
+                self.run.save(name, checkpoint)
+
+    # ------------------------------------------------------------ the two steps
+
+    def _noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.task.generator.noise_dim, device=self.device)
+
+    def critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One critic update: -(E_w[D(real)] - E_w[D(fake)]) + gradient penalty."""
+        task, w = self.task, batch.weight
+        with torch.no_grad():
+            fake = task.generator(self._noise(len(batch.cond)), batch.cond)
+        f_real = task.critic_view(batch.real, batch.cond, self.step)
+        f_fake = task.critic_view(fake, batch.cond, self.step)
+        d_real, d_fake = task.critic(f_real, batch.cond), task.critic(f_fake, batch.cond)
+        wdist = _mean(d_real, w) - _mean(d_fake, w)
+        sample_weight = None if w is None else w.abs()
+        gp, norms = gradient_penalty(
+            task.critic, f_real, f_fake, batch.cond, self.settings.gp_weight, sample_weight
+        )
+        loss = gp - wdist
+        self.opt_c.zero_grad(set_to_none=True)
+        loss.backward()
+        _allreduce_grads(task.critic, self.world)
+        self.opt_c.step()
+        return {"loss_critic": loss.detach(), "wasserstein": wdist.detach(), "gradient_penalty": gp.detach(),
+                "grad_norm_mean": norms.mean()}  # fmt: skip
+
+    def generator_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One generator update: -E_w[D(fake)] plus the task's extra terms; refuses to apply a NaN/Inf step."""
+        task = self.task
+        fake = task.generator(self._noise(len(batch.cond)), batch.cond)
+        adversarial = -_mean(
+            task.critic(task.critic_view(fake, batch.cond, self.step), batch.cond), batch.weight
+        )
+        extra = task.extra_generator_losses(fake, batch, self.step)
+        loss = adversarial + sum(extra.values(), torch.zeros((), device=adversarial.device))
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        _allreduce_grads(task.generator, self.world)
+        out = {"loss_generator": loss.detach(), **{f"loss_{k}": v.detach() for k, v in extra.items()}}
+        out["_fake"] = fake.detach()
+        return out
+
+    # ------------------------------------------------------------ the loop
+
+    def fit(self) -> Outcome:
+        """Train to ``settings.steps`` (from the current step); evaluate, log and checkpoint on the way."""
+        s, task, run = self.settings, self.task, self.run
+        bar = tqdm(total=s.steps, initial=self.step, desc=s.description, dynamic_ncols=True,
+                   disable=progress_disabled(self.progress))  # fmt: skip
+        timer = _Throughput()
+        reason = "done"
+        task.generator.train()
+        task.critic.train()
+        with _StopRequest().installed() as stop:
+            while self.step < s.steps:
+                # phase 1: critic steps
+                for _ in range(s.n_critic):
+                    critic_losses = self.critic_step(task.sample(self.sampler, s.batch_size))
+                # phase 2: generator step, applied only when every loss is finite
+                batch = task.sample(self.sampler, s.batch_size)
+                gen_losses = self.generator_step(batch)
+                fake = gen_losses.pop("_fake")
+                losses = {**critic_losses, **gen_losses}
+                self._check_finite(losses)
+                self.opt_g.step()
+                self.ema.update(task.generator)
+                task.after_generator_step(fake, batch, self.step)
+                for schedule in self.schedules:
+                    schedule.step()
+                self.step += 1
+                timer.count(s.batch_size * (s.n_critic + 1) * self.world)
+                # phase 3: stop conditions, decided by rank 0 for every process
+                over_budget = _rank0_decides(time.perf_counter() >= s.deadline, self.world, self.device)
+                interrupted = _rank0_decides(bool(stop), self.world, self.device)
+                last_step = self.step >= s.steps or over_budget or interrupted
+                # phase 4: log, evaluate, checkpoint (rank 0 writes)
+                record = self._log_record(losses, timer, bar, force=last_step)
+                if not interrupted and ((s.eval_every and self.step % s.eval_every == 0) or last_step):
+                    record = self._evaluate(record, bar)
+                elif interrupted or self.step % s.checkpoint_every == 0:
+                    self._save("last.pt")
+                if s.keep_every and self.step % s.keep_every == 0:
+                    self._save(f"step_{self.step:06d}.pt")
+                if record is not None and self.rank == 0:
+                    run.log(record)
+                bar.update(1)
+                if over_budget and self.step < s.steps:
+                    bar.write(f"time budget reached at step {self.step} of {s.steps}")
+                    reason = "budget"
+                    break
+                if interrupted:
+                    bar.close()
+                    raise KeyboardInterrupt(f"stopped at step {self.step}; resume from {run.last}")
+        bar.close()
+        if self.world > 1:
+            torch.distributed.barrier()
+        return Outcome(self.step, reason, self.metrics)
+
+    def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([v.float().reshape(()) for v in losses.values()])
+        if not bool(torch.isfinite(values).all()):
+            bad = ", ".join(f"{k} {v.item():.4g}" for k, v in losses.items() if not torch.isfinite(v).all())
+            raise TrainingDiverged(
+                f"loss became NaN/Inf at step {self.step + 1} ({bad}); stopped, last good checkpoint kept at "
+                f"{self.run.last} (try lower learning rates or a larger gradient-penalty weight)"
+            )
+
+    def _log_record(self, losses: dict, timer: _Throughput, bar, force: bool) -> dict | None:
+        if self.rank != 0 or not (self.step % self.settings.log_every == 0 or force):
+            return None
+        values = {k: float(v) for k, v in losses.items()}
+        bar.set_postfix(c=f"{values['loss_critic']:.3f}", g=f"{values['loss_generator']:.3f}")
+        return {"step": self.step, **values, "images_per_s": timer.rate(), "time": time.time()}
+
+    def _evaluate(self, record: dict | None, bar) -> dict | None:
+        """Run the task's evaluation on the EMA generator; write last.pt, and best.pt when it improved."""
+        result = None
+        if self.rank == 0:
+            self.ema.model.eval()
+            result = self.task.evaluate(self.ema.model, self.step)
+        if result is None:
+            self._save("last.pt")
+            return record
+        self.metrics["history"].append({"step": self.step, **result})
+        self.metrics["last"] = result
+        selection = result.get("selection")
+        best = self.metrics.get("best_selection")
+        better = selection is not None and (best is None or selection > best)
+        if better:
+            self.metrics["best_selection"], self.metrics["best_step"] = selection, self.step
+        self._save(*(("last.pt", "best.pt") if better else ("last.pt",)))
+        summary = ", ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float))
+        bar.write(f"step {self.step}: {summary}")
+        return {
+            **(record or {"step": self.step, "time": time.time()}),
+            **{f"eval_{k}": v for k, v in result.items()},
+        }
+
+
+def _mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Batch mean, or the weighted mean sum(w v) / B with weights normalised to mean 1 over the whole sample.
+
+    Normalising globally rather than by the batch's weight sum keeps sWeighted batches stable: a batch sum of
+    signed weights can come close to zero.
+    """
+    return values.mean() if weight is None else (weight * values).mean()
+
+
+def _constant(step: int) -> float:
+    return 1.0
+
+
+def _linear_decay(total: int):
+    return lambda step: max(0.0, 1.0 - step / total)
+
+
+class _Throughput:
+    """Events per second since the last call to :meth:`rate`."""
+
+    def __init__(self) -> None:
+        self.start, self.events = time.perf_counter(), 0
+
+    def count(self, events: int) -> None:
+        self.events += events
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        value = self.events / max(now - self.start, 1e-9)
+        self.start, self.events = now, 0
+        return value

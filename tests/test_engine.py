@@ -1,0 +1,179 @@
+"""The adversarial engine on a toy task: exact resume, NaN stop, time budget, interrupts, best.pt, run directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from calogan.core.engine import (
+    AdversarialEngine,
+    AdversarialTask,
+    Batch,
+    EngineSettings,
+    RunDirectory,
+    TrainingDiverged,
+)
+from calogan.core.errors import InputError
+
+
+class ToyGenerator(nn.Module):
+    noise_dim = 2
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 8), nn.LeakyReLU(0.2), nn.Linear(8, 2))
+
+    def forward(self, noise, cond):
+        return self.net(torch.cat([noise, cond], 1))
+
+
+class CriticWithCond(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, c):
+        return self.inner(torch.cat([x, c], 1)).squeeze(1)
+
+
+class ToyTask(AdversarialTask):
+    """2-D Gaussians shifted by a 1-D condition; optional per-event weights and hooks for the tests."""
+
+    format = "toy-v1"
+
+    def __init__(self, weighted: bool = False, nan_at: int | None = None, scores=None, signal_at=None):
+        torch.manual_seed(0)
+        self.generator = ToyGenerator()
+        self.critic = CriticWithCond(nn.Sequential(nn.Linear(3, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1)))
+        g = torch.Generator().manual_seed(1)
+        self.cond = torch.randn(256, 1, generator=g)
+        self.data = torch.randn(256, 2, generator=g) + self.cond
+        self.weights = torch.rand(256, generator=g) * 2 if weighted else None
+        self.nan_at, self.scores, self.signal_at = nan_at, list(scores or []), signal_at
+        self.extra_calls = 0
+
+    def sample(self, rng, batch_size):
+        idx = torch.randint(0, len(self.data), (batch_size,), generator=rng)
+        w = None if self.weights is None else self.weights[idx]
+        return Batch(self.data[idx], self.cond[idx], weight=w, index=idx)
+
+    def critic_view(self, events, cond, step):
+        return events
+
+    def extra_generator_losses(self, fake, batch, step):
+        bad = self.nan_at is not None and step + 1 >= self.nan_at
+        return {"moment": (fake.mean() - batch.real.mean()) ** 2 * (math.nan if bad else 1.0)}
+
+    def after_generator_step(self, fake, batch, step):
+        if self.signal_at is not None and step + 1 == self.signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def evaluate(self, generator, step):
+        return {"selection": self.scores.pop(0)} if self.scores else None
+
+    def checkpoint_fields(self):
+        return {"config": {"toy": True}}
+
+
+def make(task: ToyTask, run: RunDirectory, **settings) -> AdversarialEngine:
+    values = dict(steps=8, batch_size=32, n_critic=2, lr_decay=True, log_every=1, checkpoint_every=2, seed=0)
+    return AdversarialEngine(
+        task, EngineSettings(**{**values, **settings}), run, torch.device("cpu"), progress=False
+    )
+
+
+def new_run(tmp_path, name) -> RunDirectory:
+    return RunDirectory.create(tmp_path / name, {"toy": True})
+
+
+def state(path):
+    return torch.load(path, weights_only=True)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_resume_continues_exactly(tmp_path, weighted):
+    straight = make(ToyTask(weighted), new_run(tmp_path, "a"))
+    straight.fit()
+    with pytest.raises(KeyboardInterrupt):  # SIGTERM at step 4: last.pt written there
+        make(ToyTask(weighted, signal_at=4), new_run(tmp_path, "b")).fit()
+    resumed = make(ToyTask(weighted), RunDirectory.existing(tmp_path / "b"))
+    resumed.load(state(tmp_path / "b" / "checkpoints" / "last.pt"))
+    assert resumed.step == 4
+    resumed.fit()
+    a, b = state(tmp_path / "a/checkpoints/last.pt"), state(tmp_path / "b/checkpoints/last.pt")
+    assert a["step"] == b["step"] == 8
+    for key in ("generator", "generator_ema", "critic"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name}"
+    log = lambda p: [json.loads(x) for x in (p / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    drop_time = lambda rows: [{k: v for k, v in r.items() if k not in ("time", "images_per_s")} for r in rows]  # noqa: E731
+    assert drop_time(log(tmp_path / "a")) == drop_time(log(tmp_path / "b"))
+
+
+def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    engine = make(ToyTask(nan_at=5), new_run(tmp_path, "nan"))
+    with pytest.raises(TrainingDiverged, match="NaN/Inf at step 5"):
+        engine.fit()
+    last = state(tmp_path / "nan/checkpoints/last.pt")
+    assert last["step"] == 4
+    assert all(torch.isfinite(t).all() for t in last["generator"].values())
+
+
+def test_time_budget_ends_with_a_checkpoint(tmp_path):
+    outcome = make(ToyTask(), new_run(tmp_path, "t"), deadline=time.perf_counter() - 1).fit()
+    assert (outcome.step, outcome.reason) == (1, "budget")
+    assert state(tmp_path / "t/checkpoints/last.pt")["step"] == 1
+
+
+def test_sigterm_writes_a_final_checkpoint_and_raises_keyboard_interrupt(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    engine = make(ToyTask(signal_at=3), new_run(tmp_path, "s"), checkpoint_every=100)
+    with pytest.raises(KeyboardInterrupt, match="stopped at step 3"):
+        engine.fit()
+    assert state(tmp_path / "s/checkpoints/last.pt")["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) == before  # handlers restored
+
+
+def test_best_checkpoint_follows_the_selection_value(tmp_path):
+    engine = make(ToyTask(scores=[0.1, 0.5, 0.3, 0.2]), new_run(tmp_path, "best"), eval_every=2)
+    engine.fit()
+    best = state(tmp_path / "best/checkpoints/best.pt")
+    assert best["step"] == 4 and best["metrics"]["best_selection"] == 0.5
+    assert [h["step"] for h in best["metrics"]["history"]] == [2, 4]
+    assert state(tmp_path / "best/checkpoints/last.pt")["metrics"]["best_step"] == 4
+
+
+def test_keep_every_writes_step_checkpoints(tmp_path):
+    make(ToyTask(), new_run(tmp_path, "k"), keep_every=4).fit()
+    names = sorted(p.name for p in (tmp_path / "k/checkpoints").iterdir())
+    assert names == ["last.pt", "step_000004.pt", "step_000008.pt"]
+
+
+def test_run_directory_safety(tmp_path):
+    run = new_run(tmp_path, "r")
+    assert json.loads((run.path / "config.json").read_text()) == {"toy": True}
+    with pytest.raises(InputError, match="--overwrite"):
+        RunDirectory.create(run.path, {})
+    RunDirectory.create(run.path, {"again": 1}, overwrite=True)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    with pytest.raises(InputError, match="not a calogan run"):
+        RunDirectory.create(foreign, {}, overwrite=True)
+    assert (foreign / "notes.txt").read_text() == "keep"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="not a directory"):
+        RunDirectory.create(tmp_path / "file", {})
+    with pytest.raises(InputError, match="no checkpoint"):
+        RunDirectory.existing(tmp_path / "nowhere")
+    run.log({"step": 1})
+    run.log({"step": 2})
+    run.truncate_log(1)
+    assert run.log_path.read_text() == '{"step": 1}\n'
