@@ -268,22 +268,34 @@ def evaluate_checkpoint(
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI wrapper of evaluate_checkpoint()."""
-    ap = argparse.ArgumentParser(prog="python -m calogan.rich.evaluate", description=__doc__.splitlines()[0])
+def evaluation_parser(prog: str, description: str, data_help: str | None = None) -> argparse.ArgumentParser:
+    """The options shared by the RICH evaluation commands (checkpoint, data, output, seed, device, plots)."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data", required=True, help=data_help)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--sample", default="test", choices=SAMPLES)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument(
         "--classifier-iters", type=int, default=200, help="boosting iterations of the two-sample test"
     )
+    return ap
+
+
+def parse_evaluation_args(ap: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` with a parser of :func:`evaluation_parser`; a non-positive --classifier-iters is an InputError."""
     args = ap.parse_args(argv)
     if args.classifier_iters < 1:
         raise InputError(f"--classifier-iters: must be positive, got {args.classifier_iters}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI wrapper of evaluate_checkpoint()."""
+    ap = evaluation_parser("python -m calogan.rich.evaluate", __doc__.splitlines()[0])
+    ap.add_argument("--sample", default="test", choices=SAMPLES)
+    args = parse_evaluation_args(ap, argv)
     rep = evaluate_checkpoint(
         args.checkpoint,
         args.data,

@@ -9,12 +9,11 @@ Verdict: the per-bin ratios on the transfer sample agree with 1 within 5 % or 2 
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
 from calogan.core.runtime import atomic_write_json, atomic_write_text, run_cli
-from calogan.rich.evaluate import evaluate_checkpoint
+from calogan.rich.evaluate import evaluate_checkpoint, evaluation_parser, parse_evaluation_args
 
 
 def transfer_test(
@@ -67,17 +66,12 @@ def transfer_test(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI wrapper of transfer_test()."""
-    ap = argparse.ArgumentParser(prog="python -m calogan.rich.transfer", description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--data", required=True, help="folder with rich_{particle}_{test,transfer}.npz")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--no-plots", action="store_true")
-    ap.add_argument(
-        "--classifier-iters", type=int, default=200, help="boosting iterations of the two-sample test"
+    ap = evaluation_parser(
+        "python -m calogan.rich.transfer",
+        __doc__.splitlines()[0],
+        data_help="folder with rich_{particle}_{test,transfer}.npz",
     )
-    args = ap.parse_args(argv)
+    args = parse_evaluation_args(ap, argv)
     res = transfer_test(
         args.checkpoint, args.data, args.out, args.seed, args.device, not args.no_plots, args.classifier_iters
     )
