@@ -105,6 +105,23 @@ def test_finetune_cli_writes_checkpoint_and_report(tiny_data_dir, tiny_checkpoin
     assert gen.noise_dim > 0 and meta["step"] > 0
 
 
+def test_finetune_output_needs_overwrite_and_resumes_exactly(
+    tiny_data_dir, tiny_checkpoint, tmp_path, capsys
+):
+    base = ["--checkpoint", str(tiny_checkpoint), "--data", str(tiny_data_dir), "--preset", "tiny",
+            "--target", "energy_response", "--device", "cpu"]  # fmt: skip
+    assert run_cli(main, [*base, "--out", str(tmp_path / "a"), "--steps", "6"]) == 0
+    assert run_cli(main, [*base, "--out", str(tmp_path / "a"), "--steps", "6"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert run_cli(main, [*base, "--out", str(tmp_path / "b"), "--steps", "3"]) == 0
+    assert run_cli(main, [*base, "--out", str(tmp_path / "b"), "--steps", "6", "--resume"]) == 0
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == torch.load(tiny_checkpoint, weights_only=True)["step"] + 6
+    for name, tensor in a["generator_ema"].items():
+        assert torch.equal(tensor, b["generator_ema"][name]), name
+
+
 def test_finetune_bad_inputs_exit_2(tiny_data_dir, tiny_checkpoint, tmp_path, capsys):
     base = [
         "--checkpoint",

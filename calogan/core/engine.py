@@ -308,6 +308,12 @@ class AdversarialEngine:
             "rng": rng,
         }
 
+    def start_from(self, checkpoint: dict) -> None:
+        """Begin from another run's weights (generator, its EMA, critic) with fresh optimisers at step 0."""
+        self.task.generator.load_state_dict(checkpoint["generator"])
+        self.task.critic.load_state_dict(checkpoint["critic"])
+        self.ema.load_state_dict(checkpoint["generator_ema"])
+
     def load(self, checkpoint: dict) -> None:
         """Continue from a checkpoint written by :meth:`checkpoint` (weights, optimisers, RNG, metrics)."""
         self.task.generator.load_state_dict(checkpoint["generator"])

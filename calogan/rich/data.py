@@ -49,11 +49,17 @@ def sample_path(data_dir: str | os.PathLike, particle: str, sample: str = "train
     return Path(data_dir) / f"rich_{check_particle(particle)}_{sample}.npz"
 
 
-def load_sample(path: str | os.PathLike) -> RichSample:
-    """Load and validate one sample file: required columns, equal lengths, finite values, usable weights."""
+def require_sample(path: str | os.PathLike) -> Path:
+    """The path of a sample file that exists, else InputError naming it and the command that writes it."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found (run `python -m calogan.rich.simulate --out DIR` first)")
+    return path
+
+
+def load_sample(path: str | os.PathLike) -> RichSample:
+    """Load and validate one sample file: required columns, equal lengths, finite values, usable weights."""
+    path = require_sample(path)
     arrays = open_npz(path)
     needed = INPUT_COLUMNS + DLL_COLUMNS + (WEIGHT_COLUMN,)
     missing = [c for c in needed if c not in arrays]

@@ -42,6 +42,7 @@ from calogan.rich.data import (
     load_sample,
     model_inputs,
     normal_from_uniform,
+    require_sample,
     sample_path,
     to_basis,
 )
@@ -184,7 +185,7 @@ def _deadline(config: TrainConfig, start: float) -> float:
 
 def validate_config(config: TrainConfig) -> None:
     """Reject impossible settings with one line naming the option."""
-    check_particle(config.particle)
+    require_sample(sample_path(config.data, check_particle(config.particle), "train"))
     check_dll_basis(config.dll_basis)
     if config.weights not in WEIGHT_MODES:
         raise InputError(f"--weights: unknown mode '{config.weights}' (use one of {', '.join(WEIGHT_MODES)})")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -19,21 +21,25 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.stats import ks_2samp, wasserstein_distance
-from tqdm import tqdm
 
+from calogan.core.engine import AdversarialEngine, AdversarialTask, Batch, EngineSettings, RunDirectory
 from calogan.core.errors import InputError
-from calogan.core.gan import EMA, gradient_penalty
 from calogan.core.runtime import (
     atomic_torch_save,
     atomic_write_json,
     atomic_write_text,
-    progress_disabled,
     seed_everything,
     select_device,
     torch_load_safe,
 )
 from calogan.ecal.data import CaloData, load_npz, require_file, sha256_file, split_path
-from calogan.ecal.models import build_critic, build_generator, check_checkpoint, critic_features
+from calogan.ecal.models import (
+    CHECKPOINT_FORMAT,
+    build_critic,
+    build_generator,
+    check_checkpoint,
+    critic_features,
+)
 from calogan.ecal.physics import (
     energy_response,
     momentum_bins,
@@ -165,10 +171,79 @@ def load_data_embedder(data_dir: str | os.PathLike, device):
 # ------------------------------------------------------------------ the fine-tuning loop
 
 
-def _real_targets(train: CaloData, surrogate_names: list[str]) -> np.ndarray | None:
-    if not surrogate_names:
-        return None
-    return target_values(physical_statistics(train.energy, train.point, train.momentum), surrogate_names)
+class FinetuneTask(AdversarialTask):
+    """The ECAL shower task with physics losses: the targets' distributions per |p| bin, matched to the real ones."""
+
+    format = CHECKPOINT_FORMAT
+
+    def __init__(self, source: dict, train: CaloData, names: list[str], cfg: FinetuneConfig,
+                 fields: dict, device: torch.device, progress: bool):  # fmt: skip
+        self.cfg, self.names, self.fields, self.device, self.train = cfg, names, fields, device, train
+        mcfg = source["model_config"]
+        self.generator, self.critic = build_generator(mcfg).to(device), build_critic(mcfg).to(device)
+        self.images = torch.from_numpy(train.energy).to(device)
+        self.conds = torch.from_numpy(train.conditions()).to(device)
+        self.surrogate_names = [n for n in names if n not in DIRECT_TARGETS]
+        self.surrogate = self.opt_s = None
+        if self.surrogate_names:
+            real = target_values(
+                physical_statistics(train.energy, train.point, train.momentum), self.surrogate_names
+            )
+            self.real_targets = torch.from_numpy(real).to(device)
+            self.surrogate = train_surrogate(train.energy, train.conditions(), real, steps=cfg.surrogate_pretrain,
+                                             seed=cfg.seed, device=device, progress=progress)  # fmt: skip
+            self.opt_s = torch.optim.Adam(self.surrogate.parameters(), lr=5e-4)
+        self.response = energy_response_t(self.images, self.conds)
+        self.response_scale = float(self.response.std().clamp_min(1e-6))
+        edges = momentum_quantile_edges(train.p_abs, cfg.n_bins)
+        self.edges = torch.as_tensor(edges, dtype=torch.float32, device=device)
+
+    def sample(self, rng: torch.Generator, batch_size: int) -> Batch:
+        idx = torch.randint(0, self.images.shape[0], (batch_size,), generator=rng).to(self.device)
+        return Batch(self.images[idx], self.conds[idx], index=idx)
+
+    def critic_view(self, events: torch.Tensor, cond: torch.Tensor, step: int) -> torch.Tensor:
+        return critic_features(events, cond)
+
+    def extra_generator_losses(self, fake: torch.Tensor, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        cfg, idx, cond = self.cfg, batch.index, batch.cond
+        bins = momentum_bins(cond, self.edges)
+        phys = torch.zeros((), device=self.device)
+        if self.surrogate is not None:
+            pred = self.surrogate.standardised(fake, cond)
+            real = (self.real_targets[idx] - self.surrogate.target_mean) / self.surrogate.target_std
+            phys = phys + distribution_loss(cfg.loss, pred, real, bins, cfg.n_bins, seed=step)
+        if "energy_response" in self.names:
+            g, r = (
+                energy_response_t(fake, cond) / self.response_scale,
+                self.response[idx] / self.response_scale,
+            )
+            phys = phys + distribution_loss(cfg.loss, g[:, None], r[:, None], bins, cfg.n_bins, seed=step)
+        return {"physics": cfg.weight * phys}
+
+    def after_generator_step(self, fake: torch.Tensor, batch: Batch, step: int) -> None:
+        """Keep the surrogate accurate on real and on the current generated images."""
+        if self.surrogate is None:
+            return
+        idx = batch.index
+        surrogate_step(self.surrogate, self.opt_s, batch.real, batch.cond, self.real_targets[idx])
+        sub = self.train.subset(idx.cpu().numpy())
+        stats = physical_statistics(fake.clamp_min(0).cpu().numpy(), sub.point, sub.momentum)
+        fake_targets = torch.from_numpy(target_values(stats, self.surrogate_names)).to(self.device)
+        surrogate_step(self.surrogate, self.opt_s, fake, batch.cond, fake_targets)
+
+    def checkpoint_fields(self) -> dict:
+        return self.fields
+
+    def extra_state(self) -> dict:
+        if self.surrogate is None:
+            return {}
+        return {"surrogate": self.surrogate.state_dict(), "opt_surrogate": self.opt_s.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        if self.surrogate is not None and state:
+            self.surrogate.load_state_dict(state["surrogate"])
+            self.opt_s.load_state_dict(state["opt_surrogate"])
 
 
 def finetune(
@@ -179,105 +254,59 @@ def finetune(
     cfg: FinetuneConfig | None = None,
     device: str | None = "auto",
     progress: bool = True,
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> dict:
-    """Fine-tune the checkpoint's generator on the target statistics; write OUT/{checkpoint.pt, report.md, ...}."""
+    """Fine-tune the checkpoint's generator on the target statistics; write OUT/{checkpoint.pt, report.md, ...}.
+
+    OUT is a run directory (config.json, metrics.jsonl, checkpoints/last.pt): ``resume`` continues an
+    interrupted fine-tuning exactly (its saved targets and settings win, except the total steps); an existing
+    OUT is replaced only with ``overwrite``.
+    """
     cfg = cfg or FinetuneConfig()
-    names = list(targets)
-    ckpt = load_checked_checkpoint(checkpoint, data_dir)
+    names, out_dir, saved = list(targets), Path(out_dir), None
+    if resume:
+        run = RunDirectory.existing(out_dir)
+        saved = check_checkpoint(torch_load_safe(run.last), run.last)
+        info = saved.get("finetune") or {}
+        if not info:
+            raise InputError(f"{run.last}: not a fine-tuning checkpoint (no 'finetune' entry)")
+        checkpoint, names = info["source"], list(info["targets"])
+        cfg = dataclasses.replace(FinetuneConfig(**info["config"]), steps=cfg.steps)
+    source = load_checked_checkpoint(checkpoint, data_dir)
     train = load_npz(require_file(split_path(data_dir, "train")), require_energy=True)
     val = load_npz(require_file(split_path(data_dir, "val", "solution")), require_energy=True)
-    out_dir = Path(out_dir)
     dev = select_device(device)
     seed_everything(cfg.seed)
 
-    mcfg = ckpt["model_config"]
-    generator, critic = build_generator(mcfg).to(dev), build_critic(mcfg).to(dev)
+    # the fine-tuned checkpoint stays a training checkpoint of the same model (predict, export, resume read it)
+    fields = {k: source[k] for k in ("config", "model_config", "normalizer", "data_sha256") if k in source}
+    fields["finetune"] = {"targets": names, "config": asdict(cfg), "source": str(checkpoint)}
+    task = FinetuneTask(source, train, names, cfg, fields, dev, progress)
+    if saved is None:
+        run = RunDirectory.create(out_dir, {"checkpoint": str(checkpoint), "data": str(data_dir), **fields["finetune"]},
+                                  overwrite)  # fmt: skip
+    settings = EngineSettings(
+        steps=cfg.steps, batch_size=cfg.batch_size, n_critic=cfg.n_critic, gp_weight=cfg.gp_weight,
+        lr_g=cfg.lr_g, lr_c=cfg.lr_c, betas=(0.0, 0.9), ema_decay=cfg.ema_decay, log_every=10,
+        checkpoint_every=100, seed=cfg.seed, description="finetune",
+    )  # fmt: skip
+    engine = AdversarialEngine(task, settings, run, dev, progress=progress)
     try:
-        generator.load_state_dict(ckpt["generator"])
-        critic.load_state_dict(ckpt["critic"])
+        engine.start_from(source)
+        before = copy.deepcopy(engine.ema.model).eval()
     except (RuntimeError, KeyError) as exc:
         raise InputError(f"{checkpoint}: weights do not fit the architecture ({str(exc)[:150]})") from None
-    ema = EMA(generator, cfg.ema_decay)
-    ema.load_state_dict(ckpt["generator_ema"])
-    before = copy.deepcopy(ema.model).eval()
+    if saved is not None:
+        engine.load(saved)
+    engine.fit()
 
-    sur_names = [n for n in names if n not in DIRECT_TARGETS]
-    images = torch.from_numpy(train.energy).to(dev)
-    conds = torch.from_numpy(train.conditions()).to(dev)
-    real_t = _real_targets(train, sur_names)
-    surrogate = opt_s = None
-    if sur_names:
-        surrogate = train_surrogate(train.energy, train.conditions(), real_t, steps=cfg.surrogate_pretrain,
-                                    seed=cfg.seed, device=dev, progress=progress)  # fmt: skip
-        opt_s = torch.optim.Adam(surrogate.parameters(), lr=5e-4)
-        real_t_dev = torch.from_numpy(real_t).to(dev)
-    response = energy_response_t(images, conds)
-    resp_scale = float(response.std().clamp_min(1e-6))
-    edges = torch.as_tensor(momentum_quantile_edges(train.p_abs, cfg.n_bins), dtype=torch.float32, device=dev)
-
-    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr_g, betas=(0.0, 0.9))
-    opt_c = torch.optim.Adam(critic.parameters(), lr=cfg.lr_c, betas=(0.0, 0.9))
-    sampler = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    history = []
-
-    def batch() -> torch.Tensor:
-        return torch.randint(0, images.shape[0], (cfg.batch_size,), generator=sampler).to(dev)
-
-    generator.train()
-    for step in tqdm(range(cfg.steps), desc="finetune", disable=progress_disabled(progress)):
-        for _ in range(cfg.n_critic):
-            idx = batch()
-            real, cond = images[idx], conds[idx]
-            with torch.no_grad():
-                fake = generator(torch.randn(len(idx), generator.noise_dim, device=dev), cond)
-            f_real, f_fake = critic_features(real, cond), critic_features(fake, cond)
-            wdist = critic(f_real, cond).mean() - critic(f_fake, cond).mean()
-            gp, _ = gradient_penalty(critic, f_real, f_fake, cond, weight=cfg.gp_weight)
-            opt_c.zero_grad(set_to_none=True)
-            (gp - wdist).backward()
-            opt_c.step()
-        idx = batch()
-        cond = conds[idx]
-        bins = momentum_bins(cond, edges)
-        fake = generator(torch.randn(len(idx), generator.noise_dim, device=dev), cond)
-        adv = -critic(critic_features(fake, cond), cond).mean()
-        phys = torch.zeros((), device=dev)
-        if surrogate is not None:
-            pred = surrogate.standardised(fake, cond)
-            real_std = (real_t_dev[idx] - surrogate.target_mean) / surrogate.target_std
-            phys = phys + distribution_loss(cfg.loss, pred, real_std, bins, cfg.n_bins, seed=step)
-        if "energy_response" in names:
-            g, r = energy_response_t(fake, cond) / resp_scale, response[idx] / resp_scale
-            phys = phys + distribution_loss(cfg.loss, g[:, None], r[:, None], bins, cfg.n_bins, seed=step)
-        opt_g.zero_grad(set_to_none=True)
-        (adv + cfg.weight * phys).backward()
-        opt_g.step()
-        ema.update(generator)
-        if surrogate is not None:  # keep the surrogate accurate on real and on the current generated images
-            surrogate_step(surrogate, opt_s, images[idx], cond, real_t_dev[idx])
-            fake_np = fake.detach().clamp_min(0).cpu().numpy()
-            sub = train.subset(idx.cpu().numpy())
-            fake_t = target_values(physical_statistics(fake_np, sub.point, sub.momentum), sur_names)
-            surrogate_step(surrogate, opt_s, fake.detach(), cond, torch.from_numpy(fake_t).to(dev))
-        history.append(
-            {
-                "step": step,
-                "adv": float(adv.detach()),
-                "phys": float(phys.detach()),
-                "wdist": float(wdist.detach()),
-            }
-        )
-
-    new_ckpt = dict(ckpt)
-    new_ckpt.update(
-        generator=generator.state_dict(), generator_ema=ema.state_dict(), critic=critic.state_dict(),
-        opt_g=opt_g.state_dict(), opt_c=opt_c.state_dict(), step=int(ckpt["step"]) + cfg.steps,
-        finetune={"targets": names, "config": asdict(cfg), "source": str(checkpoint)},
-    )  # fmt: skip
-    result = compare_generators(before, ema.model.eval(), val, names, data_dir, out_dir, cfg, dev)
-    result.update(targets=names, config=asdict(cfg), checkpoint=str(checkpoint), history_tail=history[-5:])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(out_dir / "checkpoint.pt", new_ckpt)
+    final = engine.checkpoint()
+    final["step"] = int(source["step"]) + engine.step  # generator steps since the start of training
+    result = compare_generators(before, engine.ema.model.eval(), val, names, data_dir, out_dir, cfg, dev)
+    result.update(targets=names, config=asdict(cfg), checkpoint=str(checkpoint),
+                  history_tail=[json.loads(ln) for ln in run.log_path.read_text().splitlines()[-5:]])  # fmt: skip
+    atomic_torch_save(out_dir / "checkpoint.pt", final)
     atomic_write_json(out_dir / "results.json", result)
     atomic_write_text(out_dir / "report.md", render_report(result))
     return result
@@ -371,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    where.add_argument("--resume", action="store_true", help="continue the interrupted fine-tuning in --out")
     return p
 
 
@@ -385,7 +417,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cfg.steps < 0 or cfg.weight < 0:
         raise InputError("--steps and --weight must be >= 0")
     require_file(Path(args.checkpoint), hint="pass a checkpoint written by `python -m calogan.train`")
-    result = finetune(args.checkpoint, args.data, names, args.out, cfg, args.device, progress=True)
+    result = finetune(args.checkpoint, args.data, names, args.out, cfg, args.device, progress=True,
+                      overwrite=args.overwrite, resume=args.resume)  # fmt: skip
     for name, e in result["statistics"].items():
         print(f"{name}: W1 {e['before']['w1']:.4g} -> {e['after']['w1']:.4g}")
     s = result["score"]
