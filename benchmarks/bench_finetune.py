@@ -14,7 +14,8 @@ import torch
 
 from calogan.ecal.physics import physical_statistics
 from calogan.ecal.simulate import simulate_dataset
-from calogan.studies.surrogate import SurrogateRegressor, energy_response_t, soft_asymmetries, soft_widths
+from calogan.ecal.soft_stats import energy_response_t, soft_asymmetries, soft_widths
+from calogan.studies.surrogate import SurrogateRegressor
 
 
 def best_time(fn, repeats: int) -> float:

@@ -14,15 +14,14 @@ from calogan.core.runtime import run_cli
 from calogan.ecal.data import load_npz, split_path
 from calogan.ecal.models import load_generator
 from calogan.ecal.physics import physical_statistics
+from calogan.ecal.soft_stats import energy_response_t, soft_asymmetries
 from calogan.studies.finetune import main
 from calogan.studies.surrogate import (
     column_correlations,
     energy_distance,
-    energy_response_t,
     moment_matching,
     parse_targets,
     predict_surrogate,
-    soft_asymmetries,
     target_values,
     train_surrogate,
 )

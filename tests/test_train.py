@@ -206,11 +206,16 @@ def test_response_loss_is_zero_for_equal_samples_and_pulls_the_energy_scale():
 
 
 def test_tiny_run_with_response_term(tiny_data_dir, tmp_path):
-    run_dir = run_tiny(tiny_data_dir, tmp_path / "resp", response_weight=1.0, critic_core=True, steps=3)
+    run_dir = run_tiny(tiny_data_dir, tmp_path / "resp", response_weight=1.0, critic_core=True, stats_weight=1.0,
+                       steps=3)  # fmt: skip
     rows = losses(run_dir)
+    logged = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss_statistics"] > 0 and r["loss_response"] >= 0 for r in logged if "loss_critic" in r)
     assert len(rows) == 3 and torch.isfinite(torch.tensor(rows)).all()
     config = json.loads((run_dir / "config.json").read_text())
     assert config["response_weight"] == 1.0 and config["critic_core"] is True
+    with pytest.raises(Exception, match="stats_weight must be a number >= 0"):
+        run_tiny(tiny_data_dir, tmp_path / "bad_stats", stats_weight=float("nan"))
     with pytest.raises(Exception, match="response_weight must be >= 0"):
         run_tiny(tiny_data_dir, tmp_path / "bad", response_weight=-1.0)
     w2_dir = run_tiny(tiny_data_dir, tmp_path / "w2", response_weight=1.0, response_power=2, steps=2)

@@ -49,6 +49,7 @@ from calogan.ecal.models import (
 )
 from calogan.ecal.physics import momentum_bins, momentum_quantile_edges
 from calogan.ecal.predict import generate
+from calogan.ecal.soft_stats import shower_summary
 from calogan.metrics.embedder import load_embedder
 from calogan.metrics.evaluate import score_arrays
 from calogan.metrics.plots import plot_showers, plot_statistics
@@ -80,6 +81,10 @@ class TrainConfig:
     response_weight: float = 0.0
     response_bins: int = 4
     response_power: int = 1  # 1: Wasserstein-1; 2: squared Wasserstein-2 (pulls harder on the tails)
+    # shower-statistics term: weight of the per-|p|-bin W1 between the differentiable shower summaries
+    # (asymmetries, widths, 20 sparsity levels, core fractions; calogan.ecal.soft_stats) of generated and real
+    # showers of the same batch, each column in units of its real standard deviation
+    stats_weight: float = 0.0
     # architecture
     noise_dim: int = 32
     latent: int = 64
@@ -195,6 +200,8 @@ def validate_config(cfg: TrainConfig) -> None:
         raise InputError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if cfg.response_power not in (1, 2):
         raise InputError(f"response_power must be 1 or 2, got {cfg.response_power}")
+    if not cfg.stats_weight >= 0:
+        raise InputError(f"stats_weight must be a number >= 0, got {cfg.stats_weight}")
     if cfg.response_weight < 0 or cfg.response_bins < 1:
         raise InputError(
             f"response_weight must be >= 0 and response_bins >= 1, got {cfg.response_weight}, {cfg.response_bins}"
@@ -276,6 +283,13 @@ class ShowerTask(AdversarialTask):
         self.conds = torch.from_numpy(train_data.conditions()).to(device)
         edges = momentum_quantile_edges(train_data.p_abs, cfg.response_bins)
         self.response_edges = torch.as_tensor(edges, dtype=torch.float32, device=device)
+        self.summaries = self.summary_scale = None
+        if cfg.stats_weight > 0:  # the real showers' summaries, once; generated ones are compared per batch
+            with torch.no_grad():
+                chunks = [shower_summary(self.images[i : i + 4096], self.conds[i : i + 4096])
+                          for i in range(0, len(self.images), 4096)]  # fmt: skip
+            self.summaries = torch.cat(chunks)
+            self.summary_scale = self.summaries.std(0).clamp_min(1e-6)
         self.embedder = _load_embedder(cfg, device) if evaluate else None
         self.plots_dir = run.path / "plots" if cfg.plots else None
         self.writer = _tensorboard(run.path) if (cfg.tensorboard and evaluate) else None
@@ -290,11 +304,16 @@ class ShowerTask(AdversarialTask):
         return features + sigma * torch.randn_like(features) if sigma > 0 else features
 
     def extra_generator_losses(self, fake: torch.Tensor, batch: Batch, step: int) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
-        if cfg.response_weight <= 0:
-            return {}
-        term = response_loss(fake, batch.real, batch.cond, self.response_edges, cfg.response_power)
-        return {"response": cfg.response_weight * term}
+        cfg, terms = self.cfg, {}
+        if cfg.response_weight > 0:
+            term = response_loss(fake, batch.real, batch.cond, self.response_edges, cfg.response_power)
+            terms["response"] = cfg.response_weight * term
+        if cfg.stats_weight > 0:
+            fake_s = shower_summary(fake, batch.cond) / self.summary_scale
+            real_s = self.summaries[batch.index] / self.summary_scale
+            bins = momentum_bins(batch.cond, self.response_edges)
+            terms["statistics"] = cfg.stats_weight * binned_wasserstein(fake_s, real_s, bins)
+        return terms
 
     def evaluate(self, generator, step: int) -> dict:
         result = evaluate_generator(generator, self.holdout, self.cfg, self.embedder, self.device,

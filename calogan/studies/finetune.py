@@ -48,6 +48,7 @@ from calogan.ecal.physics import (
     physical_statistics,
 )
 from calogan.ecal.predict import generate
+from calogan.ecal.soft_stats import energy_response_t
 from calogan.metrics.embedder import load_embedder
 from calogan.metrics.evaluate import score_arrays
 from calogan.metrics.plots import subplots
@@ -57,7 +58,6 @@ from calogan.studies.surrogate import (
     TARGET_COLUMNS,
     TARGET_NAMES,
     distribution_loss,
-    energy_response_t,
     parse_targets,
     surrogate_step,
     target_labels,
