@@ -418,16 +418,17 @@ class AdversarialEngine:
                 over_budget = _rank0_decides(time.perf_counter() >= s.deadline, self.world, self.device)
                 interrupted = _rank0_decides(bool(stop), self.world, self.device)
                 last_step = self.step >= s.steps or over_budget or interrupted
-                # phase 4: log, evaluate, checkpoint (rank 0 writes)
+                # phase 4: evaluate, log, then checkpoint (rank 0 writes); the log line goes first, so a
+                # kill between the two leaves lines past last.pt, which a resume drops, and never a gap
                 record = self._log_record(losses, timer, bar, force=last_step)
+                saves = ["last.pt"] if interrupted or self.step % s.checkpoint_every == 0 else []
                 if not interrupted and ((s.eval_every and self.step % s.eval_every == 0) or last_step):
-                    record = self._evaluate(record, bar)
-                elif interrupted or self.step % s.checkpoint_every == 0:
-                    self._save("last.pt")
+                    record, saves = self._evaluate(record, bar)
                 if s.keep_every and self.step % s.keep_every == 0:
-                    self._save(f"step_{self.step:06d}.pt")
+                    saves.append(f"step_{self.step:06d}.pt")
                 if record is not None and self.rank == 0:
                     run.log(record)
+                self._save(*saves)
                 bar.update(1)
                 if over_budget and self.step < s.steps:
                     bar.write(f"time budget reached at step {self.step} of {s.steps}")
@@ -457,15 +458,14 @@ class AdversarialEngine:
         bar.set_postfix(c=f"{values['loss_critic']:.3f}", g=f"{values['loss_generator']:.3f}")
         return {"step": self.step, **values, "images_per_s": timer.rate(), "time": time.time()}
 
-    def _evaluate(self, record: dict | None, bar) -> dict | None:
-        """Run the task's evaluation on the EMA generator; write last.pt, and best.pt when it improved."""
+    def _evaluate(self, record: dict | None, bar) -> tuple[dict | None, list[str]]:
+        """Run the task's evaluation on the EMA generator: (log record, checkpoints to write: last, best if better)."""
         result = None
         if self.rank == 0:
             self.ema.model.eval()
             result = self.task.evaluate(self.ema.model, self.step)
         if result is None:
-            self._save("last.pt")
-            return record
+            return record, ["last.pt"]
         self.metrics["history"].append({"step": self.step, **result})
         self.metrics["last"] = result
         selection = result.get("selection")
@@ -473,13 +473,13 @@ class AdversarialEngine:
         better = selection is not None and (best is None or selection > best)
         if better:
             self.metrics["best_selection"], self.metrics["best_step"] = selection, self.step
-        self._save(*(("last.pt", "best.pt") if better else ("last.pt",)))
         summary = ", ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float))
         bar.write(f"step {self.step}: {summary}")
-        return {
+        record = {
             **(record or {"step": self.step, "time": time.time()}),
             **{f"eval_{k}": v for k, v in result.items()},
         }
+        return record, ["last.pt", "best.pt"] if better else ["last.pt"]
 
 
 def _mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:

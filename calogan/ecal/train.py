@@ -53,6 +53,7 @@ from calogan.ecal.soft_stats import shower_summary
 from calogan.metrics.embedder import load_embedder
 from calogan.metrics.evaluate import score_arrays
 from calogan.metrics.plots import plot_showers, plot_statistics
+from calogan.metrics.two_sample import holdout_distance
 
 __all__ = ["PRESETS", "TrainConfig", "TrainingDiverged", "make_config", "parse_set", "train", "main"]
 
@@ -255,7 +256,8 @@ def evaluate_generator(
     out["standardised_score"] = result.get("standardised", {}).get("score")
     ceiling = out.get("ceiling") or 0.0
     out["fraction_of_ceiling"] = out["score"] / ceiling if ceiling > 0 else None
-    out["selection"] = out["score"]
+    out |= holdout_distance(gen, holdout, details["stats_gen"], details["stats_true"])
+    out["selection"] = -out["w1_scaled_mean"]  # best.pt: the smallest mean standardised W1 (docs/training.md)
     return out
 
 

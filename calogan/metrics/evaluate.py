@@ -390,6 +390,20 @@ def format_table(results: dict) -> str:
         f"(N = {first['n']}, K = {first['clusters']}, R = {first['runs']}, seed {first['seed']}; "
         "± = std over runs; ceiling = half vs half of the true set at N/2)"
     )
+    if all("fidelity" in r for r in results.values()):
+        lines += ["", "stricter tests: generated vs real (real vs real), half samples"]
+        for label, key in (
+            ("classifier AUC, high-level", "auc_high"),
+            ("FPD", "fpd"),
+            ("worst separation", "sep_max"),
+        ):
+            cells = [
+                f"{r['fidelity'][key]:.3f} ({r['fidelity'][key + '_ref']:.3f})" for r in results.values()
+            ]
+            lines.append(f"{label:26s}" + "".join(f"{c:>22s}" for c in cells))
+        worst = [r["fidelity"]["sep_max_observable"] for r in results.values()]
+        lines.append(f"{'  worst-separated':26s}" + "".join(f"{w:>22s}" for w in worst))
+        lines.append("(AUC 0.5 and FPD 0 mean indistinguishable from real; docs/metrics.md)")
     return "\n".join(lines)
 
 
@@ -448,7 +462,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--allow-embedder-mismatch", action="store_true")
     parser.add_argument(
-        "--metrics", default="prd", help="comma list: prd (always) plus extra metric names, or all"
+        "--metrics",
+        default="prd,fidelity",
+        help="comma list: prd (always) plus extra metric names, or all (default prd,fidelity: the competition "
+        "score with the high-level classifier AUC, FPD and the worst-separated observable)",
     )
     parser.add_argument("--no-ceiling", action="store_true", help="skip the real-vs-real ceiling (faster)")
     parser.add_argument("--json", default=None, help="write {split: results} here")
