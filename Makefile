@@ -30,7 +30,7 @@ train: simulate
 
 evaluate: install
 	$(PY) -m calogan.predict --checkpoint runs/$(RUN_NAME)/checkpoints/best.pt --data $(DATA) --out runs/$(RUN_NAME)/predictions --overwrite
-	$(PY) -m calogan.evaluate runs/$(RUN_NAME)/predictions --solution-dir $(DATA) --split val --json runs/$(RUN_NAME)/score.json --plots runs/$(RUN_NAME)/eval_plots
+	$(PY) -m calogan.evaluate runs/$(RUN_NAME)/predictions --solution-dir $(DATA) --split val --json runs/$(RUN_NAME)/score.json --plots runs/$(RUN_NAME)/eval_plots --overwrite
 
 package: install
 	$(PY) -m calogan.package --predictions runs/$(RUN_NAME)/predictions --data $(DATA) --out submissions/$(RUN_NAME).zip --overwrite --score-runs 20

@@ -243,4 +243,4 @@ def test_cli_out_is_a_file_exits_2(tmp_path, capsys):
         == 2
     )
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "cannot create" in err[0]
+    assert len(err) == 1 and err[0].startswith(f"error: --out {target}") and "is not a folder" in err[0]

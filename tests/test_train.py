@@ -214,11 +214,11 @@ def test_tiny_run_with_response_term(tiny_data_dir, tmp_path):
     assert len(rows) == 3 and torch.isfinite(torch.tensor(rows)).all()
     config = json.loads((run_dir / "config.json").read_text())
     assert config["response_weight"] == 1.0 and config["critic_core"] is True
-    with pytest.raises(Exception, match="stats_weight must be a number >= 0"):
+    with pytest.raises(Exception, match="stats_weight: must be a finite number >= 0"):
         run_tiny(tiny_data_dir, tmp_path / "bad_stats", stats_weight=float("nan"))
-    with pytest.raises(Exception, match="response_weight must be >= 0"):
+    with pytest.raises(Exception, match="response_weight: must be a finite number >= 0"):
         run_tiny(tiny_data_dir, tmp_path / "bad", response_weight=-1.0)
     w2_dir = run_tiny(tiny_data_dir, tmp_path / "w2", response_weight=1.0, response_power=2, steps=2)
     assert json.loads((w2_dir / "config.json").read_text())["response_power"] == 2
-    with pytest.raises(Exception, match="response_power must be 1 or 2"):
+    with pytest.raises(Exception, match=r"response_power: must be an integer in \[1, 2\]"):
         run_tiny(tiny_data_dir, tmp_path / "bad_power", response_power=3)

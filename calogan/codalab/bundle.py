@@ -8,19 +8,19 @@ numpy, scikit-learn, tqdm and safetensors.
 
 from __future__ import annotations
 
-import argparse
 import io
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write, run_cli
 from calogan.metrics.embedder import load_embedder
 
 #: calogan modules the scoring program imports (plots and extra metrics are not needed on Codalab).
 BUNDLED_MODULES = (
-    "__init__.py", "core/__init__.py", "core/errors.py", "core/runtime.py",
+    "__init__.py", "core/__init__.py", "core/errors.py", "core/options.py", "core/runtime.py",
     "ecal/__init__.py", "ecal/data.py", "ecal/physics.py",
     "metrics/__init__.py", "metrics/prd.py", "metrics/embedder.py", "metrics/evaluate.py",
     "codalab/__init__.py", "codalab/score.py",
@@ -58,12 +58,14 @@ def build_bundle(embedder_path: str | Path, out: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = options.ArgumentParser(
         prog="python -m calogan.codalab.bundle", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--embedder", default="data/embedder.safetensors", help="trained embedder weights")
     parser.add_argument("--out", default="submissions/scoring_program.zip", help="output zip")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out zip")
     args = parser.parse_args(argv)
+    options.check_output_file(args.out, args.overwrite, "--out")
     if not Path(args.embedder).is_file():
         raise InputError(
             f"{args.embedder}: embedder not found (train it: python -m calogan.embedder --data data)"

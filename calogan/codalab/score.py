@@ -6,11 +6,11 @@ On bad input the error goes to stderr, the exit status is 2 and scores.txt is no
 
 from __future__ import annotations
 
-import argparse
 import html
 from collections.abc import Sequence
 from pathlib import Path
 
+from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write_text, run_cli, select_device
 from calogan.metrics.embedder import load_embedder
@@ -44,6 +44,8 @@ def score_submission(
 ) -> dict:
     """Score INPUT_DIR/res against INPUT_DIR/ref and write scores.txt and scores.html into OUTPUT_DIR."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
+    # Codalab hands over a fresh folder; locally an earlier scores.txt is replaced
+    options.check_output_dir(output_dir, overwrite=True, option="OUTPUT_DIR")
     ref = input_dir / "ref"
     if not ref.is_dir():
         raise InputError(f"{ref}: reference (solution) folder not found")
@@ -53,14 +55,12 @@ def score_submission(
         raise InputError(
             f"{emb}: embedder weights not found (build the program with python -m calogan.codalab.bundle)"
         )
-    embedder = load_embedder(
-        emb, device=device
-    )  # no training file on Codalab: the bundle's embedder is trusted
     results = evaluate_predictions(
         pred,
         ref,
         "both",
-        embedder=embedder,
+        # loaded once the submission and the options are checked; no training file on Codalab: trusted
+        embedder_loader=lambda: load_embedder(emb, device=device),
         clusters=clusters,
         runs=runs,
         seed=seed,
@@ -111,7 +111,7 @@ def _html(results: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = options.ArgumentParser(
         prog="python -m calogan.codalab.score", description=__doc__.splitlines()[0]
     )
     parser.add_argument("input_dir")
@@ -119,9 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--embedder", default=None, help=f"embedder weights (default INPUT_DIR/ref/{EMBEDDER_NAME})"
     )
-    parser.add_argument("--clusters", type=int, default=100)
-    parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument(
+        "--clusters", type=options.count(2), default=100, help="PRD clusters K, 2 <= K <= events (100)"
+    )
+    parser.add_argument("--runs", type=options.count(1), default=100)
+    parser.add_argument("--seed", type=options.seed, default=1337)
     args = parser.parse_args(argv)
     results = score_submission(
         args.input_dir,

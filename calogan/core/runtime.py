@@ -11,6 +11,7 @@ import ctypes
 import json
 import os
 import random
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -146,8 +147,11 @@ def default_file_mode() -> int:
 def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], mode: str = "wb") -> Path:
     """Call writer(handle) on a temp file next to path, then rename it into place (usual file mode)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except (PermissionError, NotADirectoryError, FileExistsError) as exc:  # read-only or blocked folder
+        raise InputError(f"{path}: cannot write here ({exc.strerror or type(exc).__name__})") from None
     try:
         with os.fdopen(fd, mode) as handle:
             writer(handle)
@@ -175,7 +179,7 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def torch_load_safe(path: str | os.PathLike, map_location="cpu") -> Any:
-    """torch.load with weights_only=True; unreadable or foreign files raise InputError."""
+    """torch.load with weights_only=True; unreadable or foreign files raise InputError (one plain line)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
@@ -183,8 +187,19 @@ def torch_load_safe(path: str | os.PathLike, map_location="cpu") -> Any:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means a bad file
         raise InputError(
-            f"{path}: not a readable calogan checkpoint ({type(exc).__name__}: {str(exc)[:200]})"
+            f"{path}: not a readable calogan checkpoint ({type(exc).__name__}: {one_line(str(exc))})"
         ) from None
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """The first non-empty line of ``text`` without terminal escape codes or control characters, cut at ``limit``."""
+    plain = _ANSI_ESCAPE.sub("", text)
+    lines = [ln.strip() for ln in plain.splitlines() if ln.strip()]
+    first = "".join(ch for ch in (lines[0] if lines else "") if ch.isprintable())
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def _json_default(obj: Any) -> Any:

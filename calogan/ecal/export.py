@@ -10,7 +10,6 @@ Every export is checked against the eager model (max |diff| <= 1e-4 x image max)
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.ecal.data import require_file
 from calogan.ecal.models import load_generator
@@ -309,8 +309,7 @@ def export_checkpoint(
     """Load the (EMA) generator of ``checkpoint`` and export it; see :func:`export_generator`."""
     if fmt not in FORMATS:
         raise InputError(f"--format: unknown format '{fmt}' (use {' or '.join(FORMATS)})")
-    if Path(out).exists() and not overwrite:
-        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
+    options.check_output_file(out, overwrite, "--out")
     require_file(Path(checkpoint), hint="pass the checkpoint written by `python -m calogan.train`")
     generator, meta = load_generator(checkpoint, device="cpu", ema=ema)
     info = {"checkpoint": Path(checkpoint).name, "ema": ema}
@@ -321,7 +320,7 @@ def export_checkpoint(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: export a checkpoint's generator to TorchScript or ONNX."""
-    parser = argparse.ArgumentParser(prog="python -m calogan.export", description=__doc__.splitlines()[0])
+    parser = options.ArgumentParser(prog="python -m calogan.export", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="checkpoint written by `python -m calogan.train`")
     parser.add_argument("--format", choices=FORMATS, default="torchscript", help="export format")
     parser.add_argument("--out", required=True, help="output file (.pt for TorchScript, .onnx for ONNX)")

@@ -13,7 +13,6 @@ maximum; at the default batch of 128 they run at similar speed on a 2-core CPU (
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import tempfile
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.runtime import keep_freed_memory, progress_disabled, select_device
 from calogan.ecal.data import IMAGE_SIZE, KEY_ENERGY, CaloData, load_npz, require_file, split_path
@@ -207,9 +207,10 @@ def prediction_paths(out_dir: str | os.PathLike) -> list[Path]:
 def writable_prediction_paths(out_dir: str | os.PathLike, overwrite: bool) -> list[Path]:
     """:func:`prediction_paths`, refused (InputError) when one exists and ``overwrite`` is False."""
     outputs = prediction_paths(out_dir)
-    existing = [str(p) for p in outputs if p.exists()]
-    if existing and not overwrite:
-        raise InputError(f"{existing[0]}: already exists (pass --overwrite to replace it)")
+    options.check_output_dir(out_dir, overwrite, "--out", contents=[p.name for p in outputs])
+    for path in outputs:
+        if path.is_dir():
+            raise InputError(f"--out {path}: is a folder, expected a file path")
     return outputs
 
 
@@ -261,7 +262,7 @@ def predict_dir(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: parse options and call :func:`predict_dir`."""
-    parser = argparse.ArgumentParser(prog="python -m calogan.predict", description=__doc__.splitlines()[0])
+    parser = options.ArgumentParser(prog="python -m calogan.predict", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--checkpoint",
         required=True,
@@ -272,11 +273,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
     parser.add_argument(
-        "--seed", type=int, default=0, help="noise seed: same seed -> identical files (default 0)"
+        "--seed", type=options.seed, default=0, help="noise seed: same seed -> identical files (default 0)"
     )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=options.count(1),
         default=DEFAULT_BATCH,
         help=f"events per network call (default {DEFAULT_BATCH})",
     )

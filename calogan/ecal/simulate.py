@@ -16,7 +16,6 @@ Model, per event:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write_json, progress_disabled
 from calogan.ecal.data import (
@@ -330,31 +330,27 @@ def _read_manifest(path: Path) -> dict:
         return {}
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int | None:
     """CLI: simulate the competition-format data set into --out (default data/)."""
-    parser = argparse.ArgumentParser(
+    parser = options.ArgumentParser(
         prog="python -m calogan.simulate",
         description="Simulate LHCb-like ECAL showers into competition-format npz files (train/val/test + solutions).",
     )
     parser.add_argument("--out", default="data", help="output directory (default: data)")
     parser.add_argument(
-        "--n-train", type=_positive_int, default=DEFAULT_SIZES["train"], help="training events"
+        "--n-train", type=options.count(1), default=DEFAULT_SIZES["train"], help="training events"
     )
-    parser.add_argument("--n-val", type=_positive_int, default=DEFAULT_SIZES["val"], help="validation events")
-    parser.add_argument("--n-test", type=_positive_int, default=DEFAULT_SIZES["test"], help="test events")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed = identical files)")
+    parser.add_argument(
+        "--n-val", type=options.count(1), default=DEFAULT_SIZES["val"], help="validation events"
+    )
+    parser.add_argument("--n-test", type=options.count(1), default=DEFAULT_SIZES["test"], help="test events")
+    parser.add_argument(
+        "--seed", type=options.seed, default=0, help="random seed (same seed = identical files)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
     args = parser.parse_args(argv)
+    # a file or an unwritable folder is refused now; write_dataset keeps existing files unless --overwrite
+    options.check_output_dir(args.out, overwrite=True, option="--out", contents=())
     manifest = write_dataset(
         args.out,
         args.n_train,

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from calogan.core import options
 from calogan.core.engine import (
     AdversarialEngine,
     AdversarialTask,
@@ -171,41 +172,50 @@ def parse_set(items: Sequence[str]) -> dict:
                 out[key] = int(raw)
             elif kind == "float":
                 out[key] = float(raw)
+                if not math.isfinite(out[key]):
+                    raise ValueError(raw)
             elif kind == "str":
                 out[key] = raw
             else:
                 raise ValueError("not settable")
         except ValueError:
-            raise InputError(f"--set: bad value for {key} ({kind}): '{raw}'") from None
+            raise InputError(
+                f"--set {key}: bad value '{raw}' (expected {'a finite number' if kind == 'float' else kind})"
+            ) from None
     return out
 
 
+#: declared domains of the numeric config fields: name -> (kind, minimum, minimum inclusive, maximum, max inclusive)
+FIELD_DOMAINS: dict[str, tuple] = {
+    **{name: ("int", 1, True, None, True) for name in (
+        "steps", "batch_size", "n_critic", "eval_every", "checkpoint_every", "log_every", "noise_dim", "latent",
+        "gen_channels", "critic_channels", "critic_hidden", "response_bins", "eval_runs",
+    )},
+    **{name: ("int", 0, True, None, True) for name in ("max_train", "gen_pad", "seed", "threads")},
+    "holdout": ("int", 10, True, None, True),
+    "eval_clusters": ("int", 2, True, None, True),
+    "response_power": ("int", 1, True, 2, True),
+    **{name: ("float", 0.0, False, None, True) for name in ("lr_g", "lr_c")},
+    **{name: ("float", 0.0, True, None, True) for name in (
+        "gp_weight", "instance_noise", "response_weight", "stats_weight", "max_minutes",
+    )},
+    **{name: ("float", 0.0, True, 1.0, False) for name in ("beta1", "beta2", "ema_decay")},
+}  # fmt: skip
+
+
 def validate_config(cfg: TrainConfig) -> None:
-    """Reject impossible settings with one clear line."""
+    """Reject impossible settings with one clear line naming the field (before anything is written)."""
     if cfg.model not in MODELS:
         raise InputError(f"--model: unknown model '{cfg.model}' (use {' or '.join(MODELS)})")
-    for name in (
-        "steps",
-        "batch_size",
-        "n_critic",
-        "eval_every",
-        "checkpoint_every",
-        "log_every",
-        "noise_dim",
-    ):
-        if getattr(cfg, name) < 1:
-            raise InputError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.holdout < 10:
-        raise InputError(f"holdout must be >= 10 events, got {cfg.holdout}")
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        raise InputError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
-    if cfg.response_power not in (1, 2):
-        raise InputError(f"response_power must be 1 or 2, got {cfg.response_power}")
-    if not cfg.stats_weight >= 0:
-        raise InputError(f"stats_weight must be a number >= 0, got {cfg.stats_weight}")
-    if cfg.response_weight < 0 or cfg.response_bins < 1:
+    for name, (kind, low, low_incl, high, high_incl) in FIELD_DOMAINS.items():
+        value = getattr(cfg, name)
+        if kind == "int":
+            options.check_int(name, value, low, high)
+        else:
+            options.check_float(name, value, low, low_incl, high, high_incl)
+    if cfg.eval_clusters > cfg.holdout:
         raise InputError(
-            f"response_weight must be >= 0 and response_bins >= 1, got {cfg.response_weight}, {cfg.response_bins}"
+            f"eval_clusters: must be an integer in [2, holdout = {cfg.holdout}], got {cfg.eval_clusters}"
         )
 
 
@@ -432,7 +442,7 @@ def _model_config(cfg: TrainConfig, train_data: CaloData) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m calogan.train", description=__doc__.splitlines()[0])
+    parser = options.ArgumentParser(prog="python -m calogan.train", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="quick", help=f"one of {', '.join(PRESETS)} (default quick)")
     parser.add_argument("--data", default=None, help="folder with data_train.npz (default: data)")
     where = parser.add_mutually_exclusive_group()
@@ -443,10 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None, help="generator steps (with --resume: new total)")
+    parser.add_argument("--seed", type=options.seed, default=None)
+    parser.add_argument(
+        "--steps", type=options.count(1), default=None, help="generator steps (with --resume: new total)"
+    )
     parser.add_argument("--model", default=None, help="generator architecture (default shower)")
-    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--batch-size", type=options.count(1), default=None)
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override any config field"
     )
@@ -472,6 +484,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.print_config:
                 print(json.dumps(dataclasses.asdict(cfg), indent=2))
                 return 0
+            run_dir = cfg.run_dir or Path("runs") / (cfg.name or cfg.preset)
+            # a file or an unwritable folder is refused now; train() applies the reuse rules
+            options.check_output_dir(run_dir, args.overwrite, "--run-dir", contents=())
             run_dir = train(cfg, overwrite=args.overwrite)
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)

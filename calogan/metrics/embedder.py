@@ -8,7 +8,6 @@ scorer can refuse an embedder trained on other data.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -22,6 +21,7 @@ from safetensors.torch import save
 from torch import nn
 from tqdm.auto import tqdm
 
+from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write, progress_disabled, seed_everything, select_device
 from calogan.ecal.data import ConditionNormalizer, load_npz, require_file, sha256_file, split_path
@@ -220,19 +220,21 @@ def load_or_train_embedder(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calogan.embedder", description=__doc__.splitlines()[0])
+    parser = options.ArgumentParser(prog="python -m calogan.embedder", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="data", help="folder with data_train.npz (default: data)")
     parser.add_argument("--out", default=None, help="output file (default: DATA/embedder.safetensors)")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--max-events", type=int, default=None, help="train on the first N events only")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=options.count(1), default=4)
+    parser.add_argument("--batch-size", type=options.count(2), default=256)
+    parser.add_argument(
+        "--max-events", type=options.count(2), default=None, help="train on the first N events only"
+    )
+    parser.add_argument("--seed", type=options.seed, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 2:
-        raise InputError("--epochs must be >= 1 and --batch-size >= 2")
-    device = select_device(args.device)
     out = Path(args.out) if args.out else Path(args.data) / DEFAULT_NAME
+    options.check_output_file(out, args.overwrite, "--out")
+    device = select_device(args.device)
     model = train_embedder(
         args.data,
         out,

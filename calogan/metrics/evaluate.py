@@ -8,7 +8,6 @@ Every score comes with F_8/F_1/8, the spread over the R clusterings and a real-v
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write_json, keep_freed_memory, select_device
 from calogan.ecal.data import CaloData, load_npz, load_prediction, split_path
@@ -78,6 +78,7 @@ def real_vs_real(
 
     Same keys as a score; auc_img is None (and the score is AUC_phys) when no embeddings are given.
     """
+    options.check_clusters(clusters, len(stats_a) + len(stats_b))
     dev = torch.device(device) if device is not None else torch.device("cpu")
     phys = _prd(stats_a, stats_b, clusters, runs, seed, dev)
     img = _prd(emb_a, emb_b, clusters, runs, seed, dev) if emb_a is not None else phys
@@ -111,6 +112,8 @@ def score_arrays(
     gen = np.asarray(gen_images, dtype=np.float32).reshape(-1, 30, 30)
     if len(gen) != len(true):
         raise InputError(f"{true.path}: {len(gen)} generated images but {len(true)} true events")
+    options.check_clusters(clusters, len(gen))  # before any statistics, embedding or clustering
+    options.check_int("--runs", runs, 1)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     stats_gen = physical_statistics(gen, true.point, true.momentum)
     stats_true = physical_statistics(true.energy, true.point, true.momentum)
@@ -288,10 +291,12 @@ def evaluate_predictions(
     standardised: bool = True,
     plots_dir: str | Path | None = None,
     progress: bool = True,
+    embedder_loader=None,
 ) -> dict:
     """Score a submission zip, a folder with data_{val,test}_prediction.npz, or one prediction npz.
 
-    Returns {split: score dict}. The embedder is loaded from ``embedder_path`` (default
+    Returns {split: score dict}. The embedder is ``embedder``, else ``embedder_loader()`` (called once the
+    inputs and options are checked), else loaded from ``embedder_path`` (default
     SOLUTION_DIR/embedder.safetensors, trained and cached there if absent).
     """
     pred = Path(pred)
@@ -304,6 +309,9 @@ def evaluate_predictions(
         if not p.is_file():
             raise InputError(f"{p}: solution file not found")
     truths = {s: load_npz(p, require_energy=True) for s, p in sol_paths.items()}
+    for s in splits:  # the cluster count fits the events scored: checked before any embedding or scoring
+        options.check_clusters(clusters, min(len(truths[s]), sample_size or len(truths[s])))
+    options.check_int("--runs", runs, 1)
     dev = select_device("auto") if device is None else torch.device(device)
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="calogan-eval-") as tmpdir:
@@ -323,6 +331,8 @@ def evaluate_predictions(
         else:
             raise InputError(f"{pred}: expected a submission .zip, a folder or a prediction .npz")
         images = {s: _load_pred(files[s], len(truths[s]), shown[s]) for s in splits}
+    if embedder is None and embedder_loader is not None:
+        embedder = embedder_loader()
     if embedder is None:
         embedder = load_or_train_embedder(
             solution_dir, embedder_path, allow_mismatch=allow_embedder_mismatch, device=dev, progress=progress
@@ -448,14 +458,18 @@ def format_physics_table(physics: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calogan.evaluate", description=__doc__.splitlines()[0])
+    parser = options.ArgumentParser(prog="python -m calogan.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("pred", help="submission zip, folder with data_{val,test}_prediction.npz, or one npz")
     parser.add_argument("--solution-dir", default="data", help="folder with data_{split}_solution.npz")
     parser.add_argument("--split", default="both", choices=["val", "test", "both"])
-    parser.add_argument("--clusters", type=int, default=100)
-    parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--sample-size", type=int, default=None, help="score a random subset of N events")
+    parser.add_argument(
+        "--clusters", type=options.count(2), default=100, help="PRD clusters K, 2 <= K <= events (100)"
+    )
+    parser.add_argument("--runs", type=options.count(1), default=100)
+    parser.add_argument("--seed", type=options.seed, default=1337)
+    parser.add_argument(
+        "--sample-size", type=options.count(2), default=None, help="score a random subset of N events"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--embedder", default=None, help="embedder file (default SOLUTION_DIR/embedder.safetensors)"
@@ -470,12 +484,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-ceiling", action="store_true", help="skip the real-vs-real ceiling (faster)")
     parser.add_argument("--json", default=None, help="write {split: results} here")
     parser.add_argument("--plots", default=None, help="write PNG plots into this folder")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --json file or --plots folder"
+    )
     args = parser.parse_args(argv)
-    if args.clusters < 2 or args.runs < 1:
-        raise InputError("--clusters must be >= 2 and --runs >= 1")
     if args.sample_size is not None and args.sample_size < 2 * args.clusters:
-        raise InputError(f"--sample-size must be at least 2 × --clusters ({2 * args.clusters})")
+        raise InputError(
+            f"--sample-size: must be at least 2 × --clusters ({2 * args.clusters}), got {args.sample_size}"
+        )
     metrics = parse_metrics(args.metrics)
+    if args.json:
+        options.check_output_file(args.json, args.overwrite, "--json")
+    if args.plots:
+        options.check_output_dir(args.plots, args.overwrite, "--plots")
     results = evaluate_predictions(
         args.pred,
         args.solution_dir,

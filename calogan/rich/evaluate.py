@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calogan.core.errors import InputError
+from calogan.core import options
 from calogan.core.runtime import atomic_write_json, atomic_write_text, run_cli, select_device
 from calogan.metrics.plots import subplots
 from calogan.metrics.two_sample import binned_efficiency, classifier_scores, weighted_auc
@@ -268,26 +268,35 @@ def evaluate_checkpoint(
     return report
 
 
+#: what an evaluation writes into --out (existing ones are replaced only with --overwrite)
+EVALUATION_OUTPUTS = ("report.json", "report.md", "plots")
+
+
 def evaluation_parser(prog: str, description: str, data_help: str | None = None) -> argparse.ArgumentParser:
     """The options shared by the RICH evaluation commands (checkpoint, data, output, seed, device, plots)."""
-    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap = options.ArgumentParser(prog=prog, description=description)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--data", required=True, help=data_help)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=options.seed, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument(
-        "--classifier-iters", type=int, default=200, help="boosting iterations of the two-sample test"
+        "--classifier-iters",
+        type=options.count(1),
+        default=200,
+        help="boosting iterations of the two-sample test",
     )
+    ap.add_argument("--overwrite", action="store_true", help="replace the reports of an earlier run in --out")
     return ap
 
 
-def parse_evaluation_args(ap: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    """Parse ``argv`` with a parser of :func:`evaluation_parser`; a non-positive --classifier-iters is an InputError."""
+def parse_evaluation_args(
+    ap: argparse.ArgumentParser, argv: Sequence[str] | None, outputs: Sequence[str] = EVALUATION_OUTPUTS
+) -> argparse.Namespace:
+    """Parse ``argv`` with a parser of :func:`evaluation_parser`; check --out for ``outputs`` before any work."""
     args = ap.parse_args(argv)
-    if args.classifier_iters < 1:
-        raise InputError(f"--classifier-iters: must be positive, got {args.classifier_iters}")
+    options.check_output_dir(args.out, args.overwrite, "--out", contents=outputs)
     return args
 
 

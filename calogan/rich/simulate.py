@@ -29,7 +29,6 @@ This is a plausibility model to make the toolkit runnable and testable, not a RI
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import numpy as np
 from scipy import optimize, special
 from tqdm import tqdm
 
+from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write_json, progress_disabled, run_cli
 from calogan.ecal.data import save_npz
@@ -195,6 +195,10 @@ def simulate_sample(
     return {k: (np.asarray(v, np.float32) if k != "IsSignal" else v) for k, v in cols.items()}
 
 
+#: fewest candidates in a sample (every sample size option)
+MIN_SAMPLE = 100
+
+
 def write_samples(
     out_dir: str | Path,
     n: int = 50000,
@@ -206,10 +210,15 @@ def write_samples(
     progress: bool = True,
 ) -> dict:
     """Write train/test/transfer samples per particle (test and transfer default to n // 2) plus a manifest."""
-    if n < 100:
-        raise InputError(f"--n: need at least 100 candidates per sample, got {n}")
-    sizes = {"train": n, "test": n_test or n // 2, "transfer": n_transfer or n // 2}
-    out_dir = Path(out_dir)
+    sizes = {
+        "train": options.check_int("--n", n, MIN_SAMPLE),
+        "test": n // 2 if n_test is None else options.check_int("--n-test", n_test, MIN_SAMPLE),
+        "transfer": n // 2
+        if n_transfer is None
+        else options.check_int("--n-transfer", n_transfer, MIN_SAMPLE),
+    }
+    options.check_int("--seed", seed, 0)
+    out_dir = options.check_output_dir(out_dir, True, "--out", contents=())
     jobs = [(p, s) for p in particles for s in SAMPLES]
     existing = [sample_path(out_dir, p, s) for p, s in jobs if sample_path(out_dir, p, s).exists()]
     if existing and not overwrite:
@@ -233,14 +242,17 @@ def write_samples(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: python -m calogan.rich.simulate --out DIR [--n N] [--seed S]."""
-    ap = argparse.ArgumentParser(prog="python -m calogan.rich.simulate", description=__doc__.splitlines()[0])
+    ap = options.ArgumentParser(prog="python -m calogan.rich.simulate", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument(
-        "--n", type=int, default=50000, help="candidates in each train sample (test/transfer: n/2)"
+        "--n",
+        type=options.count(MIN_SAMPLE),
+        default=50000,
+        help=f"candidates in each train sample, >= {MIN_SAMPLE} (test/transfer: n/2)",
     )
-    ap.add_argument("--n-test", type=int, default=None)
-    ap.add_argument("--n-transfer", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-test", type=options.count(MIN_SAMPLE), default=None, help="default n/2")
+    ap.add_argument("--n-transfer", type=options.count(MIN_SAMPLE), default=None, help="default n/2")
+    ap.add_argument("--seed", type=options.seed, default=0)
     ap.add_argument("--particles", nargs="+", default=list(PARTICLES), choices=PARTICLES)
     ap.add_argument("--overwrite", action="store_true")
     args = ap.parse_args(argv)

@@ -18,7 +18,6 @@ stored and reproduced at generation time.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from calogan.core import options
 from calogan.core.engine import AdversarialEngine, AdversarialTask, Batch, EngineSettings, RunDirectory
 from calogan.core.errors import InputError
 from calogan.core.runtime import run_cli, seed_everything, select_device, torch_load_safe
@@ -243,7 +243,7 @@ def train(config: TrainConfig, overwrite: bool = False, resume: bool = False) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI wrapper of train()."""
-    ap = argparse.ArgumentParser(prog="python -m calogan.rich.train", description=__doc__.splitlines()[0])
+    ap = options.ArgumentParser(prog="python -m calogan.rich.train", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--particle", required=True, help=f"one of {', '.join(PARTICLES)}, or all (one after another)"
     )
@@ -256,23 +256,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--resume", action="store_true", help="continue the run(s) in the run directory from last.pt"
     )
     ap.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=options.seed, default=0)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--steps", type=int, default=None, help="override the preset's number of generator steps")
-    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument(
+        "--steps", type=options.count(1), default=None, help="override the preset's number of generator steps"
+    )
+    ap.add_argument("--batch-size", type=options.count(1), default=None)
     ap.add_argument(
         "--max-minutes",
-        type=float,
+        type=options.nonnegative_float,
         default=None,
         help="wall-clock budget in minutes, 0 = none (quick preset: 4.5, lifted when --steps is given)",
     )
     ap.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=options.count(0),
         default=None,
         help="also keep checkpoints/step_NNNNNN.pt every N steps",
     )
-    ap.add_argument("--lr", type=float, default=None, help="learning rate of generator and critic")
+    ap.add_argument(
+        "--lr", type=options.positive_float, default=None, help="learning rate of generator and critic"
+    )
     ap.add_argument(
         "--lr-decay", action="store_true", default=None, help="decay learning rates linearly to 0"
     )
@@ -300,7 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # an explicit --steps means that many steps: the preset's time budget only guards its own step count
             max_minutes=args.max_minutes if args.max_minutes is not None else (0.0 if args.steps else None),
         ))  # fmt: skip
-    for config in configs:  # every option checked before any training starts
+    for config in configs:  # every option and output checked before any training starts
+        # train() applies the run-directory reuse rules (--resume, --overwrite)
+        options.check_output_dir(default_run_dir(config), True, "--run-dir", contents=())
         validate_config(config)
     for config in configs:
         resume = args.resume and (Path(default_run_dir(config)) / "checkpoints" / "last.pt").exists()

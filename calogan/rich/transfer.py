@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         __doc__.splitlines()[0],
         data_help="folder with rich_{particle}_{test,transfer}.npz",
     )
-    args = parse_evaluation_args(ap, argv)
+    args = parse_evaluation_args(ap, argv, outputs=("test", "transfer", "transfer.json", "transfer.md"))
     res = transfer_test(
         args.checkpoint, args.data, args.out, args.seed, args.device, not args.no_plots, args.classifier_iters
     )

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from scipy.stats import ks_2samp, wasserstein_distance
 
+from calogan.core import options
 from calogan.core.engine import AdversarialEngine, AdversarialTask, Batch, EngineSettings, RunDirectory
 from calogan.core.errors import InputError
 from calogan.core.runtime import (
@@ -387,18 +388,25 @@ def render_report(result: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m calogan.finetune", description=__doc__.splitlines()[0])
+    p = options.ArgumentParser(prog="python -m calogan.finetune", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="training checkpoint (best.pt / last.pt)")
     p.add_argument("--data", default="data", help="data directory the checkpoint was trained on")
     p.add_argument("--target", required=True, help="comma list of: " + ", ".join(TARGET_NAMES))
-    p.add_argument("--weight", type=float, default=None, help="weight of the physics loss (default 1)")
+    p.add_argument(
+        "--weight",
+        type=options.nonnegative_float,
+        default=None,
+        help="weight of the physics loss (default 1)",
+    )
     p.add_argument(
         "--loss", choices=LOSSES, default=None, help="distribution-matching loss (default wasserstein)"
     )
     p.add_argument("--preset", choices=tuple(PRESETS), default="quick")
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument(
+        "--steps", type=options.count(1), default=None, help="generator steps (with --resume: new total)"
+    )
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=options.seed, default=0)
     p.add_argument("--device", default="auto")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -414,8 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in ("weight", "loss", "steps"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
-    if cfg.steps < 0 or cfg.weight < 0:
-        raise InputError("--steps and --weight must be >= 0")
+    # a file or an unwritable folder is refused now; finetune() applies --overwrite and --resume
+    options.check_output_dir(args.out, True, "--out", contents=())
     require_file(Path(args.checkpoint), hint="pass a checkpoint written by `python -m calogan.train`")
     result = finetune(args.checkpoint, args.data, names, args.out, cfg, args.device, progress=True,
                       overwrite=args.overwrite, resume=args.resume)  # fmt: skip

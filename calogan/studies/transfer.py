@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write_json, atomic_write_text, select_device
 from calogan.ecal.data import ENERGY_UNITS_PER_GEV, CaloData, load_npz, require_file, save_npz, split_path
@@ -128,6 +129,10 @@ def _train_on_selection(
     return Path(run_dir) / "checkpoints" / "best.pt"
 
 
+#: what a study writes into its --out folder
+TRANSFER_OUTPUTS = ("report.md", "results.json", "transfer.png", "run", "train_data")
+
+
 def transfer_study(
     data_dir: str | os.PathLike,
     train_selection: str,
@@ -140,6 +145,7 @@ def transfer_study(
     progress: bool = True,
 ) -> dict:
     """Run the study and write OUT/{report.md, results.json, transfer.png}; returns the numbers."""
+    options.check_output_dir(out_dir, True, "--out", contents=())
     sel_train = parse_selection(train_selection, "--train-selection")
     sel_test = parse_selection(test_selection, "--test-selection")
     if preset not in PRESETS:
@@ -247,7 +253,7 @@ def render_report(result: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m calogan.transfer", description=__doc__.splitlines()[0])
+    p = options.ArgumentParser(prog="python -m calogan.transfer", description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data")
     p.add_argument("--train-selection", required=True, help="e.g. 'p<20', 'pdg==11', 'r<5 & p>=5'")
     p.add_argument("--test-selection", required=True, help="e.g. 'p>=20'")
@@ -256,14 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--preset", choices=tuple(PRESETS), default="quick")
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=options.seed, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the outputs of an earlier study in --out"
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: run :func:`transfer_study` and print the two scores."""
     a = build_parser().parse_args(argv)
+    options.check_output_dir(a.out, a.overwrite, "--out", contents=TRANSFER_OUTPUTS)
     r = transfer_study(
         a.data, a.train_selection, a.test_selection, a.out, a.checkpoint, a.preset, a.seed, a.device
     )

@@ -1,0 +1,251 @@
+"""The one rule for command options and outputs (docs/cli.md, "Option rule" and "Output rule").
+
+Options: every number a command reads has a declared domain, checked by argparse ``type=`` factories
+(:func:`seed`, :func:`count`, :func:`finite_float`, :func:`positive_float`, :func:`fraction`, :func:`choice`)
+before any work; :class:`ArgumentParser` turns argparse's usage-plus-error into one :class:`InputError` line,
+so a bad option exits 2 with ``error: argument --seed: must be an integer >= 0, got -1``. The same checks
+serve config fields (:func:`check_int`, :func:`check_float`) and the PRD cluster count (:func:`check_clusters`).
+
+Outputs: :func:`check_output_file` and :func:`check_output_dir` refuse, before any work, a file where a
+folder is expected, a folder where a file is expected, a parent that is a file or not writable, and an
+existing output without ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import numbers
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import NoReturn
+
+from calogan.core.errors import InputError
+
+__all__ = [
+    "ArgumentParser",
+    "check_clusters",
+    "check_float",
+    "check_int",
+    "check_output_dir",
+    "check_output_file",
+    "choice",
+    "count",
+    "finite_float",
+    "fraction",
+    "nonnegative_float",
+    "positive_float",
+    "seed",
+]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse.ArgumentParser whose errors are one InputError line (run_cli: ``error: ...``, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise InputError(f"{message} (see {self.prog} --help)")
+
+
+# ---------------------------------------------------------------- domains
+
+
+def _int_problem(value, minimum: int | None, maximum: int | None) -> str | None:
+    """Why ``value`` is outside the integer domain [minimum, maximum], or None when it is inside."""
+    if minimum is not None and maximum is not None:
+        want = f"an integer in [{minimum}, {maximum}]"
+    elif minimum is not None:
+        want = f"an integer >= {minimum}"
+    elif maximum is not None:
+        want = f"an integer <= {maximum}"
+    else:
+        want = "an integer"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        return f"must be {want}, got {value!r}"
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        return f"must be {want}, got {value}"
+    return None
+
+
+def _float_problem(
+    value, minimum: float | None, inclusive: bool, maximum: float | None, max_inclusive: bool
+) -> str | None:
+    """Why ``value`` is outside the finite-float domain, or None when it is inside (NaN and Inf never are)."""
+    parts = []
+    if minimum is not None:
+        parts.append(f"{'>=' if inclusive else '>'} {minimum:g}")
+    if maximum is not None:
+        parts.append(f"{'<=' if max_inclusive else '<'} {maximum:g}")
+    want = "a finite number" + (" " + " and ".join(parts) if parts else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return f"must be {want}, got {value!r}"
+    value = float(value)
+    if not math.isfinite(value):
+        return f"must be {want}, got {value}"
+    if minimum is not None and (value < minimum or (not inclusive and value == minimum)):
+        return f"must be {want}, got {value:g}"
+    if maximum is not None and (value > maximum or (not max_inclusive and value == maximum)):
+        return f"must be {want}, got {value:g}"
+    return None
+
+
+def check_int(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` when it is an int in [minimum, maximum]; otherwise InputError ``name: must be ...``."""
+    problem = _int_problem(value, minimum, maximum)
+    if problem:
+        raise InputError(f"{name}: {problem}")
+    return int(value)
+
+
+def check_float(
+    name: str,
+    value,
+    minimum: float | None = None,
+    inclusive: bool = True,
+    maximum: float | None = None,
+    max_inclusive: bool = True,
+) -> float:
+    """``value`` when it is a finite number in the domain; otherwise InputError ``name: must be ...``."""
+    problem = _float_problem(value, minimum, inclusive, maximum, max_inclusive)
+    if problem:
+        raise InputError(f"{name}: {problem}")
+    return float(value)
+
+
+def check_clusters(clusters, n_events: int, option: str = "--clusters") -> int:
+    """PRD clusters must lie in [2, N] (N = the events scored); checked before any clustering or allocation."""
+    return check_int(option, clusters, 2, max(2, int(n_events)))
+
+
+# ---------------------------------------------------------------- argparse type= factories
+
+
+def _named(fn: Callable, name: str) -> Callable:
+    fn.__name__ = name  # argparse names a failing type by its __name__
+    return fn
+
+
+def count(minimum: int = 1, maximum: int | None = None) -> Callable[[str], int]:
+    """type= for an integer in [minimum, maximum] (default: >= 1)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                _int_problem(text, minimum, maximum) or f"not an integer: {text!r}"
+            ) from None
+        problem = _int_problem(value, minimum, maximum)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return _named(parse, "count")
+
+
+#: type= for a random seed: an integer >= 0.
+seed = _named(count(0), "seed")
+
+
+def finite_float(
+    minimum: float | None = None,
+    inclusive: bool = True,
+    maximum: float | None = None,
+    max_inclusive: bool = True,
+) -> Callable[[str], float]:
+    """type= for a finite float (NaN and Inf refused) with optional bounds."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = text
+        problem = _float_problem(value, minimum, inclusive, maximum, max_inclusive)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return float(value)
+
+    return _named(parse, "number")
+
+
+#: type= for a finite number > 0 (learning rates, weights that must act).
+positive_float = _named(finite_float(0.0, inclusive=False), "positive_float")
+#: type= for a finite number >= 0 (loss weights, time budgets where 0 means none).
+nonnegative_float = _named(finite_float(0.0), "nonnegative_float")
+#: type= for a finite number in [0, 1].
+fraction = _named(finite_float(0.0, maximum=1.0), "fraction")
+
+
+def choice(*values: str) -> Callable[[str], str]:
+    """type= for one of ``values`` (exact match); the message lists them."""
+
+    def parse(text: str) -> str:
+        if text not in values:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(values)}, got {text!r}")
+        return text
+
+    return _named(parse, "choice")
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def _writable_parent(path: Path, option: str) -> None:
+    """The nearest existing ancestor of ``path`` must be a writable folder (missing folders get created)."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        if parent.is_symlink():  # a dangling link: mkdir would fail
+            break
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(f"{option} {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{option} {path}: folder {parent} is not writable")
+
+
+def check_output_file(path: str | os.PathLike, overwrite: bool = False, option: str = "--out") -> Path:
+    """Refuse (InputError, one line naming ``option`` and the path) an output file that cannot be written.
+
+    A folder at ``path``, a parent that is a file or not writable, or an existing file without
+    ``overwrite``; missing parent folders are created later by the writer. Returns the path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{option} {path}: is a folder, expected a file path")
+    if path.exists() and not overwrite:
+        raise InputError(f"{option} {path}: already exists (pass --overwrite to replace it)")
+    _writable_parent(path, option)
+    return path
+
+
+def check_output_dir(
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    option: str = "--out",
+    contents: Iterable[str] | None = None,
+) -> Path:
+    """Refuse (InputError, one line naming ``option`` and the path) an output folder that cannot be written.
+
+    A file at ``path``, a parent that is a file or not writable, a read-only existing folder, and, without
+    ``overwrite``, existing outputs: the names in ``contents`` when given (``()``: the caller decides, as a
+    run directory does), otherwise any non-empty folder. Returns the path.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path}: exists and is not a folder")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise InputError(f"{option} {path}: folder is not writable")
+        if not overwrite:
+            if contents is None:
+                if any(path.iterdir()):
+                    raise InputError(f"{option} {path}: folder exists and is not empty (pass --overwrite)")
+            else:
+                existing = [name for name in contents if (path / name).exists()]
+                if existing:
+                    raise InputError(
+                        f"{option} {path}: {existing[0]} already exists (pass --overwrite to replace it)"
+                    )
+        return path
+    _writable_parent(path, option)
+    return path
