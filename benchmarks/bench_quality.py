@@ -5,7 +5,11 @@ seed 0), split the events into two random halves A and B, and report
 - the score of generated[A] against true[A] and the real-vs-real ceiling true[B] against true[A], both at
   N/2 vs N/2 (the same sample size, so the fraction of the ceiling is fair), K and R as given;
 - the conditional physics checks of ``calogan.metrics.response`` (6 log-spaced |p| bins, barycentre bias) on all
-  validation events, and the particle-type switch on ``--switch-events`` of them.
+  validation events, and the particle-type switch on ``--switch-events`` of them;
+- the stricter two-sample tests on all validation events (``calogan.metrics.two_sample``, each with its
+  real-vs-real reference): classifier AUC on high-level features and on cells, FPD, worst separation power,
+  PRDC coverage;
+- a one-line summary per model against the fidelity targets (``TARGETS``), with the ratios per |p| bin.
 
     python benchmarks/bench_quality.py --data data quick=runs/quick/checkpoints/best.pt \\
         starterkit=runs/starterkit/checkpoints/best.pt --json benchmarks/quality.json
@@ -26,6 +30,25 @@ from calogan.ecal.predict import generate
 from calogan.metrics.embedder import load_or_train_embedder
 from calogan.metrics.evaluate import format_physics_table, real_vs_real, score_arrays
 from calogan.metrics.response import particle_type_switch, physics_checks
+from calogan.metrics.two_sample import cls_metric, fpd_metric, prdc_metric, sep_metric
+
+
+def fidelity_summary(fraction: float, strict: dict, physics: dict) -> dict:
+    """The numbers of the fidelity target table, one dict per model (ratios per |p| bin, generated / real)."""
+    bins = [r for r in physics["energy_bins"] if r["response_ratio"] is not None]
+    core = [r for r in physics["core"] if r.get("max_cell_real")]
+    return {
+        "fraction_of_ceiling": round(fraction, 4),
+        "auc_high": round(strict["cls"]["auc_high"], 4), "auc_high_ref": round(strict["cls"]["auc_high_ref"], 4),
+        "auc_low": round(strict["cls"]["auc_low"], 4), "auc_low_ref": round(strict["cls"]["auc_low_ref"], 4),
+        "sep_max": round(strict["sep"]["sep_max"], 4), "sep_max_observable": strict["sep"]["sep_max_observable"],
+        "fpd": round(strict["fpd"]["fpd"], 3), "fpd_ref": round(strict["fpd"]["fpd_ref"], 3),
+        "coverage": round(strict["prdc"]["coverage"], 3), "coverage_ref": round(strict["prdc"]["coverage_ref"], 3),
+        "resolution_ratio": [round(r["resolution_ratio"], 3) for r in bins],
+        "hottest_cell_ratio": [round(r["max_cell_gen"] / r["max_cell_real"], 3) for r in core],
+        "response_ratio": [round(r["response_ratio"], 4) for r in bins],
+        "barycentre_bias_cm": [round(physics["barycentre"]["bias_x"], 3), round(physics["barycentre"]["bias_y"], 3)],
+    }  # fmt: skip
 
 
 def main() -> None:
@@ -53,6 +76,8 @@ def main() -> None:
         embedder.embed(true_a.energy),
         **kw,
     )
+    stats_true = physical_statistics(true.energy, true.point, true.momentum)
+    emb_true = embedder.embed(true.energy)
     out = {"n_val": len(true), "n_half": half, **kw, "ceiling": ceiling, "models": {}}
     print(
         f"ceiling (true B vs true A, {half} vs {half}): {ceiling['score']:.4f} ± {ceiling['score_std']:.4f}"
@@ -67,7 +92,20 @@ def main() -> None:
         physics = physics_checks(images, true)
         sub = true.subset(slice(0, args.switch_events))
         switch = particle_type_switch(gen_model, sub, seed=0)
+        stats_gen = physical_statistics(images, true.point, true.momentum)
+        strict = {
+            "cls": cls_metric(images, true, stats_gen, stats_true),
+            "fpd": fpd_metric(images, true, stats_gen, stats_true),
+            "sep": sep_metric(images, true, stats_gen, stats_true),
+            "prdc": prdc_metric(images, true, emb_gen=embedder.embed(images), emb_true=emb_true),
+        }  # fmt: skip
+        summary = fidelity_summary(score["score"] / ceiling["score"], strict, physics)
         out["models"][name] = {
+            "summary": summary,
+            "strict": {
+                k: ({kk: vv for kk, vv in v.items() if kk != "table"} if k == "sep" else v)
+                for k, v in strict.items()
+            },
             "checkpoint": path,
             "parameters": count_parameters(gen_model),
             "generate_val_s": gen_s,
@@ -83,6 +121,7 @@ def main() -> None:
             f"{switch['sign_agreement']}, correlation {switch['correlation']}"
         )
         print(format_physics_table(physics))
+        print(json.dumps(summary))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(out, handle, indent=2, default=float)
