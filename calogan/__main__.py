@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rich-train": ("calogan.rich.train", "train one RICH PID GAN"),
     "rich-evaluate": ("calogan.rich.evaluate", "evaluate a RICH GAN against a calibration sample"),
     "rich-transfer": ("calogan.rich.transfer", "RICH transfer test: calibration test sample vs transfer sample"),
+    "rich-export": ("calogan.rich.export", "export a RICH generator with its transforms to TorchScript or ONNX"),
 }  # fmt: skip
 
 

@@ -76,18 +76,35 @@ class RichModel:
         self.meta = meta
 
     @torch.no_grad()
-    def generate(self, inputs, seed: int = 0, batch_size: int = 65536, device=None):
-        """Sample (N, 5) DLLs for raw inputs (N, 3) = P, ETA, NTRACKS; -999 rows drawn from the no-RICH table."""
+    def generate(
+        self, inputs, seed: int = 0, batch_size: int = 65536, device=None, noise=None, no_rich: bool = True
+    ):
+        """Sample (N, 5) DLLs for raw inputs (N, 3) = P, ETA, NTRACKS; -999 rows drawn from the no-RICH table.
+
+        ``noise`` (N, noise_dim) replaces the generator noise drawn from ``seed`` (the exported graph takes
+        it as an input); ``no_rich=False`` skips the -999 draw, so every track gets generated DLLs.
+        """
         device = device or next(self.generator.parameters()).device
         cond = torch.from_numpy(self.qt_in.transform(model_inputs(inputs)))
+        if noise is not None:
+            noise = torch.as_tensor(noise, dtype=torch.float32)
+            if tuple(noise.shape) != (len(cond), self.generator.noise_dim):
+                raise InputError(
+                    f"noise: expected shape ({len(cond)}, {self.generator.noise_dim}), got {tuple(noise.shape)}"
+                )
         gen = torch.Generator().manual_seed(seed)
         outs = []
         for start in range(0, len(cond), batch_size):
             c = cond[start : start + batch_size]
-            z = torch.randn(len(c), self.generator.noise_dim, generator=gen)
+            if noise is None:
+                z = torch.randn(len(c), self.generator.noise_dim, generator=gen)
+            else:
+                z = noise[start : start + batch_size]
             outs.append(self.generator(z.to(device), c.to(device)).cpu())
         z_out = torch.cat(outs).numpy() if outs else np.zeros((0, N_OUTPUTS), np.float32)
         dlls = from_basis(self.qt_out.inverse_transform(z_out), self.dll_basis)
+        if not no_rich:
+            return dlls
         rng = np.random.default_rng(seed)
         missing = rng.random(len(dlls)) < no_rich_probability(self.no_rich_table, inputs)
         dlls[missing] = SENTINEL
