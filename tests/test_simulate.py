@@ -244,3 +244,21 @@ def test_cli_out_is_a_file_exits_2(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: --out {target}") and "is not a folder" in err[0]
+
+
+def test_cli_set_changes_shower_params_and_records_them(tmp_path, capsys):
+    out = tmp_path / "other"
+    argv = ["--out", str(out), "--n-train", "200", "--n-val", "100", "--n-test", "100",
+            "--set", "moliere_radius_cm=4.55", "--set", "halo_fraction=0.07", "--set", "photon_fraction=0.3"]  # fmt: skip
+    assert run_cli(simulate.main, argv) == 0
+    params = json.loads((out / "manifest.json").read_text())["params"]
+    assert (params["moliere_radius_cm"], params["halo_fraction"], params["photon_fraction"]) == (
+        4.55,
+        0.07,
+        0.3,
+    )
+    for bad in ("bogus=1", "halo_fraction=nan", "moliere_radius_cm"):
+        assert run_cli(simulate.main, ["--out", str(tmp_path / "bad"), "--set", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--set" in err
+    assert not (tmp_path / "bad").exists()

@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -330,6 +330,26 @@ def _read_manifest(path: Path) -> dict:
         return {}
 
 
+def shower_params(items: Sequence[str]) -> ShowerParams:
+    """ShowerParams with ``KEY=VALUE`` overrides (finite numbers only; unknown fields -> InputError)."""
+    known = {f.name: f for f in fields(ShowerParams)}
+    values = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or key not in known:
+            raise InputError(f"--set: expected KEY=VALUE with KEY a ShowerParams field, got '{item}'")
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not np.isfinite(value):
+            raise InputError(f"--set: {key} must be a finite number, got '{raw}'")
+        values[key] = value
+    values = {k: type(getattr(ShowerParams(), k))(v) for k, v in values.items()}
+    return replace(ShowerParams(), **values)
+
+
 def main(argv: Sequence[str] | None = None) -> int | None:
     """CLI: simulate the competition-format data set into --out (default data/)."""
     parser = options.ArgumentParser(
@@ -348,7 +368,15 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         "--seed", type=options.seed, default=0, help="random seed (same seed = identical files)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing files in --out")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a ShowerParams field (repeatable), e.g. --set moliere_radius_cm=4.55 --set photon_fraction=0.3",
+    )
     args = parser.parse_args(argv)
+    params = shower_params(args.set)
     # a file or an unwritable folder is refused now; write_dataset keeps existing files unless --overwrite
     options.check_output_dir(args.out, overwrite=True, option="--out", contents=())
     manifest = write_dataset(
@@ -359,6 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int | None:
         seed=args.seed,
         overwrite=args.overwrite,
         progress=True,
+        params=params,
     )
     if not manifest.get("skipped"):
         total = sum(manifest["sizes"].values())
