@@ -30,7 +30,7 @@ def rich_dir(tmp_path_factory):
 def tiny_ckpt(rich_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("rich_export_run")
     cfg = rich_train.TrainConfig.from_preset(
-        "tiny", particle="kaon", data=str(rich_dir), run_dir=str(run), steps=15
+        "tiny", particle="kaon", data=str(rich_dir), run_dir=str(run), steps=15, weights="sweights"
     )
     cfg.progress = False
     return rich_train.train(cfg) / "checkpoints" / "last.pt"

@@ -1,5 +1,9 @@
 """Evaluate a RICH PID GAN against a calibration sample: python -m calogan.rich.evaluate --checkpoint CKPT --data DIR --out DIR.
 
+``--particle all --run-dir RUNS`` (instead of ``--checkpoint``) evaluates every RUNS/{particle}/checkpoints/last.pt
+(the layout of ``python -m calogan.rich.train --particle all --run-dir RUNS``) and writes one table,
+OUT/summary.{md,json}, with each particle's report and plots in OUT/{particle}/.
+
 Everything is sWeighted (real events carry their sWeight; generated events are produced on the real
 events' conditions and inherit those weights, so both samples describe the signal's kinematics):
 * weighted DLL histograms real vs generated in bins of P and of eta (tracks with RICH information);
@@ -19,11 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from calogan.core import options
-from calogan.core.runtime import atomic_write_json, atomic_write_text, run_cli, select_device
+from calogan.core.errors import InputError
+from calogan.core.runtime import atomic_write_json, atomic_write_text, run_cli, select_device, torch_load_safe
 from calogan.metrics.plots import subplots
 from calogan.metrics.two_sample import binned_efficiency, classifier_scores, weighted_auc
-from calogan.rich import DLL_COLUMNS, SAMPLES
-from calogan.rich.data import RichSample, load_sample, sample_path
+from calogan.rich import DLL_COLUMNS, PARTICLES, SAMPLES
+from calogan.rich.data import RichSample, load_sample, require_sample, sample_path
 from calogan.rich.models import RichModel, load_rich_model
 from calogan.rich.weights import n_effective
 
@@ -270,12 +275,124 @@ def evaluate_checkpoint(
 
 #: what an evaluation writes into --out (existing ones are replaced only with --overwrite)
 EVALUATION_OUTPUTS = ("report.json", "report.md", "plots")
+#: what --particle writes into --out besides one folder per particle
+SUMMARY_OUTPUTS = ("summary.json", "summary.md")
+NOT_TRAINED = "not trained"
+
+
+def run_checkpoints(run_dir: str | Path, particle: str = "all") -> dict[str, Path | None]:
+    """RUN_DIR/{particle}/checkpoints/last.pt of each particle (``all``: the five), None where there is none.
+
+    InputError when none exists, or when a checkpoint belongs to another particle than its folder.
+    """
+    particles = PARTICLES if particle == "all" else (particle,)
+    found: dict[str, Path | None] = {}
+    for name in particles:
+        path = Path(run_dir) / name / "checkpoints" / "last.pt"
+        found[name] = path if path.is_file() else None
+        if found[name] is not None:
+            stored = torch_load_safe(path)
+            if isinstance(stored, dict) and stored.get("particle", name) != name:
+                raise InputError(f"{path}: a {stored['particle']} checkpoint in the {name} folder")
+    if not any(found.values()):
+        raise InputError(
+            f"--run-dir {run_dir}: no {{particle}}/checkpoints/last.pt for {', '.join(particles)}"
+            f" (write them with `python -m calogan.rich.train --particle all --run-dir {run_dir}`)"
+        )
+    return found
+
+
+def require_samples(data_dir: str | Path, particles, samples: Sequence[str]) -> None:
+    """Every DIR/rich_{particle}_{sample}.npz exists (InputError naming the first missing one)."""
+    for particle in particles:
+        for sample in samples:
+            require_sample(sample_path(data_dir, particle, sample))
+
+
+def _fmt(value, spec: str = ".3f") -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def write_summary(out_dir: Path, summary: dict, title: str, columns: Sequence[tuple[str, object]]) -> None:
+    """OUT/summary.json and OUT/summary.md: one table row per particle (``columns``: header, row -> cell)."""
+    lines = [f"# {title}", ""]
+    lines += [f"- {key}: {summary[key]}" for key in ("run_dir", "data", "samples") if key in summary]
+    lines += [
+        "",
+        "| particle | " + " | ".join(h for h, _ in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for particle, row in summary["particles"].items():
+        if row["status"] == NOT_TRAINED:
+            cells = [NOT_TRAINED] + ["—"] * (len(columns) - 1)
+        else:
+            cells = [str(cell(row)) for _, cell in columns]
+        lines.append(f"| {particle} | " + " | ".join(cells) + " |")
+    atomic_write_json(out_dir / "summary.json", summary)
+    atomic_write_text(out_dir / "summary.md", "\n".join(lines) + "\n")
+
+
+def evaluate_all(
+    run_dir: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    particle: str = "all",
+    sample: str = "test",
+    seed: int = 0,
+    device: str = "auto",
+    plots: bool = True,
+    classifier_iters: int = 200,
+) -> dict:
+    """Evaluate each trained particle of a ``--particle all`` run directory; write OUT/{particle}/ and the summary."""
+    checkpoints = run_checkpoints(run_dir, particle)
+    require_samples(data_dir, [p for p, c in checkpoints.items() if c], [sample])
+    out_dir = Path(out_dir)
+    summary: dict = {"run_dir": str(run_dir), "data": str(data_dir), "samples": sample, "particles": {}}
+    for name, checkpoint in checkpoints.items():
+        if checkpoint is None:
+            summary["particles"][name] = {"status": NOT_TRAINED}
+            continue
+        rep = evaluate_checkpoint(
+            checkpoint, data_dir, out_dir / name, sample, seed, device, plots, classifier_iters
+        )
+        summary["particles"][name] = {
+            "status": "evaluated",
+            "checkpoint": str(checkpoint),
+            "report": str(out_dir / name / "report.md"),
+            **rep["summary"],
+        }
+
+    def ratio(key: str):
+        return lambda r: f"{r[key]}/{r['bins_checked']}"
+
+    columns = [
+        ("classifier AUC", lambda r: _fmt(r["auc"])),
+        ("eff. ratios within 5 %", ratio("bins_within_5pct")),
+        ("within 2σ", ratio("bins_within_2sigma")),
+        (
+            "no-RICH fraction real / gen",
+            lambda r: f"{r['no_rich_fraction_real']:.3f} / {r['no_rich_fraction_gen']:.3f}",
+        ),
+        ("report", lambda r: f"{Path(r['report']).relative_to(out_dir)}"),
+    ]
+    write_summary(out_dir, summary, f"RICH GANs vs the {sample} sample, all particles", columns)
+    return summary
 
 
 def evaluation_parser(prog: str, description: str, data_help: str | None = None) -> argparse.ArgumentParser:
     """The options shared by the RICH evaluation commands (checkpoint, data, output, seed, device, plots)."""
     ap = options.ArgumentParser(prog=prog, description=description)
-    ap.add_argument("--checkpoint", required=True)
+    source = ap.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="one RICH checkpoint")
+    source.add_argument(
+        "--particle",
+        type=options.choice("all", *PARTICLES),
+        help="all (or one particle): RUN_DIR/{particle}/checkpoints/last.pt, one table in OUT/summary.md",
+    )
+    ap.add_argument(
+        "--run-dir",
+        help="with --particle: the folder of `python -m calogan.rich.train --particle all --run-dir`",
+    )
     ap.add_argument("--data", required=True, help=data_help)
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=options.seed, default=0)
@@ -294,8 +411,19 @@ def evaluation_parser(prog: str, description: str, data_help: str | None = None)
 def parse_evaluation_args(
     ap: argparse.ArgumentParser, argv: Sequence[str] | None, outputs: Sequence[str] = EVALUATION_OUTPUTS
 ) -> argparse.Namespace:
-    """Parse ``argv`` with a parser of :func:`evaluation_parser`; check --out for ``outputs`` before any work."""
+    """Parse ``argv`` with a parser of :func:`evaluation_parser`; check --out for ``outputs`` before any work.
+
+    With ``--particle`` the outputs are OUT/summary.{json,md} and one folder per particle.
+    """
     args = ap.parse_args(argv)
+    if args.particle and not args.run_dir:
+        raise InputError(
+            "--particle: needs --run-dir DIR (the folder holding DIR/{particle}/checkpoints/last.pt)"
+        )
+    if args.checkpoint and args.run_dir:
+        raise InputError("--run-dir: goes with --particle, not with --checkpoint")
+    if args.particle:
+        outputs = (*SUMMARY_OUTPUTS, *(PARTICLES if args.particle == "all" else (args.particle,)))
     options.check_output_dir(args.out, args.overwrite, "--out", contents=outputs)
     return args
 
@@ -305,6 +433,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = evaluation_parser("python -m calogan.rich.evaluate", __doc__.splitlines()[0])
     ap.add_argument("--sample", default="test", choices=SAMPLES)
     args = parse_evaluation_args(ap, argv)
+    if args.particle:
+        summary = evaluate_all(
+            args.run_dir,
+            args.data,
+            args.out,
+            args.particle,
+            args.sample,
+            args.seed,
+            args.device,
+            not args.no_plots,
+            args.classifier_iters,
+        )
+        for name, row in summary["particles"].items():
+            if row["status"] == NOT_TRAINED:
+                print(f"{name}: {NOT_TRAINED}")
+            else:
+                print(
+                    f"{name} [{args.sample}]: AUC {row['auc']:.3f};"
+                    f" eff ratios within 5%: {row['bins_within_5pct']}/{row['bins_checked']}"
+                )
+        print(f"summary: {Path(args.out) / 'summary.md'}")
+        return 0
     rep = evaluate_checkpoint(
         args.checkpoint,
         args.data,

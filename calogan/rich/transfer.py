@@ -5,6 +5,8 @@ Evaluates a model trained on the calibration sample on (a) the held-out calibrat
 calibration channel). The detector response is the same in both, so a model that learned the conditional
 p(DLL | P, eta, nTracks) must keep its generated/real efficiency ratios when the kinematics change.
 Verdict: the per-bin ratios on the transfer sample agree with 1 within 5 % or 2 sigma in well-populated bins.
+``--particle all --run-dir RUNS`` (instead of ``--checkpoint``) tests every RUNS/{particle}/checkpoints/last.pt and
+writes one table, OUT/summary.{md,json}, with each particle's reports in OUT/{particle}/.
 """
 
 from __future__ import annotations
@@ -13,7 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from calogan.core.runtime import atomic_write_json, atomic_write_text, run_cli
-from calogan.rich.evaluate import evaluate_checkpoint, evaluation_parser, parse_evaluation_args
+from calogan.rich.evaluate import (
+    NOT_TRAINED,
+    evaluate_checkpoint,
+    evaluation_parser,
+    parse_evaluation_args,
+    require_samples,
+    run_checkpoints,
+    write_summary,
+)
 
 
 def transfer_test(
@@ -64,6 +74,56 @@ def transfer_test(
     return result
 
 
+def transfer_all(
+    run_dir: str | Path,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    particle: str = "all",
+    seed: int = 0,
+    device: str = "auto",
+    plots: bool = True,
+    classifier_iters: int = 200,
+) -> dict:
+    """Transfer-test each trained particle of a ``--particle all`` run directory; OUT/{particle}/ and the summary."""
+    checkpoints = run_checkpoints(run_dir, particle)
+    require_samples(data_dir, [p for p, c in checkpoints.items() if c], ("test", "transfer"))
+    out_dir = Path(out_dir)
+    summary: dict = {
+        "run_dir": str(run_dir),
+        "data": str(data_dir),
+        "samples": "test, transfer",
+        "particles": {},
+    }
+    for name, checkpoint in checkpoints.items():
+        if checkpoint is None:
+            summary["particles"][name] = {"status": NOT_TRAINED}
+            continue
+        res = transfer_test(checkpoint, data_dir, out_dir / name, seed, device, plots, classifier_iters)
+        summary["particles"][name] = {
+            "status": "evaluated",
+            "checkpoint": str(checkpoint),
+            "report": str(out_dir / name / "transfer.md"),
+            "consistent": res["consistent"],
+            **res["samples"],
+        }
+
+    def ratio(sample: str, key: str):
+        return lambda r: f"{r[sample][key]}/{r[sample]['bins_checked']}"
+
+    columns = [
+        ("classifier AUC, test", lambda r: f"{r['test']['auc']:.3f}"),
+        ("AUC, transfer", lambda r: f"{r['transfer']['auc']:.3f}"),
+        ("eff. ratios within 5 %, test", ratio("test", "bins_within_5pct")),
+        ("within 2σ, test", ratio("test", "bins_within_2sigma")),
+        ("within 5 %, transfer", ratio("transfer", "bins_within_5pct")),
+        ("within 2σ, transfer", ratio("transfer", "bins_within_2sigma")),
+        ("transfer verdict", lambda r: "consistent" if r["consistent"] else "not consistent"),
+        ("report", lambda r: f"{Path(r['report']).relative_to(out_dir)}"),
+    ]
+    write_summary(out_dir, summary, "RICH transfer test, all particles", columns)
+    return summary
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI wrapper of transfer_test()."""
     ap = evaluation_parser(
@@ -72,6 +132,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_help="folder with rich_{particle}_{test,transfer}.npz",
     )
     args = parse_evaluation_args(ap, argv, outputs=("test", "transfer", "transfer.json", "transfer.md"))
+    if args.particle:
+        summary = transfer_all(
+            args.run_dir,
+            args.data,
+            args.out,
+            args.particle,
+            args.seed,
+            args.device,
+            not args.no_plots,
+            args.classifier_iters,
+        )
+        for name, row in summary["particles"].items():
+            if row["status"] == NOT_TRAINED:
+                print(f"{name}: {NOT_TRAINED}")
+            else:
+                print(f"{name}: AUC test {row['test']['auc']:.3f}, transfer {row['transfer']['auc']:.3f};"
+                      f" consistent: {row['consistent']}")  # fmt: skip
+        print(f"summary: {Path(args.out) / 'summary.md'}")
+        return 0
     res = transfer_test(
         args.checkpoint, args.data, args.out, args.seed, args.device, not args.no_plots, args.classifier_iters
     )
