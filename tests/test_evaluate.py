@@ -224,7 +224,7 @@ def _bad_cases(pred_dir, tmp_path, n):
             _zip(tmp_path / "b.zip", {val.name: val, test.name: test, "notes.txt": b"hi"}),
             "unexpected entries",
         ),
-        "nested": (_zip(tmp_path / "c.zip", {"sub/" + val.name: val, test.name: test}), "unexpected entries"),
+        "nested": (_zip(tmp_path / "c.zip", {"sub/" + val.name: val, test.name: test}), "inside a folder"),
         "not_zip": (tmp_path / "d.zip", "not a readable zip"),
     }
     (tmp_path / "d.zip").write_bytes(b"garbage")

@@ -241,7 +241,7 @@ def test_check_refuses_bad_zips(workspace, tmp_path):
         assert str(path) in str(info.value) and "\n" not in str(info.value), case
     not_zip = tmp_path / "plain.zip"
     not_zip.write_bytes(b"hello")
-    with pytest.raises(InputError, match="not a zip"):
+    with pytest.raises(InputError, match="not a readable zip"):
         check_zip(not_zip, data_dir)
 
 

@@ -12,9 +12,11 @@ import json
 import os
 import random
 import re
+import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -144,14 +146,159 @@ def default_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Call writer(handle) on a temp file next to path, then rename it into place (usual file mode)."""
-    path = Path(path)
+#: Every temporary file or folder calogan writes is named ``.calogan-tmp-<target name>.<pid>.<random>`` and
+#: lives next to its target (scratch folders: in the system temp folder, named after their task), so that a
+#: later writer of the same target can recognise and remove what a killed run left behind.
+TEMP_PREFIX = ".calogan-tmp-"
+_RANDOM_PART = r"[a-z0-9_]{8}"  # tempfile's random names: 8 characters of [a-z0-9_]
+
+
+def temp_prefix(target_name: str) -> str:
+    """``.calogan-tmp-<target_name>.<pid>.``: the start of this process's temp names for ``target_name``."""
+    return f"{TEMP_PREFIX}{target_name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` names a running (not zombie) process; another user's process counts as running."""
+    if pid == os.getpid():
+        return True
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except (PermissionError, NotADirectoryError, FileExistsError) as exc:  # read-only or blocked folder
-        raise InputError(f"{path}: cannot write here ({exc.strerror or type(exc).__name__})") from None
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return True
+    try:  # Linux: a killed child that nobody reaped yet is a zombie, as dead as a missing one
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            state = handle.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
+
+
+def _started_after(pid: int, when: float) -> bool:
+    """Whether process ``pid`` started after ``when`` (Linux /proc; False where unknown): a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        with open("/proc/stat", "rb") as handle:
+            boot = next(int(line.split()[1]) for line in handle if line.startswith(b"btime "))
+        start = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    return start > when + 2.0  # clock-tick rounding
+
+
+def stale_temps(folder: str | os.PathLike, target_name: str) -> list[Path]:
+    """The temp files and folders for ``target_name`` in ``folder`` whose writing process is gone.
+
+    A name ``.calogan-tmp-<target_name>.<pid>.<random>`` is stale when no process ``pid`` runs (or a zombie),
+    or when the process with that pid started after the temp was last written (the pid was reused).
+    """
+    folder = Path(folder)
+    pattern = re.compile(rf"{re.escape(TEMP_PREFIX + target_name)}\.(\d+)\.{_RANDOM_PART}")
+    stale = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if not match:
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid():
+            continue
+        try:
+            mtime = entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        if not _pid_alive(pid) or _started_after(pid, mtime):
+            stale.append(Path(entry.path))
+    return stale
+
+
+def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
+    """Remove what killed runs left while writing ``target`` (see :func:`stale_temps`); returns the paths."""
+    target = Path(target)
+    removed = []
+    for path in stale_temps(target.parent, target.name):
+        _remove_path(path)
+        removed.append(path)
+    return removed
+
+
+def _remove_path(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _cannot_write(path: Path, exc: OSError) -> InputError:
+    return InputError(f"{path}: cannot write here ({exc.strerror or type(exc).__name__})")
+
+
+def make_temp_file(target: str | os.PathLike) -> tuple[int, Path]:
+    """(fd, path) of a new temp file next to ``target`` (parents created, stale temps of ``target`` removed).
+
+    A read-only or blocked folder is an InputError naming ``target``.
+    """
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target.name), dir=target.parent)
+    except (PermissionError, NotADirectoryError, FileExistsError) as exc:
+        raise _cannot_write(target, exc) from None
+    return fd, Path(tmp)
+
+
+def make_temp_dir(target: str | os.PathLike) -> Path:
+    """A new temp folder next to ``target`` (parents created, stale temps of ``target`` removed)."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target)
+        return Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), dir=target.parent))
+    except (PermissionError, NotADirectoryError, FileExistsError) as exc:
+        raise _cannot_write(target, exc) from None
+
+
+@contextmanager
+def temp_dir_for(target: str | os.PathLike) -> Iterator[Path]:
+    """A temp folder next to ``target`` for staging it (see :func:`make_temp_dir`), removed on exit."""
+    tmp = make_temp_dir(target)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def scratch_dir(task: str) -> Iterator[Path]:
+    """A temp folder in the system temp folder for ``task`` (e.g. 'evaluate'), removed on exit.
+
+    Named like every calogan temp (``.calogan-tmp-<task>.<pid>.<random>``), so the next run of the same task
+    removes what a killed one left there.
+    """
+    with temp_dir_for(Path(tempfile.gettempdir()) / task) as tmp:
+        yield tmp
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Call writer(handle) on a temp file next to path, then rename it into place (usual file mode).
+
+    The temp file follows the calogan temp naming (:func:`make_temp_file`), so a run killed while writing
+    leaves a file that the next writer of ``path`` removes.
+    """
+    path = Path(path)
+    fd, tmp = make_temp_file(path)
     try:
         with os.fdopen(fd, mode) as handle:
             writer(handle)
@@ -160,7 +307,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], mode: s
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

@@ -201,6 +201,24 @@ def load_npz(
     )
 
 
+#: Bytes an uploaded prediction file may take beyond its energies: npy headers, npz directory, small extra keys.
+PREDICTION_OVERHEAD_BYTES = 1 << 20
+#: Size bound of an uploaded prediction file when N is unknown (1 GiB).
+PREDICTION_MAX_BYTES = 1 << 30
+
+
+def prediction_bytes_limit(n_events: int | None) -> int:
+    """The most bytes one prediction file (uncompressed) can hold for ``n_events`` events.
+
+    N × 900 cells × 8 bytes (float64, the widest dtype the scorer accepts; canonical float32 takes half) plus
+    :data:`PREDICTION_OVERHEAD_BYTES`; :data:`PREDICTION_MAX_BYTES` when N is unknown (None). Uploaded zips and
+    the npz files inside them are refused beyond this (calogan.core.safezip).
+    """
+    if n_events is None:
+        return PREDICTION_MAX_BYTES
+    return int(n_events) * N_CELLS * 8 + PREDICTION_OVERHEAD_BYTES
+
+
 def load_prediction(path: str | os.PathLike, n_expected: int | None = None) -> np.ndarray:
     """Load a prediction file: one array EnergyDeposit, finite, non-negative; returns (N, 30, 30) float32."""
     return check_prediction_arrays(str(path), open_npz(path), n_expected)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ import torch
 
 from calogan.core import options
 from calogan.core.errors import InputError
+from calogan.core.runtime import temp_dir_for
 from calogan.ecal.data import require_file
 from calogan.ecal.models import load_generator
 
@@ -91,9 +91,8 @@ def save_torchscript(generator, path: str | os.PathLike, meta: dict | None = Non
     """Write a TorchScript export of ``generator`` (metadata in the extra file calogan.json), atomically."""
     scripted = to_torchscript(generator)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     extra = {META_NAME: json.dumps(export_metadata(generator, meta))}
-    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+    with temp_dir_for(path) as tmp:
         staged = Path(tmp) / path.name
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -130,8 +129,7 @@ def save_onnx(generator, path: str | os.PathLike, meta: dict | None = None, opse
 
     wrapped = RawInputGenerator(generator).cpu().float().eval()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+    with temp_dir_for(path) as tmp:
         staged = Path(tmp) / path.name
         trace_to_onnx(
             wrapped, example_inputs(8, wrapped.noise_dim, seed=1), INPUT_NAMES, OUTPUT_NAME, staged, opset
@@ -284,9 +282,7 @@ def export_generator(
     if fmt == "onnx":
         require_onnx()
     # Write beside the target and only move into place once the parity check has passed.
-    with tempfile.TemporaryDirectory(
-        prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None
-    ) as tmp:
+    with temp_dir_for(out) as tmp:
         staged = Path(tmp) / out.name
         (save_onnx if fmt == "onnx" else save_torchscript)(generator, staged, meta)
         err = None

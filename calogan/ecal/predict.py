@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -27,7 +26,14 @@ from tqdm import tqdm
 
 from calogan.core import options
 from calogan.core.errors import InputError
-from calogan.core.runtime import keep_freed_memory, progress_disabled, select_device
+from calogan.core.runtime import (
+    keep_freed_memory,
+    progress_disabled,
+    remove_stale_temps,
+    scratch_dir,
+    select_device,
+    temp_dir_for,
+)
 from calogan.ecal.data import IMAGE_SIZE, KEY_ENERGY, CaloData, load_npz, require_file, split_path
 from calogan.ecal.export import ParallelOnnxSession, require_onnx, trace_to_onnx
 from calogan.ecal.models import load_generator
@@ -87,7 +93,7 @@ class _Compiled:
                 self.session = None
                 return
             require_onnx()
-            with tempfile.TemporaryDirectory(prefix="calogan-onnx-") as tmp:
+            with scratch_dir("onnx") as tmp:
                 path = Path(tmp) / "generator.onnx"
                 # trace a copy, so that the caller's module stays on its device
                 trace_to_onnx(
@@ -165,11 +171,12 @@ def write_prediction_streamed(
     """Write an npz with one (n, 30, 30) float32 EnergyDeposit from streamed batches, atomically.
 
     The array is filled through a disk-backed .npy memmap, then stored (uncompressed, like np.savez)
-    into the npz; only one batch lives in memory. A failure leaves no file behind.
+    into the npz; only one batch lives in memory. A failure leaves no file behind; the staging folder beside
+    ``path`` (``.calogan-tmp-<name>.<pid>.<random>``) is removed on exit, or by the next writer of ``path``
+    when this process was killed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+    with temp_dir_for(path) as tmp:
         npy = Path(tmp) / f"{KEY_ENERGY}.npy"
         out = np.lib.format.open_memmap(npy, mode="w+", dtype=np.float32, shape=(n, IMAGE_SIZE, IMAGE_SIZE))
         _fill(out, batches, n, progress, path.name)
@@ -227,6 +234,8 @@ def predict_with_generator(
 ) -> list[Path]:
     """Write both prediction files for an in-memory generator; inputs are validated before any work."""
     outputs = writable_prediction_paths(out_dir, overwrite)
+    for out in outputs:
+        remove_stale_temps(out)  # what a killed run left while writing these files
     datasets = {}
     for split in PREDICT_SPLITS:
         datasets[split] = load_npz(require_file(split_path(data_dir, split)), require_energy=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 
 from calogan.core import options
 from calogan.core.errors import InputError
-from calogan.core.runtime import atomic_write_json, progress_disabled
+from calogan.core.runtime import atomic_write_json, make_temp_dir, progress_disabled
 from calogan.ecal.data import (
     CELL_CENTRES,
     ENERGY_UNITS_PER_GEV,
@@ -286,7 +287,9 @@ def write_dataset(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{out}: cannot create the output directory ({exc.strerror or exc})") from None
-    tag = f".partial-{os.getpid()}-"
+    # staged in one folder beside the manifest (.calogan-tmp-manifest.json.<pid>.<random>), removed on exit or,
+    # after a kill, by the next run
+    staging = make_temp_dir(paths[MANIFEST_NAME])
     temps: dict[str, Path] = {}
     t0 = time.perf_counter()
     try:
@@ -294,13 +297,11 @@ def write_dataset(
             data = _split_data(sizes[split], seq, prm, progress, desc=f"simulate {split}")
             arrays = data.to_arrays()
             if split == "train":
-                temps["data_train.npz"] = save_npz(out / f"{tag}data_train.npz", arrays)
+                temps["data_train.npz"] = save_npz(staging / "data_train.npz", arrays)
             else:
                 conditions = {k: v for k, v in arrays.items() if k != "EnergyDeposit"}
-                temps[f"data_{split}.npz"] = save_npz(out / f"{tag}data_{split}.npz", conditions)
-                temps[f"data_{split}_solution.npz"] = save_npz(
-                    out / f"{tag}data_{split}_solution.npz", arrays
-                )
+                temps[f"data_{split}.npz"] = save_npz(staging / f"data_{split}.npz", conditions)
+                temps[f"data_{split}_solution.npz"] = save_npz(staging / f"data_{split}_solution.npz", arrays)
             del data, arrays
         manifest = {
             "simulator_version": SIMULATOR_VERSION,
@@ -317,8 +318,7 @@ def write_dataset(
         temps.clear()
         atomic_write_json(paths[MANIFEST_NAME], manifest)
     finally:
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
     return manifest
 
 

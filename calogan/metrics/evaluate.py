@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +19,9 @@ import torch
 
 from calogan.core import options
 from calogan.core.errors import InputError
-from calogan.core.runtime import atomic_write_json, keep_freed_memory, select_device
-from calogan.ecal.data import CaloData, load_npz, load_prediction, split_path
+from calogan.core.runtime import atomic_write_json, keep_freed_memory, scratch_dir, select_device
+from calogan.core.safezip import check_upload, extract_upload
+from calogan.ecal.data import CaloData, load_npz, load_prediction, prediction_bytes_limit, split_path
 from calogan.ecal.physics import physical_statistics, standardise_statistics
 from calogan.metrics.embedder import load_or_train_embedder
 from calogan.metrics.prd import compute_prd
@@ -224,35 +224,37 @@ def parse_metrics(spec: str) -> list[str]:
 # ---------------------------------------------------------------- reading predictions
 
 
-def _read_zip(zpath: Path, splits: Sequence[str], tmp: Path) -> dict[str, Path]:
-    """Extract exactly the two prediction files from the root of a submission zip; anything else is refused."""
-    try:
-        with zipfile.ZipFile(zpath) as zf:
-            names = zf.namelist()
-            expected = set(PREDICTION_NAMES.values())
-            extra = sorted(n for n in names if n not in expected)
-            if extra:
-                raise InputError(
-                    f"{zpath}: unexpected entries {', '.join(extra[:5])} (the zip must hold exactly "
-                    f"{' and '.join(sorted(expected))} at its root, nothing else)"
-                )
-            missing = sorted(expected - set(names))
-            if missing:
-                raise InputError(f"{zpath}: missing {', '.join(missing)} at the zip root")
-            if len(names) != len(set(names)):
-                raise InputError(f"{zpath}: duplicate entries")
-            out = {}
-            for split in splits:
-                target = tmp / PREDICTION_NAMES[split]
-                target.write_bytes(zf.read(PREDICTION_NAMES[split]))
-                out[split] = target
-            return out
-    except zipfile.BadZipFile as exc:
-        raise InputError(f"{zpath}: not a readable zip file ({exc})") from None
+def read_upload_zip(
+    zpath: Path, splits: Sequence[str], dest: Path, n_events: dict[str, int | None] | None = None
+) -> dict[str, Path]:
+    """Check a submission zip as an untrusted upload and stream the wanted prediction files into ``dest``.
+
+    The zip must hold exactly the two prediction files at its root (calogan.core.safezip.check_upload: no
+    duplicates, paths, links or zip bombs); each may declare and yield at most
+    ``prediction_bytes_limit(N)`` bytes, N from ``n_events`` (1 GiB where unknown). Returns {split: path}.
+    """
+    n_events = n_events or {}
+    limits = {PREDICTION_NAMES[s]: prediction_bytes_limit(n_events.get(s)) for s in SPLITS}
+    files = extract_upload(
+        zpath, [PREDICTION_NAMES[s] for s in splits], dest, PREDICTION_NAMES.values(), limits
+    )
+    return {s: files[PREDICTION_NAMES[s]] for s in splits}
+
+
+def check_prediction_file(path: Path, n: int | None, shown: str) -> None:
+    """An uploaded prediction npz is a zip too: its members may hold no more than a prediction can.
+
+    Files that are no zip at all are left to the npz reader, which names the problem.
+    """
+    if not (path.is_file() and zipfile.is_zipfile(path)):
+        return
+    limit = prediction_bytes_limit(n)
+    check_upload(path, None, limit, limit, max_ratio=None, label=shown)
 
 
 def _load_pred(path: Path, n: int, shown: str) -> np.ndarray:
     """load_prediction with errors naming ``shown`` (e.g. zip:member) instead of a temp path."""
+    check_prediction_file(path, n, shown)
     try:
         return load_prediction(path, n_expected=n)
     except InputError as exc:
@@ -314,11 +316,11 @@ def evaluate_predictions(
     options.check_int("--runs", runs, 1)
     dev = select_device("auto") if device is None else torch.device(device)
     results: dict = {}
-    with tempfile.TemporaryDirectory(prefix="calogan-eval-") as tmpdir:
+    with scratch_dir("evaluate") as tmpdir:
         if pred.is_file() and (
             pred.suffix.lower() == ".zip" or (pred.suffix != ".npz" and zipfile.is_zipfile(pred))
         ):
-            files = _read_zip(pred, splits, Path(tmpdir))
+            files = read_upload_zip(pred, splits, tmpdir, {s: len(truths[s]) for s in splits})
             shown = {s: f"{pred}:{PREDICTION_NAMES[s]}" for s in splits}
         elif pred.is_dir():
             files = {s: pred / PREDICTION_NAMES[s] for s in splits}

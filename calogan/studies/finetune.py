@@ -27,6 +27,7 @@ from calogan.core.engine import AdversarialEngine, AdversarialTask, Batch, Engin
 from calogan.core.errors import InputError
 from calogan.core.runtime import (
     atomic_torch_save,
+    atomic_write,
     atomic_write_json,
     atomic_write_text,
     seed_everything,
@@ -146,10 +147,7 @@ def plot_histograms(path: Path, title: str, real: np.ndarray, samples: dict[str,
     ax.set_xlabel(title)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=90))
     return path
 
 

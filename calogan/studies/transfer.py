@@ -16,7 +16,13 @@ import numpy as np
 
 from calogan.core import options
 from calogan.core.errors import InputError
-from calogan.core.runtime import atomic_write_json, atomic_write_text, select_device
+from calogan.core.runtime import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    select_device,
+    temp_dir_for,
+)
 from calogan.ecal.data import ENERGY_UNITS_PER_GEV, CaloData, load_npz, require_file, save_npz, split_path
 from calogan.ecal.models import load_generator
 from calogan.ecal.physics import cluster_3x3, energy_response, momentum_quantile_bins
@@ -158,6 +164,8 @@ def transfer_study(
     if checkpoint is not None:
         load_checked_checkpoint(checkpoint, data_dir)
     else:
+        for name in REPORT_FILES:  # the reports of an earlier study describe the run replaced here
+            (out_dir / name).unlink(missing_ok=True)
         checkpoint = _train_on_selection(data_dir, sel_train, out_dir, preset, seed, device, progress)
     generator, _ = load_generator(checkpoint, device=dev, ema=True)
     cfg = FinetuneConfig(**PRESETS[preset], seed=seed)
@@ -174,11 +182,26 @@ def transfer_study(
             generator, val, sel_test, "--test-selection", cfg, embedder, dev
         ),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plot_transfer(out_dir / "transfer.png", result)
-    atomic_write_json(out_dir / "results.json", result)
-    atomic_write_text(out_dir / "report.md", render_report(result))
+    write_reports(out_dir, result)
     return result
+
+
+#: The report files of a study, in the order they are moved into place (report.md last).
+REPORT_FILES = ("transfer.png", "results.json", "report.md")
+
+
+def write_reports(out_dir: Path, result: dict) -> None:
+    """Write the three reports into a temp folder in ``out_dir``, then move them into place together.
+
+    A failure (or a kill) while they are written leaves no partial report set: the earlier reports, if any,
+    stay as they were, and the temp folder is removed on exit or by the next study writing there.
+    """
+    with temp_dir_for(out_dir / "report.md") as staging:
+        plot_transfer(staging / "transfer.png", result)
+        atomic_write_json(staging / "results.json", result)
+        atomic_write_text(staging / "report.md", render_report(result))
+        for name in REPORT_FILES:
+            os.replace(staging / name, out_dir / name)
 
 
 def plot_transfer(path: Path, result: dict) -> Path:
@@ -204,9 +227,7 @@ def plot_transfer(path: Path, result: dict) -> Path:
     ax2.set_ylabel("efficiency gen − real")
     ax2.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=90))
     return path
 
 

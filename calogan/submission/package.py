@@ -14,12 +14,10 @@ temp file and renamed, so a failure never leaves a partial zip.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from calogan.core import options
 from calogan.core.errors import InputError
-from calogan.core.runtime import atomic_write
+from calogan.core.runtime import atomic_write, remove_stale_temps, scratch_dir, select_device, temp_dir_for
 from calogan.ecal.data import (
     IMAGE_SIZE,
     KEY_ENERGY,
@@ -44,7 +43,7 @@ from calogan.ecal.export import export_generator
 from calogan.ecal.models import load_generator
 from calogan.ecal.predict import PREDICT_SPLITS, ZIP_EPOCH, predict_dir
 from calogan.metrics.embedder import DEFAULT_NAME, load_or_train_embedder
-from calogan.metrics.evaluate import score_arrays
+from calogan.metrics.evaluate import check_prediction_file, read_upload_zip, score_arrays
 from calogan.submission.codesub import METADATA_COMMAND, SOLUTION_SCRIPT
 
 PREDICTION_NAMES = tuple(f"data_{split}_prediction.npz" for split in PREDICT_SPLITS)
@@ -158,50 +157,36 @@ def check_zip(
 ) -> tuple[list[FileReport], dict[str, np.ndarray]]:
     """Validate a results zip as the scoring program reads it; return per-file reports and the images.
 
-    Refused (InputError, one line): not a zip, missing or extra files, nested folders, pickled/object
+    The zip is read as an untrusted upload (calogan.metrics.evaluate.read_upload_zip: the central directory is
+    checked before anything is extracted, then the two files are streamed out with a size limit). Refused
+    (InputError, one line): not a zip, missing, extra or duplicate files, nested folders or other paths,
+    symlinks, sizes beyond what N events can take (1 GiB each when N is unknown), zip bombs, pickled/object
     arrays, wrong key/shape/N, NaN/Inf, negative energies. N is checked when ``data_dir`` has the data files.
     """
     zip_path = Path(zip_path)
     if not zip_path.is_file():
         raise InputError(f"{zip_path}: file not found")
-    if not zipfile.is_zipfile(zip_path):
-        raise InputError(f"{zip_path}: not a zip archive")
     sizes = expected_sizes(data_dir, required=False)
     reports, images = [], {}
-    with zipfile.ZipFile(zip_path) as zf, tempfile.TemporaryDirectory(prefix="calogan-check-") as tmp:
-        names = [info.filename for info in zf.infolist() if not info.is_dir()]
-        nested = [n for n in names if "/" in n.strip("/") and n.rsplit("/", 1)[-1] in PREDICTION_NAMES]
-        if nested:
-            raise InputError(
-                f"{zip_path}: '{nested[0]}' is inside a folder; the prediction files must be at the zip root"
-            )
-        missing = [n for n in PREDICTION_NAMES if n not in names]
-        if missing:
-            raise InputError(
-                f"{zip_path}: missing {', '.join(missing)} (has: {', '.join(names) or 'nothing'})"
-            )
-        extra = [n for n in names if n not in PREDICTION_NAMES]
-        if extra:
-            raise InputError(
-                f"{zip_path}: unexpected extra file(s) {', '.join(extra[:5])}; keep only the two predictions"
-            )
+    with scratch_dir("package-check") as tmp:
+        files = read_upload_zip(zip_path, PREDICT_SPLITS, tmp, sizes)
         for split, name in zip(PREDICT_SPLITS, PREDICTION_NAMES):
             label = f"{zip_path}:{name}"
-            try:
-                extracted = Path(zf.extract(name, tmp))
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise InputError(f"{label}: cannot be extracted ({exc})") from None
+            extracted = files[split]
+            check_prediction_file(extracted, sizes[split], label)
             try:
                 arrays = open_npz(extracted)
             except InputError as exc:
                 raise InputError(str(exc).replace(str(extracted), label)) from None
             images[split] = check_prediction_arrays(label, arrays, sizes[split])
             notes = format_notes(arrays)
+            del arrays
             if sizes[split] is None:
                 notes.append("N not checked (data file not found; pass --data DIR)")
             reports.append(
                 FileReport(name, len(images[split]), extracted.stat().st_size, sha256_file(extracted), notes)
             )
+            extracted.unlink()
     return reports, images
 
 
@@ -245,13 +230,6 @@ def _write_zip_atomic(
     return atomic_write(out, write)
 
 
-def _refuse_existing(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise InputError(f"{out}: already exists (pass --overwrite to replace it)")
-    if out.is_dir():
-        raise InputError(f"{out}: is a directory, expected a .zip file name")
-
-
 def build_results_zip(
     predictions_dir: str | os.PathLike,
     data_dir: str | os.PathLike = "data",
@@ -270,14 +248,14 @@ def build_results_zip(
     mantissa_bits = check_mantissa_bits(mantissa_bits)
     predictions_dir = Path(predictions_dir)
     out = Path(out) if out else default_zip_name(predictions_dir, "results")
-    _refuse_existing(out, overwrite)
+    options.check_output_file(out, overwrite, "--out")
     if not predictions_dir.is_dir():
         raise InputError(
             f"{predictions_dir}: not a folder with data_val_prediction.npz and data_test_prediction.npz"
         )
     sizes = expected_sizes(data_dir, required=True)
     reports, entries = [], {}
-    with tempfile.TemporaryDirectory(prefix="calogan-package-") as tmp:
+    with temp_dir_for(out) as tmp:
         for split, name in zip(PREDICT_SPLITS, PREDICTION_NAMES):
             path = predictions_dir / name
             if not path.exists():
@@ -314,7 +292,7 @@ def build_code_zip(
     """Build a code submission from a checkpoint's EMA generator; see :func:`build_code_zip_from_generator`."""
     checkpoint = Path(checkpoint)
     out = Path(out) if out else default_zip_name(checkpoint, "code")
-    _refuse_existing(out, overwrite)
+    options.check_output_file(out, overwrite, "--out")
     require_file(checkpoint, hint="pass the checkpoint written by `python -m calogan.train`")
     generator, _ = load_generator(checkpoint, device="cpu", ema=True)
     info = {"checkpoint": checkpoint.name, "checkpoint_sha256": sha256_file(checkpoint)}
@@ -333,9 +311,8 @@ def build_code_zip_from_generator(
 
     The solution needs only numpy and torch; it draws noise exactly like calogan.ecal.predict.
     """
-    out = Path(out)
-    _refuse_existing(out, overwrite)
-    with tempfile.TemporaryDirectory(prefix="calogan-code-") as tmp:
+    out = options.check_output_file(out, overwrite, "--out")
+    with temp_dir_for(out) as tmp:
         weights, err = export_generator(generator, Path(tmp) / "generator.pt", "torchscript", meta=info)
         config = {
             "weights": "generator.pt",
@@ -404,9 +381,8 @@ def print_summary(zip_path: Path, reports: list[FileReport], score: dict | str |
             )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: build (from a checkpoint or prediction files) or --check a submission zip."""
-    parser = argparse.ArgumentParser(prog="python -m calogan.package", description=__doc__.splitlines()[0])
+def build_parser() -> options.ArgumentParser:
+    parser = options.ArgumentParser(prog="python -m calogan.package", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--checkpoint", help="checkpoint: predictions are generated first (results) or exported (code)"
@@ -420,31 +396,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", help="zip to write (default: submissions/<run>-<date>.zip)")
     parser.add_argument(
-        "--kind", choices=("results", "code"), default="results", help="results zip or code submission"
+        "--kind",
+        type=options.choice("results", "code"),
+        default="results",
+        help="results zip or code submission (default results)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="noise seed for generation (default 0)")
-    parser.add_argument("--batch-size", type=int, default=128, help="generation batch size (default 128)")
+    parser.add_argument("--seed", type=options.seed, default=0, help="noise seed for generation (default 0)")
+    parser.add_argument(
+        "--batch-size", type=options.count(1), default=128, help="generation batch size (default 128)"
+    )
     parser.add_argument("--device", default="auto", help="device for generation (default auto)")
     parser.add_argument("--no-score", action="store_true", help="skip the local score")
     parser.add_argument(
-        "--score-runs", type=int, default=100, help="PRD runs for the local score (default 100)"
+        "--score-runs", type=options.count(1), default=100, help="PRD runs for the local score (default 100)"
     )
     parser.add_argument(
         "--mantissa-bits",
-        type=int,
+        type=options.count(1, FLOAT32_MANTISSA_BITS),
         metavar="N",
         help=f"results zips: round the float32 energies to N explicit mantissa bits, 1..23 (default "
         f"{DEFAULT_MANTISSA_BITS}: max relative error 4.9e-4, ~60 %% of the raw size; 23: exact, no rounding)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing zip")
-    args = parser.parse_args(argv)
+    return parser
 
-    if args.mantissa_bits is not None:
-        check_mantissa_bits(args.mantissa_bits)
-        if args.check or args.kind == "code":
-            raise InputError(
-                "--mantissa-bits: applies only when building a results zip (not --check or --kind code)"
-            )
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: build (from a checkpoint or prediction files) or --check a submission zip.
+
+    Every option and the output zip are checked before any work (docs/cli.md: option and output rules).
+    """
+    args = build_parser().parse_args(argv)
+    if args.mantissa_bits is not None and (args.check or args.kind == "code"):
+        raise InputError(
+            "--mantissa-bits: applies only when building a results zip (not --check or --kind code)"
+        )
     bits = DEFAULT_MANTISSA_BITS if args.mantissa_bits is None else args.mantissa_bits
     if args.check:
         reports, images = check_zip(args.check, args.data)
@@ -452,29 +438,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("OK: valid results submission")
         print_summary(Path(args.check), reports, score)
         return 0
+    if args.kind == "code" and not args.checkpoint:
+        raise InputError("--kind code: needs --checkpoint (the generator is exported into the zip)")
+    source = Path(args.checkpoint or args.predictions)
+    out = Path(args.out) if args.out else default_zip_name(source, args.kind)
+    options.check_output_file(out, args.overwrite, "--out")
+    if args.checkpoint:
+        select_device(args.device)  # an unknown or unavailable device is refused before any work
+    remove_stale_temps(out)  # what a killed run left while writing this zip
     if args.kind == "code":
-        if not args.checkpoint:
-            raise InputError("--kind code: needs --checkpoint (the generator is exported into the zip)")
-        out, config = build_code_zip(args.checkpoint, args.out, args.overwrite, args.seed, args.batch_size)
+        out, config = build_code_zip(args.checkpoint, out, args.overwrite, args.seed, args.batch_size)
         print(f"wrote {out}: code submission ({', '.join(CODE_FILES)}), noise_dim={config['noise_dim']}")
         print(f"  {out.stat().st_size / 1e6:.1f} MB, sha256 {sha256_file(out)}")
         print(f"  metadata: command: python3 $program/solution.py $input $output (seed {args.seed})")
         return 0
     if args.checkpoint:
-        out = Path(args.out) if args.out else default_zip_name(Path(args.checkpoint), "results")
-        _refuse_existing(out, args.overwrite)
-        staging = Path(
-            tempfile.mkdtemp(prefix=".calogan-predictions-", dir=out.parent if out.parent.exists() else None)
-        )
-        try:
+        with temp_dir_for(out) as staging:
             predict_dir(args.checkpoint, args.data, staging, args.seed, True, args.batch_size, args.device)
             out, reports = build_results_zip(staging, args.data, out, args.overwrite, mantissa_bits=bits)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     else:
-        out, reports = build_results_zip(
-            args.predictions, args.data, args.out, args.overwrite, mantissa_bits=bits
-        )
+        out, reports = build_results_zip(args.predictions, args.data, out, args.overwrite, mantissa_bits=bits)
     score = None
     if not args.no_score:
         _, images = check_zip(out, args.data)

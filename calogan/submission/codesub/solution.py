@@ -76,7 +76,8 @@ def generate(
 
 def save_atomic(path: Path, images: np.ndarray) -> None:
     """np.savez through a temp file + rename, so no partial prediction file is ever left."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # calogan's temp naming (.calogan-tmp-<name>.<pid>.<random>): calogan writers of the same file remove leftovers
+    fd, tmp = tempfile.mkstemp(prefix=f".calogan-tmp-{path.name}.{os.getpid()}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, EnergyDeposit=images)
