@@ -338,6 +338,27 @@ def torch_load_safe(path: str | os.PathLike, map_location="cpu") -> Any:
         ) from None
 
 
+def require_finite_tensors(path: str | os.PathLike, checkpoint: dict, keys: Sequence[str]) -> None:
+    """Refuse (InputError naming the file and entry) a checkpoint whose float tensors under ``keys`` hold NaN/Inf.
+
+    Each key may hold one tensor or a dict of tensors (a state dict); missing keys are skipped.
+    """
+    for key in keys:
+        value = checkpoint.get(key)
+        if value is None:
+            continue
+        tensors = value.items() if isinstance(value, dict) else [(key, value)]
+        for name, tensor in tensors:
+            if (
+                isinstance(tensor, torch.Tensor)
+                and tensor.is_floating_point()
+                and not torch.isfinite(tensor).all()
+            ):
+                bad = int((~torch.isfinite(tensor)).sum())
+                where = key if name == key else f"{key}/{name}"
+                raise InputError(f"{path}: {bad} NaN/Inf value(s) in {where}; the checkpoint is unusable")
+
+
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
 
 

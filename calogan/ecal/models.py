@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from calogan.core.errors import InputError
-from calogan.core.runtime import torch_load_safe
+from calogan.core.runtime import require_finite_tensors, torch_load_safe
 from calogan.ecal.data import CELL_CENTRES, ENERGY_UNITS_PER_GEV, ConditionNormalizer
 
 #: Smallest resolved energy fraction in the critic's log space (the sparsity statistics go down to 1e-5).
@@ -349,6 +349,7 @@ def check_checkpoint(ckpt: object, path: str | Path) -> dict:
     missing = [k for k in ("model_config", "generator", "generator_ema", "step") if k not in ckpt]
     if missing:
         raise InputError(f"{path}: checkpoint lacks key(s) {', '.join(missing)}")
+    require_finite_tensors(path, ckpt, ("generator", "generator_ema", "critic"))
     return ckpt
 
 

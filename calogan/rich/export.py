@@ -31,7 +31,13 @@ from torch import nn
 
 from calogan.core import options
 from calogan.core.errors import InputError
-from calogan.core.runtime import atomic_write, atomic_write_json, run_cli, torch_load_safe
+from calogan.core.runtime import (
+    atomic_write,
+    atomic_write_json,
+    require_finite_tensors,
+    run_cli,
+    torch_load_safe,
+)
 from calogan.ecal.export import require_onnx, trace_to_onnx
 from calogan.rich import DLL_COLUMNS, INPUT_COLUMNS, SENTINEL
 from calogan.rich.data import _BASIS_PAIRS, NORICH_ETA_EDGES, NORICH_P_EDGES, QuantileNormal, check_dll_basis
@@ -288,14 +294,10 @@ def check_checkpoint(path: str | os.PathLike) -> None:
         raise InputError(f"{path}: not a calogan RICH checkpoint (format != {CHECKPOINT_FORMAT})")
     for key in ("generator_ema", "qt_in", "qt_out", "no_rich_table"):
         value = ckpt.get(key)
-        tensors = value.items() if isinstance(value, dict) else [(key, value)]
-        for name, t in tensors:
-            if not isinstance(t, torch.Tensor):
-                raise InputError(f"{path}: checkpoint entry {key} is missing or not tensors")
-            if t.is_floating_point() and not torch.isfinite(t).all():
-                bad = int((~torch.isfinite(t)).sum())
-                where = key if name == key else f"{key}/{name}"
-                raise InputError(f"{path}: {bad} NaN/Inf value(s) in {where}; refusing to export")
+        tensors = value.values() if isinstance(value, dict) else [value]
+        if not all(isinstance(t, torch.Tensor) for t in tensors):
+            raise InputError(f"{path}: checkpoint entry {key} is missing or not tensors")
+    require_finite_tensors(path, ckpt, ("generator_ema", "qt_in", "qt_out", "no_rich_table"))
 
 
 def example_inputs(model: RichModel, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

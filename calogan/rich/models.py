@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from calogan.core.errors import InputError
-from calogan.core.runtime import torch_load_safe
+from calogan.core.runtime import require_finite_tensors, torch_load_safe
 from calogan.rich import SENTINEL
 from calogan.rich.data import QuantileNormal, from_basis, model_inputs, no_rich_probability
 
@@ -116,6 +116,9 @@ def load_rich_model(path, device="cpu", ema: bool = True) -> RichModel:
     ckpt = torch_load_safe(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path}: not a calogan RICH checkpoint (format != {CHECKPOINT_FORMAT})")
+    require_finite_tensors(
+        path, ckpt, ("generator_ema" if ema else "generator", "qt_in", "qt_out", "no_rich_table")
+    )
     g, _ = build_models(ckpt["model_config"])
     g.load_state_dict(ckpt["generator_ema" if ema else "generator"])
     qt_in = QuantileNormal.from_arrays(
