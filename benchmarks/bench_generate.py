@@ -25,6 +25,7 @@ import torch
 from calogan.ecal.models import build_generator
 from calogan.ecal.predict import predict_with_generator
 from calogan.ecal.simulate import sample_conditions, simulate_showers
+from calogan.ecal.train import PRESETS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -44,9 +45,13 @@ BATCHES = (1, 64, 1024)
 
 
 def build_models() -> dict[str, torch.nn.Module]:
-    """The default generator and the 2019 baseline, as built by calogan.ecal.models (random weights)."""
+    """The generator of the quick (and long) preset, the class-default generator and the 2019 baseline (random weights)."""
     torch.manual_seed(0)
+    quick = PRESETS["quick"]
     return {
+        "quick": build_generator(
+            {"model": "shower", "gen_pad": quick["gen_pad"], "noise_modulation": quick["noise_modulation"]}
+        ).eval(),  # fmt: skip
         "default": build_generator({"model": "shower"}).eval(),
         "baseline2019": build_generator({"model": "baseline2019"}).eval(),
     }
@@ -180,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", help="also write the results as JSON")
     parser.add_argument("--threads", type=int, help="torch/onnxruntime intra-op threads (default: torch's)")
-    parser.add_argument("--models", nargs="+", default=["default", "baseline2019"], help="subset of models")
+    parser.add_argument(
+        "--models", nargs="+", default=["quick", "default", "baseline2019"], help="subset of models"
+    )
     parser.add_argument(
         "--allocator",
         choices=("keep", "default"),
