@@ -36,6 +36,10 @@ package: install
 	$(PY) -m calogan.package --predictions runs/$(RUN_NAME)/predictions --data $(DATA) --out submissions/$(RUN_NAME).zip --overwrite --score-runs 20
 
 run: train evaluate package
+	@$(PY) -c 'import json, sys; r = json.load(open(sys.argv[1]))["val"]; f = r.get("fidelity") or {}; nan = float("nan"); \
+		print("val: score %.3f (real-vs-real ceiling %.3f); high-level classifier AUC %.3f (real 0.5); FPD %.2f (real 0); worst separation %.3f (%s)" \
+		% (r["score"], r["ceiling"], f.get("auc_high", nan), f.get("fpd", nan), f.get("sep_max", nan), f.get("sep_max_observable", "n/a")))' \
+		runs/$(RUN_NAME)/score.json
 	@echo "done: runs/$(RUN_NAME)/ (checkpoints, plots, score.json) and submissions/$(RUN_NAME).zip"
 
 lint: install-dev
