@@ -281,3 +281,24 @@ def test_time_budget_stops_early_with_a_valid_checkpoint(rich_dir, tmp_path):
     assert model.meta["step"] == 1
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 1
+
+
+def test_transfer_failure_leaves_no_partial_report(tiny_ckpt, rich_dir, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for sample in ("train", "test"):  # no transfer sample: the second evaluation fails
+        src = sample_path(rich_dir, "kaon", sample)
+        (data / src.name).write_bytes(src.read_bytes())
+    out = tmp_path / "out"
+    args = [
+        "--checkpoint",
+        str(tiny_ckpt),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--classifier-iters",
+        "10",
+    ]
+    assert run_cli(rich_transfer.main, args) == 2
+    assert not out.exists() or not list(out.iterdir())  # neither the test report nor a temp folder

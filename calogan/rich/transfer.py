@@ -11,10 +11,12 @@ writes one table, OUT/summary.{md,json}, with each particle's reports in OUT/{pa
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from calogan.core.runtime import atomic_write_json, atomic_write_text, run_cli
+from calogan.core.runtime import atomic_write_json, atomic_write_text, run_cli, temp_dir_for
 from calogan.rich.evaluate import (
     NOT_TRAINED,
     evaluate_checkpoint,
@@ -37,10 +39,22 @@ def transfer_test(
 ) -> dict:
     """Evaluate on test and transfer samples; write out_dir/{test,transfer}/ reports and transfer.json/.md."""
     out_dir = Path(out_dir)
-    reports = {
-        s: evaluate_checkpoint(checkpoint, data_dir, out_dir / s, s, seed, device, plots, classifier_iters)
-        for s in ("test", "transfer")
-    }
+    with temp_dir_for(
+        out_dir / "transfer.md"
+    ) as staging:  # both samples evaluated before either report lands
+        reports = {
+            s: evaluate_checkpoint(
+                checkpoint, data_dir, staging / s, s, seed, device, plots, classifier_iters
+            )
+            for s in ("test", "transfer")
+        }
+        for s, rep in reports.items():  # the plot paths name the folders the reports end up in
+            rep["plots"] = [str(out_dir / s / "plots" / Path(p).name) for p in rep.get("plots", [])]
+            atomic_write_json(staging / s / "report.json", rep)
+        for s in reports:
+            if (out_dir / s).exists():
+                shutil.rmtree(out_dir / s)
+            os.replace(staging / s, out_dir / s)
     result: dict = {"checkpoint": str(checkpoint), "samples": {}}
     for s, rep in reports.items():
         result["samples"][s] = rep["summary"]
