@@ -22,9 +22,10 @@ def subplots(*args, figsize=None, layout=None, **kwargs):
     return fig, fig.subplots(*args, **kwargs)
 
 
-def _save(fig, path: Path) -> Path:
+def save_png(fig, path: Path, dpi: int = 110) -> Path:
+    """Lay out ``fig`` and write it as a PNG atomically (a kill never leaves a truncated plot)."""
     fig.tight_layout()
-    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi))
 
 
 def plot_prd(curves: dict, path: Path, title: str = "PRD curves") -> Path:
@@ -36,7 +37,7 @@ def plot_prd(curves: dict, path: Path, title: str = "PRD curves") -> Path:
     ax.set(xlabel="precision", ylabel="recall", xlim=(0, 1.02), ylim=(0, 1.02), title=title)
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_statistics(stats_true: np.ndarray, stats_gen: np.ndarray, path: Path, names=None) -> Path:
@@ -56,7 +57,7 @@ def plot_statistics(stats_true: np.ndarray, stats_gen: np.ndarray, path: Path, n
     fig.suptitle(
         "Physical statistics (widths in cm, asymmetries and sparsity dimensionless), 0.5–99.5% range"
     )
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_showers(
@@ -108,7 +109,7 @@ def plot_energy_response(true_images, gen_images, momentum, path: Path, bins: in
     for ax in (a1, a2):
         ax.legend()
         ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def make_all_plots(details: dict, out_dir: Path) -> list[Path]:

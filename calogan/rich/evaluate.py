@@ -25,7 +25,7 @@ import numpy as np
 from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write_json, atomic_write_text, run_cli, select_device, torch_load_safe
-from calogan.metrics.plots import subplots
+from calogan.metrics.plots import save_png, subplots
 from calogan.metrics.two_sample import binned_efficiency, classifier_scores, weighted_auc
 from calogan.rich import DLL_COLUMNS, PARTICLES, SAMPLES
 from calogan.rich.data import RichSample, load_sample, require_sample, sample_path
@@ -187,9 +187,7 @@ def make_plots(report: dict, real: RichSample, gen_dlls: np.ndarray, out_dir: Pa
                 )
                 ax.set_title(f"{name}, {var} in [{edges[i]:g}, {edges[i + 1]:g})", fontsize=8)
         axes[0, 0].legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out_dir / f"dll_hist_{var}.png")
-        fig.savefig(paths[-1], dpi=70)
+        paths.append(save_png(fig, out_dir / f"dll_hist_{var}.png", dpi=70))
     for name, per_var in report["efficiencies"].items():
         fig, axes = subplots(2, 2, figsize=(9, 6), sharex="col", gridspec_kw={"height_ratios": [2, 1]})
         for j, (var, t) in enumerate(per_var.items()):
@@ -206,9 +204,7 @@ def make_plots(report: dict, real: RichSample, gen_dlls: np.ndarray, out_dir: Pa
         axes[0, 0].set_ylabel(f"eff({name})")
         axes[1, 0].set_ylabel("gen / real")
         axes[0, 0].legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(out_dir / f"eff_{name.replace('>', 'gt').replace('-', 'm')}.png")
-        fig.savefig(paths[-1], dpi=70)
+        paths.append(save_png(fig, out_dir / f"eff_{name.replace('>', 'gt').replace('-', 'm')}.png", dpi=70))
     return paths
 
 

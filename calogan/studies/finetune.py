@@ -27,7 +27,6 @@ from calogan.core.engine import AdversarialEngine, AdversarialTask, Batch, Engin
 from calogan.core.errors import InputError
 from calogan.core.runtime import (
     atomic_torch_save,
-    atomic_write,
     atomic_write_json,
     atomic_write_text,
     seed_everything,
@@ -53,7 +52,7 @@ from calogan.ecal.predict import generate
 from calogan.ecal.soft_stats import energy_response_t
 from calogan.metrics.embedder import load_embedder
 from calogan.metrics.evaluate import score_arrays
-from calogan.metrics.plots import subplots
+from calogan.metrics.plots import save_png, subplots
 from calogan.studies.surrogate import (
     DIRECT_TARGETS,
     LOSSES,
@@ -146,9 +145,7 @@ def plot_histograms(path: Path, title: str, real: np.ndarray, samples: dict[str,
         ax.hist(values[:, 0], edges, histtype="step", lw=1.5, label=label, density=True)
     ax.set_xlabel(title)
     ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=90))
-    return path
+    return save_png(fig, path, dpi=90)
 
 
 def score_images(images: np.ndarray, data: CaloData, embedder, cfg: FinetuneConfig, device) -> dict:

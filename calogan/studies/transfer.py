@@ -17,7 +17,6 @@ import numpy as np
 from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.runtime import (
-    atomic_write,
     atomic_write_json,
     atomic_write_text,
     select_device,
@@ -29,7 +28,7 @@ from calogan.ecal.physics import cluster_3x3, energy_response, momentum_quantile
 from calogan.ecal.predict import generate
 from calogan.ecal.train import PRESETS as TRAIN_PRESETS
 from calogan.ecal.train import make_config, train
-from calogan.metrics.plots import subplots
+from calogan.metrics.plots import save_png, subplots
 from calogan.metrics.response import response_rows
 from calogan.metrics.two_sample import binned_efficiency
 from calogan.studies.finetune import (
@@ -226,9 +225,7 @@ def plot_transfer(path: Path, result: dict) -> Path:
     ax2.axhline(0.0, color="k", lw=0.8)
     ax2.set_ylabel("efficiency gen − real")
     ax2.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=90))
-    return path
+    return save_png(fig, path, dpi=90)
 
 
 def render_report(result: dict) -> str:
