@@ -369,8 +369,11 @@ class AdversarialEngine:
         return {"loss_critic": loss.detach(), "wasserstein": wdist.detach(), "gradient_penalty": gp.detach(),
                 "grad_norm_mean": norms.mean()}  # fmt: skip
 
-    def generator_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One generator update: -E_w[D(fake)] plus the task's extra terms; refuses to apply a NaN/Inf step."""
+    def generator_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Gradients of -E_w[D(fake)] plus the task's extra terms: (losses, generated batch).
+
+        The optimiser step is left to the caller, which applies it only when every loss is finite.
+        """
         task = self.task
         fake = task.generator(self._noise(len(batch.cond)), batch.cond)
         adversarial = -_mean(
@@ -381,9 +384,8 @@ class AdversarialEngine:
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         _allreduce_grads(task.generator, self.world)
-        out = {"loss_generator": loss.detach(), **{f"loss_{k}": v.detach() for k, v in extra.items()}}
-        out["_fake"] = fake.detach()
-        return out
+        losses = {"loss_generator": loss.detach(), **{f"loss_{k}": v.detach() for k, v in extra.items()}}
+        return losses, fake.detach()
 
     # ------------------------------------------------------------ the loop
 
@@ -403,8 +405,7 @@ class AdversarialEngine:
                     critic_losses = self.critic_step(task.sample(self.sampler, s.batch_size))
                 # phase 2: generator step, applied only when every loss is finite
                 batch = task.sample(self.sampler, s.batch_size)
-                gen_losses = self.generator_step(batch)
-                fake = gen_losses.pop("_fake")
+                gen_losses, fake = self.generator_step(batch)
                 losses = {**critic_losses, **gen_losses}
                 self._check_finite(losses)
                 self.opt_g.step()
