@@ -17,7 +17,7 @@ events' conditions and inherit those weights, so both samples describe the signa
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -328,6 +328,27 @@ def write_summary(out_dir: Path, summary: dict, title: str, columns: Sequence[tu
     atomic_write_text(out_dir / "summary.md", "\n".join(lines) + "\n")
 
 
+def evaluate_trained(
+    run_dir: str | Path,
+    data_dir: str | Path,
+    particle: str,
+    samples: Sequence[str],
+    evaluate_one: Callable[[str, Path], dict],
+) -> dict[str, dict]:
+    """``evaluate_one(name, checkpoint)`` for each trained particle of a run directory, by particle name.
+
+    Every sample file a trained particle needs is checked first; a particle without a checkpoint is listed as
+    not trained.
+    """
+    checkpoints = run_checkpoints(run_dir, particle)
+    require_samples(data_dir, [p for p, c in checkpoints.items() if c], samples)
+    return {
+        name: {"status": NOT_TRAINED} if checkpoint is None
+        else {"status": "evaluated", "checkpoint": str(checkpoint), **evaluate_one(name, checkpoint)}
+        for name, checkpoint in checkpoints.items()
+    }  # fmt: skip
+
+
 def evaluate_all(
     run_dir: str | Path,
     data_dir: str | Path,
@@ -340,23 +361,16 @@ def evaluate_all(
     classifier_iters: int = 200,
 ) -> dict:
     """Evaluate each trained particle of a ``--particle all`` run directory; write OUT/{particle}/ and the summary."""
-    checkpoints = run_checkpoints(run_dir, particle)
-    require_samples(data_dir, [p for p, c in checkpoints.items() if c], [sample])
     out_dir = Path(out_dir)
-    summary: dict = {"run_dir": str(run_dir), "data": str(data_dir), "samples": sample, "particles": {}}
-    for name, checkpoint in checkpoints.items():
-        if checkpoint is None:
-            summary["particles"][name] = {"status": NOT_TRAINED}
-            continue
+
+    def evaluate_one(name: str, checkpoint: Path) -> dict:
         rep = evaluate_checkpoint(
             checkpoint, data_dir, out_dir / name, sample, seed, device, plots, classifier_iters
         )
-        summary["particles"][name] = {
-            "status": "evaluated",
-            "checkpoint": str(checkpoint),
-            "report": str(out_dir / name / "report.md"),
-            **rep["summary"],
-        }
+        return {"report": str(out_dir / name / "report.md"), **rep["summary"]}
+
+    summary: dict = {"run_dir": str(run_dir), "data": str(data_dir), "samples": sample,
+                     "particles": evaluate_trained(run_dir, data_dir, particle, [sample], evaluate_one)}  # fmt: skip
 
     def ratio(key: str):
         return lambda r: f"{r[key]}/{r['bins_checked']}"

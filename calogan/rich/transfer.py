@@ -20,10 +20,9 @@ from calogan.core.runtime import atomic_write_json, atomic_write_text, run_cli, 
 from calogan.rich.evaluate import (
     NOT_TRAINED,
     evaluate_checkpoint,
+    evaluate_trained,
     evaluation_parser,
     parse_evaluation_args,
-    require_samples,
-    run_checkpoints,
     write_summary,
 )
 
@@ -99,27 +98,18 @@ def transfer_all(
     classifier_iters: int = 200,
 ) -> dict:
     """Transfer-test each trained particle of a ``--particle all`` run directory; OUT/{particle}/ and the summary."""
-    checkpoints = run_checkpoints(run_dir, particle)
-    require_samples(data_dir, [p for p, c in checkpoints.items() if c], ("test", "transfer"))
     out_dir = Path(out_dir)
-    summary: dict = {
-        "run_dir": str(run_dir),
-        "data": str(data_dir),
-        "samples": "test, transfer",
-        "particles": {},
-    }
-    for name, checkpoint in checkpoints.items():
-        if checkpoint is None:
-            summary["particles"][name] = {"status": NOT_TRAINED}
-            continue
+
+    def transfer_one(name: str, checkpoint: Path) -> dict:
         res = transfer_test(checkpoint, data_dir, out_dir / name, seed, device, plots, classifier_iters)
-        summary["particles"][name] = {
-            "status": "evaluated",
-            "checkpoint": str(checkpoint),
+        return {
             "report": str(out_dir / name / "transfer.md"),
             "consistent": res["consistent"],
             **res["samples"],
         }
+
+    summary: dict = {"run_dir": str(run_dir), "data": str(data_dir), "samples": "test, transfer",
+                     "particles": evaluate_trained(run_dir, data_dir, particle, ("test", "transfer"), transfer_one)}  # fmt: skip
 
     def ratio(sample: str, key: str):
         return lambda r: f"{r[sample][key]}/{r[sample]['bins_checked']}"
