@@ -135,6 +135,18 @@ def test_critic_core_channel_is_optional_and_sees_the_linear_fraction():
     assert torch.allclose(frac, expected, atol=1e-6)
 
 
+def test_critic_summary_reads_the_shower_statistics_and_keeps_per_sample_gradients():
+    plain, critic = build_critic(SMALL), build_critic({**SMALL, "critic_summary": True})
+    assert critic.head[0].in_features == plain.head[0].in_features + 26 + 21  # summary + rank profile
+    cond = conditions(3)
+    images = (torch.rand(3, 30, 30) * 10).requires_grad_(True)
+    scores = critic(critic_features(images, cond), cond)
+    assert scores.shape == (3,) and torch.isfinite(scores).all()
+    (grad,) = torch.autograd.grad(scores[0], images, create_graph=True)  # double backward for the penalty
+    assert torch.isfinite(grad).all() and grad[1:].abs().sum() == 0 and grad[0].abs().sum() > 0
+    grad.pow(2).sum().backward()
+
+
 def test_gradient_penalty_uses_per_sample_norm_over_all_inputs():
     torch.manual_seed(1)
     critic = build_critic(SMALL)

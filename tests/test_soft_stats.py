@@ -6,8 +6,15 @@ import numpy as np
 import torch
 
 from calogan.ecal.data import load_npz, split_path
-from calogan.ecal.physics import physical_statistics
-from calogan.ecal.soft_stats import SUMMARY_NAMES, core_fractions, shower_summary, soft_sparsity
+from calogan.ecal.physics import SPARSITY_ALPHAS, physical_statistics
+from calogan.ecal.soft_stats import (
+    PROFILE_RANKS,
+    SUMMARY_NAMES,
+    core_fractions,
+    rank_profile,
+    shower_summary,
+    soft_sparsity,
+)
 from calogan.metrics.response import core_fractions as exact_core_fractions
 
 
@@ -28,4 +35,26 @@ def test_shower_summary_is_differentiable(tiny_data_dir):
     summary = shower_summary(images, torch.from_numpy(data.conditions()))
     assert summary.shape == (16, len(SUMMARY_NAMES)) and torch.isfinite(summary).all()
     summary.sum().backward()
+    assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+def test_rank_profile_is_the_sorted_cell_spectrum_and_inverts_the_sparsity(tiny_data_dir):
+    data = load_npz(split_path(tiny_data_dir, "train"), require_energy=True).subset(slice(0, 200))
+    images = torch.from_numpy(data.energy).double().clone().requires_grad_(True)
+    profile = rank_profile(images)
+    assert profile.shape == (200, len(PROFILE_RANKS))
+    flat = data.energy.reshape(200, -1).astype(np.float64)
+    frac = flat / flat.sum(1, keepdims=True)
+    ordered = -np.sort(-frac, axis=1)
+    np.testing.assert_allclose(
+        profile.detach().numpy(), np.log(ordered[:, list(PROFILE_RANKS)] + 1e-9), atol=1e-6
+    )
+    assert (np.diff(profile.detach().numpy(), axis=1) <= 0).all()  # non-increasing in the rank
+    # the k-th hottest cell holds >= alpha of the energy exactly when more than k cells do: the profile is the
+    # inverse of the hard sparsity counts (up to the float rounding of cells sitting on a threshold)
+    counts = np.rint(physical_statistics(data.energy, data.point, data.momentum)[:, 4:] * frac.shape[1])
+    above = ordered[:, list(PROFILE_RANKS), None] >= SPARSITY_ALPHAS[None, None, :] * (1 + 1e-9)
+    more = counts[:, None, :] > np.array(PROFILE_RANKS)[None, :, None]
+    assert (above <= more).all() and (above == more).mean() > 0.999
+    profile.sum().backward()
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0

@@ -28,6 +28,7 @@ from torch import nn
 from calogan.core.errors import InputError
 from calogan.core.runtime import require_finite_tensors, torch_load_safe
 from calogan.ecal.data import CELL_CENTRES, ENERGY_UNITS_PER_GEV, ConditionNormalizer
+from calogan.ecal.soft_stats import PROFILE_RANKS, SUMMARY_NAMES, rank_profile, shower_summary
 
 #: Smallest resolved energy fraction in the critic's log space (the sparsity statistics go down to 1e-5).
 FRACTION_FLOOR = 1e-6
@@ -262,14 +263,26 @@ class Baseline2019Generator(_Normalised):
 
 
 class Critic(_Normalised):
-    """WGAN critic on critic_features(image) and the conditions; layer norm only, no batch norm."""
+    """WGAN critic on critic_features(image) and the conditions; layer norm only, no batch norm.
+
+    ``summary`` also hands the head the shower's physics summary, computed from the same input: the 26
+    differentiable statistics of :func:`~calogan.ecal.soft_stats.shower_summary` and the cell rank profile,
+    so that mismatches a downsampling convolution blurs (sparsity levels, core fractions) are seen directly.
+    """
 
     def __init__(
-        self, channels: int = 16, hidden: int = 128, normalizer: dict | None = None, core: bool = False
+        self,
+        channels: int = 16,
+        hidden: int = 128,
+        normalizer: dict | None = None,
+        core: bool = False,
+        summary: bool = False,
     ):
         super().__init__()
         self._init_norm(normalizer)
         self.core = bool(core)
+        self.summary = bool(summary)
+        n_summary = len(SUMMARY_NAMES) + len(PROFILE_RANKS) if self.summary else 0
         c = channels
         self.conv = nn.Sequential(
             nn.Conv2d(1 + int(self.core) + 6, c, 3, padding=1),
@@ -282,7 +295,7 @@ class Critic(_Normalised):
             nn.LeakyReLU(0.2),
         )
         self.head = nn.Sequential(
-            nn.Linear(4 * c * 16 + 11 + 1, hidden),
+            nn.Linear(4 * c * 16 + 11 + 1 + n_summary, hidden),
             nn.LayerNorm(hidden),
             nn.LeakyReLU(0.2),
             nn.Linear(hidden, hidden),
@@ -297,8 +310,12 @@ class Critic(_Normalised):
         if self.core:  # sqrt of the linear fraction: the shower core, compressed by the log scale, stands out
             img = torch.cat([img, 3.0 * torch.sqrt(fractions_from_features(img) + 1e-12)], dim=1)
         x = self.conv(torch.cat([img, self.coordinates(conditions)], dim=1)).reshape(batch, -1)
-        x = torch.cat([x, self.features(conditions), feats[:, 900:]], dim=1)
-        return self.head(x).squeeze(1)
+        parts = [x, self.features(conditions), feats[:, 900:]]
+        if self.summary:
+            frac = fractions_from_features(feats[:, :900])
+            profile = (rank_profile(frac) + _LOGF_SHIFT) / _LOGF_SCALE
+            parts += [shower_summary(frac, conditions), profile]
+        return self.head(torch.cat(parts, dim=1)).squeeze(1)
 
 
 # ---------------------------------------------------------------- construction and loading
@@ -334,6 +351,7 @@ def build_critic(config: dict) -> Critic:
         hidden=int(config.get("critic_hidden", 128)),
         normalizer=config.get("normalizer"),
         core=bool(config.get("critic_core", False)),  # absent in checkpoints written before the option
+        summary=bool(config.get("critic_summary", False)),
     )
 
 

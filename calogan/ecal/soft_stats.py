@@ -3,7 +3,9 @@
 Smooth versions of the competition statistics and of the shower core, written in torch so that gradients reach
 the generator: energy response, widths and asymmetries in the shower frame (along and across the transverse
 momentum), the 20 sparsity levels (a sigmoid instead of a hard threshold) and the hottest-cell and 3x3 energy
-fractions. :func:`shower_summary` stacks them into one (B, 26) vector per shower.
+fractions. :func:`shower_summary` stacks them into one (B, 26) vector per shower. :func:`rank_profile` is the
+exact, unsmoothed view of the same cell spectrum: the log energy fraction of the k-th hottest cell at fixed ranks
+(the sparsity level at a threshold is the rank at which this profile crosses it).
 """
 
 from __future__ import annotations
@@ -18,6 +20,32 @@ SUMMARY_NAMES: tuple[str, ...] = (
     ("longitudinal_asymmetry", "transverse_asymmetry", "log_width_along", "log_width_across")
     + STAT_NAMES[4:24]
     + ("hottest_cell_fraction", "core_3x3_fraction")
+)
+
+
+#: 0-based cell ranks of :func:`rank_profile`, about log-spaced from the hottest cell to the 850th.
+PROFILE_RANKS: tuple[int, ...] = (
+    0,
+    1,
+    2,
+    3,
+    5,
+    8,
+    12,
+    17,
+    24,
+    32,
+    42,
+    55,
+    70,
+    90,
+    120,
+    160,
+    220,
+    300,
+    420,
+    600,
+    850,
 )
 
 
@@ -100,6 +128,19 @@ def core_fractions(images: torch.Tensor) -> torch.Tensor:
     box = torch.nn.functional.avg_pool2d(img, 3, stride=1, padding=1, count_include_pad=True) * 9.0
     around = box.reshape(img.shape[0], -1).gather(1, where.unsqueeze(1))[:, 0]
     return torch.stack([hottest / total, around / total], dim=1)
+
+
+def rank_profile(images: torch.Tensor, ranks: tuple[int, ...] = PROFILE_RANKS) -> torch.Tensor:
+    """(B, len(ranks)) log energy fraction of the k-th hottest cell, for k in ``ranks`` (0 = the hottest).
+
+    Sorting is differentiable in the values (gradients flow to the cells that hold each rank), and unlike the
+    sigmoid sparsity it resolves steep edges of the cell spectrum, such as the drop from a dense core to a
+    faint halo.
+    """
+    flat = images.reshape(images.shape[0], -1)
+    frac = flat / (flat.sum(1, keepdim=True) + 1e-8)
+    ordered = torch.sort(frac, dim=1, descending=True).values[:, list(ranks)]
+    return torch.log(ordered + 1e-9)
 
 
 def shower_summary(images: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:

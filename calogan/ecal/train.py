@@ -50,7 +50,7 @@ from calogan.ecal.models import (
 )
 from calogan.ecal.physics import momentum_bins, momentum_quantile_edges
 from calogan.ecal.predict import generate
-from calogan.ecal.soft_stats import shower_summary
+from calogan.ecal.soft_stats import rank_profile, shower_summary
 from calogan.metrics.embedder import load_embedder
 from calogan.metrics.evaluate import score_arrays
 from calogan.metrics.plots import plot_showers, plot_statistics
@@ -87,6 +87,9 @@ class TrainConfig:
     # (asymmetries, widths, 20 sparsity levels, core fractions; calogan.ecal.soft_stats) of generated and real
     # showers of the same batch, each column in units of its real standard deviation
     stats_weight: float = 0.0
+    # cell-spectrum term: weight of the per-|p|-bin W1 between the log energy fractions of the k-th hottest cell
+    # (fixed ranks, calogan.ecal.soft_stats.rank_profile) of generated and real showers, in real-std units
+    rank_weight: float = 0.0
     # architecture
     noise_dim: int = 32
     latent: int = 64
@@ -97,6 +100,7 @@ class TrainConfig:
     critic_channels: int = 16
     critic_hidden: int = 128
     critic_core: bool = False  # extra critic channel sqrt(energy fraction) that makes the shower core visible
+    critic_summary: bool = False  # the critic's head also reads the shower summary and the cell rank profile
     # data and evaluation
     max_train: int = 0  # 0 = all events of the training file (minus the hold-out)
     holdout: int = 2000  # events of data_train.npz kept out of training, used for the periodic evaluation
@@ -202,7 +206,7 @@ FIELD_DOMAINS: dict[str, tuple] = {
     "response_power": ("int", 1, True, 2, True),
     **{name: ("float", 0.0, False, None, True) for name in ("lr_g", "lr_c")},
     **{name: ("float", 0.0, True, None, True) for name in (
-        "gp_weight", "instance_noise", "response_weight", "stats_weight", "max_minutes",
+        "gp_weight", "instance_noise", "response_weight", "stats_weight", "rank_weight", "max_minutes",
     )},
     **{name: ("float", 0.0, True, 1.0, False) for name in ("beta1", "beta2", "ema_decay")},
 }  # fmt: skip
@@ -300,16 +304,22 @@ class ShowerTask(AdversarialTask):
         self.conds = torch.from_numpy(train_data.conditions()).to(device)
         edges = momentum_quantile_edges(train_data.p_abs, cfg.response_bins)
         self.response_edges = torch.as_tensor(edges, dtype=torch.float32, device=device)
-        self.summaries = self.summary_scale = None
-        if cfg.stats_weight > 0:  # the real showers' summaries, once; generated ones are compared per batch
-            with torch.no_grad():
-                chunks = [shower_summary(self.images[i : i + 4096], self.conds[i : i + 4096])
-                          for i in range(0, len(self.images), 4096)]  # fmt: skip
-            self.summaries = torch.cat(chunks)
-            self.summary_scale = self.summaries.std(0).clamp_min(1e-6)
+        # the real showers' summaries and rank profiles, once; generated ones are compared per batch
+        self.summaries = self.summary_scale = self.profiles = self.profile_scale = None
+        if cfg.stats_weight > 0:
+            self.summaries, self.summary_scale = self._real_columns(lambda im, c: shower_summary(im, c))
+        if cfg.rank_weight > 0:
+            self.profiles, self.profile_scale = self._real_columns(lambda im, c: rank_profile(im))
         self.embedder = _load_embedder(cfg, device) if evaluate else None
         self.plots_dir = run.path / "plots" if cfg.plots else None
         self.writer = _tensorboard(run.path) if (cfg.tensorboard and evaluate) else None
+
+    def _real_columns(self, fn) -> tuple[torch.Tensor, torch.Tensor]:
+        """fn(images, conditions) over the training showers in chunks, and each column's std (the W1 unit)."""
+        with torch.no_grad():
+            values = torch.cat([fn(self.images[i : i + 4096], self.conds[i : i + 4096])
+                                for i in range(0, len(self.images), 4096)])  # fmt: skip
+        return values, values.std(0).clamp_min(1e-6)
 
     def sample(self, rng: torch.Generator, batch_size: int) -> Batch:
         idx = torch.randint(0, self.images.shape[0], (batch_size,), generator=rng).to(self.device)
@@ -325,11 +335,15 @@ class ShowerTask(AdversarialTask):
         if cfg.response_weight > 0:
             term = response_loss(fake, batch.real, batch.cond, self.response_edges, cfg.response_power)
             terms["response"] = cfg.response_weight * term
+        bins = momentum_bins(batch.cond, self.response_edges)
         if cfg.stats_weight > 0:
             fake_s = shower_summary(fake, batch.cond) / self.summary_scale
             real_s = self.summaries[batch.index] / self.summary_scale
-            bins = momentum_bins(batch.cond, self.response_edges)
             terms["statistics"] = cfg.stats_weight * binned_wasserstein(fake_s, real_s, bins)
+        if cfg.rank_weight > 0:
+            fake_r = rank_profile(fake) / self.profile_scale
+            real_r = self.profiles[batch.index] / self.profile_scale
+            terms["rank_profile"] = cfg.rank_weight * binned_wasserstein(fake_r, real_r, bins)
         return terms
 
     def evaluate(self, generator, step: int) -> dict:
@@ -433,7 +447,7 @@ def train(
 def _model_config(cfg: TrainConfig, train_data: CaloData) -> dict:
     """The architecture of a new run, with the condition normaliser fitted on its training events."""
     names = ("noise_dim", "latent", "gen_channels", "cell_noise", "gen_pad", "noise_modulation",
-             "critic_channels", "critic_hidden", "critic_core")  # fmt: skip
+             "critic_channels", "critic_hidden", "critic_core", "critic_summary")  # fmt: skip
     sizes = {k: getattr(cfg, k) for k in names}
     if cfg.model == "baseline2019":
         sizes |= {
