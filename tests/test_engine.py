@@ -109,6 +109,7 @@ def test_resume_continues_exactly(tmp_path, weighted):
     resumed.fit()
     a, b = state(tmp_path / "a/checkpoints/last.pt"), state(tmp_path / "b/checkpoints/last.pt")
     assert a["step"] == b["step"] == 8
+    assert a["metrics"]["stop"] == b["metrics"]["stop"] == {"reason": "done", "step": 8, "steps": 8}
     for key in ("generator", "generator_ema", "critic"):
         for name, tensor in a[key].items():
             assert torch.equal(tensor, b[key][name]), f"{key}.{name}"
@@ -129,7 +130,9 @@ def test_nan_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_time_budget_ends_with_a_checkpoint(tmp_path):
     outcome = make(ToyTask(), new_run(tmp_path, "t"), deadline=time.perf_counter() - 1).fit()
     assert (outcome.step, outcome.reason) == (1, "budget")
-    assert state(tmp_path / "t/checkpoints/last.pt")["step"] == 1
+    last = state(tmp_path / "t/checkpoints/last.pt")
+    assert last["step"] == 1
+    assert last["metrics"]["stop"] == {"reason": "budget", "step": 1, "steps": 8}
 
 
 def test_sigterm_writes_a_final_checkpoint_and_raises_keyboard_interrupt(tmp_path):

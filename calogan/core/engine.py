@@ -396,6 +396,7 @@ class AdversarialEngine:
                    disable=progress_disabled(self.progress))  # fmt: skip
         timer = _Throughput()
         reason = "done"
+        self.metrics.pop("stop", None)  # a resumed run's earlier stop no longer describes it
         task.generator.train()
         task.critic.train()
         with _StopRequest().installed() as stop:
@@ -419,6 +420,9 @@ class AdversarialEngine:
                 over_budget = _rank0_decides(time.perf_counter() >= s.deadline, self.world, self.device)
                 interrupted = _rank0_decides(bool(stop), self.world, self.device)
                 last_step = self.step >= s.steps or over_budget or interrupted
+                if last_step:  # why the run ended, in the checkpoint: a budget stop is not a finished run
+                    why = "done" if self.step >= s.steps else ("budget" if over_budget else "interrupted")
+                    self.metrics["stop"] = {"reason": why, "step": self.step, "steps": s.steps}
                 # phase 4: evaluate, log, then checkpoint (rank 0 writes); the log line goes first, so a
                 # kill between the two leaves lines past last.pt, which a resume drops, and never a gap
                 record = self._log_record(losses, timer, bar, force=last_step)
