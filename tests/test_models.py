@@ -76,10 +76,28 @@ def test_padded_generator_keeps_only_the_window_part_of_the_shower():
     torch.testing.assert_close(total, torch.full((2,), 165.0 * 20.0), rtol=1e-4, atol=1e-2)
 
 
+def test_logit_noise_draws_log_normal_cell_fluctuations_from_its_own_noise_block():
+    torch.manual_seed(0)
+    sizes = {"noise_dim": 8, "latent": 16, "channels": 4}
+    gen = ShowerGenerator(**sizes, pad=1, logit_noise=True).eval()
+    assert gen.noise_dim == 8 + 2 * 32 * 32  # conv-path cell noise, then the log-energy noise
+    cond = torch.tensor([[0.0, 0.0, 0.0, 0.0, 20.0, 0.0]]).repeat(200, 1)
+    z = torch.randn(200, gen.noise_dim)
+    z_quiet = z.clone()
+    z_quiet[:, 8 + 32 * 32 :] = 0.0  # the same showers without the log-energy noise
+    with torch.no_grad():
+        noisy, quiet = gen(z, cond), gen(z_quiet, cond)
+    assert noisy.shape == (200, 30, 30) and (noisy > 0).all()
+    # the cell-to-cell spread of log(noisy / quiet) is the initial amplitude, 0.5 in log units
+    log_ratio = torch.log(noisy / quiet)
+    spread = (log_ratio - log_ratio.mean(dim=(1, 2), keepdim=True)).std()
+    assert 0.4 < spread.item() < 0.6
+
+
 def test_generator_options_default_off_for_old_configs_and_old_weights_still_load():
     old_config = {"model": "shower", **SMALL}  # written before gen_pad / noise_modulation existed
     gen = build_generator(old_config)
-    assert gen.pad == 0 and gen.noise_amp is None
+    assert gen.pad == 0 and gen.noise_amp is None and gen.logit_amp is None
     assert not any("grid" in k for k in gen.state_dict())  # the padded grid is derived, not stored
     build_generator(old_config).load_state_dict(gen.state_dict())
     with pytest.raises(InputError, match="gen_pad"):
@@ -169,7 +187,12 @@ def test_gradient_penalty_uses_per_sample_norm_over_all_inputs():
 
 @pytest.mark.parametrize(
     "model, options",
-    [("shower", {}), ("shower", {"gen_pad": 3, "noise_modulation": True}), ("baseline2019", {})],
+    [
+        ("shower", {}),
+        ("shower", {"gen_pad": 3, "noise_modulation": True}),
+        ("shower", {"gen_pad": 2, "logit_noise": True}),
+        ("baseline2019", {}),
+    ],
 )
 def test_generators_trace_and_script(model, options):
     torch.manual_seed(0)

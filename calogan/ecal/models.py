@@ -18,6 +18,7 @@ raw physical inputs to images and exports (TorchScript/ONNX) with no Python-side
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +137,10 @@ class ShowerGenerator(_Normalised):
     30x30: energy leaking out of the window then follows from where the shower sits, as in a calorimeter,
     and the energy head models the whole shower's energy. ``noise_modulation`` lets the per-cell noise
     amplitude depend on the cell's features (position relative to the centre, conditions), so the core can
-    fluctuate less than the tails; without it one amplitude per channel serves every cell.
+    fluctuate less than the tails; without it one amplitude per channel serves every cell. ``logit_noise`` adds
+    a second per-cell noise straight to each cell's log energy, with a per-cell amplitude from the cell's
+    features: log-normal cell fluctuations of any size (real cells next to the hottest one vary by an order of
+    magnitude from shower to shower), which noise filtered through the convolutions only reaches slowly.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class ShowerGenerator(_Normalised):
         normalizer: dict | None = None,
         pad: int = 0,
         noise_modulation: bool = False,
+        logit_noise: bool = False,
     ):
         super().__init__()
         self._init_norm(normalizer)
@@ -161,7 +166,8 @@ class ShowerGenerator(_Normalised):
         self.global_noise = int(noise_dim)
         self.units_per_gev = ENERGY_UNITS_PER_GEV  # a float attribute: a constant in TorchScript/ONNX graphs
         self.cell_noise = bool(cell_noise)
-        self.noise_dim = self.global_noise + (self.grid**2 if self.cell_noise else 0)
+        self.logit_noise = bool(logit_noise)
+        self.noise_dim = self.global_noise + self.grid**2 * (int(self.cell_noise) + int(self.logit_noise))
         self.mlp = nn.Sequential(
             nn.Linear(self.global_noise + 11, latent * 2),
             nn.LeakyReLU(0.2),
@@ -186,6 +192,11 @@ class ShowerGenerator(_Normalised):
             nn.init.zeros_(self.noise_amp.weight)
             nn.init.zeros_(self.noise_amp.bias)
         self.out = nn.Conv2d(channels, 1, 1)
+        self.logit_amp = None
+        if self.logit_noise:  # amplitude = softplus(1x1 conv of the cell's features); 0.5 (log units) at init
+            self.logit_amp = nn.Conv2d(channels, 1, 1)
+            nn.init.zeros_(self.logit_amp.weight)
+            nn.init.constant_(self.logit_amp.bias, math.log(math.expm1(0.5)))
 
     def forward(self, noise: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         batch, grid = conditions.shape[0], self.grid
@@ -199,16 +210,20 @@ class ShowerGenerator(_Normalised):
         coords = self.coordinates(conditions, self.grid_x, self.grid_y).permute(0, 2, 3, 1)
         x = F.leaky_relu(_pointwise(self.coord_in.weight, self.coord_in.bias, coords) * (1 + g1) + b1, 0.2)
         x = F.leaky_relu(_pointwise(self.conv1.weight, self.conv1.bias, x) * (1 + g2) + b2, 0.2)
+        start = self.global_noise
         if self.cell_noise:
             amp = self.noise_scale.reshape(1, 1, 1, -1)
             if self.noise_amp is not None:
                 amp = amp * 2.0 * torch.sigmoid(_pointwise(self.noise_amp.weight, self.noise_amp.bias, x))
-            x = x + amp * noise[:, self.global_noise :].reshape(batch, grid, grid, 1)
+            x = x + amp * noise[:, start : start + grid * grid].reshape(batch, grid, grid, 1)
+            start += grid * grid
         x = F.leaky_relu(_spatial(self.conv2.weight, self.conv2.bias, x), 0.2)
         x = F.leaky_relu(_spatial(self.conv3.weight, self.conv3.bias, x), 0.2)
-        shape = torch.softmax(
-            _pointwise(self.out.weight, self.out.bias, x).reshape(batch, grid * grid), dim=1
-        ).reshape(batch, grid, grid)
+        logits = _pointwise(self.out.weight, self.out.bias, x)
+        if self.logit_amp is not None:
+            amp = F.softplus(_pointwise(self.logit_amp.weight, self.logit_amp.bias, x))
+            logits = logits + amp * noise[:, start : start + grid * grid].reshape(batch, grid, grid, 1)
+        shape = torch.softmax(logits.reshape(batch, grid * grid), dim=1).reshape(batch, grid, grid)
         if self.pad:
             shape = shape[:, self.pad : self.pad + 30, self.pad : self.pad + 30]
         return shape * torch.exp(log_e).reshape(batch, 1, 1)
@@ -334,6 +349,7 @@ def build_generator(config: dict) -> nn.Module:
             normalizer=norm,
             pad=int(config.get("gen_pad", 0)),  # absent in checkpoints written before these options
             noise_modulation=bool(config.get("noise_modulation", False)),
+            logit_noise=bool(config.get("logit_noise", False)),
         )
     if kind == "baseline2019":
         return Baseline2019Generator(
