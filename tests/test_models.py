@@ -94,10 +94,29 @@ def test_logit_noise_draws_log_normal_cell_fluctuations_from_its_own_noise_block
     assert 0.4 < spread.item() < 0.6
 
 
+def test_cell_gates_choose_between_hit_and_background_per_cell_from_their_own_noise():
+    torch.manual_seed(0)
+    gen = ShowerGenerator(noise_dim=8, latent=16, channels=4, cell_gates=True).eval()
+    assert gen.noise_dim == 8 + 2 * 30 * 30  # conv-path cell noise, then the gate draws
+    cond = torch.tensor([[0.0, 0.0, 0.0, 0.0, 20.0, 0.0]]).repeat(100, 1)
+    z = torch.randn(100, gen.noise_dim)
+    lit, dark = z.clone(), z.clone()
+    lit[:, 908:], dark[:, 908:] = 10.0, -10.0  # every gate open / every gate shut
+    with torch.no_grad():
+        mixed, all_hit, all_background = gen(z, cond), gen(lit, cond), gen(dark, cond)
+    assert (mixed > 0).all()
+    # at initialisation the background level is e^-2 below the hit level in every cell: shutting every gate
+    # changes nothing after normalisation, while a random draw mixes the two levels cell by cell
+    torch.testing.assert_close(all_hit, all_background, rtol=1e-4, atol=1e-6)
+    log_ratio = torch.log(mixed / all_hit)
+    levels = log_ratio - log_ratio.amax(dim=(1, 2), keepdim=True)
+    assert ((levels > -0.3).float().mean() > 0.2) and ((levels < -1.7).float().mean() > 0.2)
+
+
 def test_generator_options_default_off_for_old_configs_and_old_weights_still_load():
     old_config = {"model": "shower", **SMALL}  # written before gen_pad / noise_modulation existed
     gen = build_generator(old_config)
-    assert gen.pad == 0 and gen.noise_amp is None and gen.logit_amp is None
+    assert gen.pad == 0 and gen.noise_amp is None and gen.logit_amp is None and gen.gate is None
     assert not any("grid" in k for k in gen.state_dict())  # the padded grid is derived, not stored
     build_generator(old_config).load_state_dict(gen.state_dict())
     with pytest.raises(InputError, match="gen_pad"):
@@ -190,7 +209,7 @@ def test_gradient_penalty_uses_per_sample_norm_over_all_inputs():
     [
         ("shower", {}),
         ("shower", {"gen_pad": 3, "noise_modulation": True}),
-        ("shower", {"gen_pad": 2, "logit_noise": True}),
+        ("shower", {"gen_pad": 2, "logit_noise": True, "cell_gates": True}),
         ("baseline2019", {}),
     ],
 )

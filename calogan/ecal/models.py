@@ -141,6 +141,10 @@ class ShowerGenerator(_Normalised):
     a second per-cell noise straight to each cell's log energy, with a per-cell amplitude from the cell's
     features: log-normal cell fluctuations of any size (real cells next to the hottest one vary by an order of
     magnitude from shower to shower), which noise filtered through the convolutions only reaches slowly.
+    ``cell_gates`` makes each cell a mixture of two log energies, "hit" and "background", chosen by a relaxed
+    Bernoulli gate whose probability depends on the cell's features and whose draw comes from a third per-cell
+    noise block: showers whose cells are either lit or nearly empty (a bimodal cell spectrum, spotty cores)
+    are then one draw away instead of a narrow ridge of the noise-to-image map.
     """
 
     def __init__(
@@ -153,6 +157,7 @@ class ShowerGenerator(_Normalised):
         pad: int = 0,
         noise_modulation: bool = False,
         logit_noise: bool = False,
+        cell_gates: bool = False,
     ):
         super().__init__()
         self._init_norm(normalizer)
@@ -167,7 +172,9 @@ class ShowerGenerator(_Normalised):
         self.units_per_gev = ENERGY_UNITS_PER_GEV  # a float attribute: a constant in TorchScript/ONNX graphs
         self.cell_noise = bool(cell_noise)
         self.logit_noise = bool(logit_noise)
-        self.noise_dim = self.global_noise + self.grid**2 * (int(self.cell_noise) + int(self.logit_noise))
+        self.cell_gates = bool(cell_gates)
+        blocks = int(self.cell_noise) + int(self.logit_noise) + int(self.cell_gates)
+        self.noise_dim = self.global_noise + self.grid**2 * blocks
         self.mlp = nn.Sequential(
             nn.Linear(self.global_noise + 11, latent * 2),
             nn.LeakyReLU(0.2),
@@ -197,6 +204,11 @@ class ShowerGenerator(_Normalised):
             self.logit_amp = nn.Conv2d(channels, 1, 1)
             nn.init.zeros_(self.logit_amp.weight)
             nn.init.constant_(self.logit_amp.bias, math.log(math.expm1(0.5)))
+        self.gate = None
+        if self.cell_gates:  # channels: gate logit, background log energy (relative to the hit one)
+            self.gate = nn.Conv2d(channels, 2, 1)
+            nn.init.zeros_(self.gate.weight)
+            nn.init.constant_(self.gate.bias, 0.0)
 
     def forward(self, noise: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         batch, grid = conditions.shape[0], self.grid
@@ -223,6 +235,14 @@ class ShowerGenerator(_Normalised):
         if self.logit_amp is not None:
             amp = F.softplus(_pointwise(self.logit_amp.weight, self.logit_amp.bias, x))
             logits = logits + amp * noise[:, start : start + grid * grid].reshape(batch, grid, grid, 1)
+            start += grid * grid
+        if (
+            self.gate is not None
+        ):  # relaxed Bernoulli: sigmoid((gate logit + 1.7 N(0,1)) / 0.3), 1.7 ~ logistic
+            gate_logit, background = _pointwise(self.gate.weight, self.gate.bias, x).chunk(2, dim=-1)
+            draw = noise[:, start : start + grid * grid].reshape(batch, grid, grid, 1)
+            hit = torch.sigmoid((gate_logit + 1.7 * draw) / 0.3)
+            logits = logits + (1.0 - hit) * (background - 2.0)  # background starts e^-2 below the hit level
         shape = torch.softmax(logits.reshape(batch, grid * grid), dim=1).reshape(batch, grid, grid)
         if self.pad:
             shape = shape[:, self.pad : self.pad + 30, self.pad : self.pad + 30]
@@ -350,6 +370,7 @@ def build_generator(config: dict) -> nn.Module:
             pad=int(config.get("gen_pad", 0)),  # absent in checkpoints written before these options
             noise_modulation=bool(config.get("noise_modulation", False)),
             logit_noise=bool(config.get("logit_noise", False)),
+            cell_gates=bool(config.get("cell_gates", False)),
         )
     if kind == "baseline2019":
         return Baseline2019Generator(

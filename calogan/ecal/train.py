@@ -97,9 +97,8 @@ class TrainConfig:
     cell_noise: bool = True
     gen_pad: int = 0  # shower shape spread over the window + gen_pad cells per side: leakage from geometry
     noise_modulation: bool = False  # per-cell noise amplitude from the cell's features (core vs tails)
-    logit_noise: bool = (
-        False  # extra per-cell noise added to each cell's log energy (log-normal fluctuations)
-    )
+    logit_noise: bool = False  # per-cell noise on each cell's log energy (log-normal fluctuations)
+    cell_gates: bool = False  # each cell: hit or background log energy, chosen by a relaxed Bernoulli draw
     critic_channels: int = 16
     critic_hidden: int = 128
     critic_core: bool = False  # extra critic channel sqrt(energy fraction) that makes the shower core visible
@@ -450,7 +449,7 @@ def train(
 def _model_config(cfg: TrainConfig, train_data: CaloData) -> dict:
     """The architecture of a new run, with the condition normaliser fitted on its training events."""
     names = ("noise_dim", "latent", "gen_channels", "cell_noise", "gen_pad", "noise_modulation", "logit_noise",
-             "critic_channels", "critic_hidden", "critic_core", "critic_summary")  # fmt: skip
+             "cell_gates", "critic_channels", "critic_hidden", "critic_core", "critic_summary")  # fmt: skip
     sizes = {k: getattr(cfg, k) for k in names}
     if cfg.model == "baseline2019":
         sizes |= {
