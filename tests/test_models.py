@@ -111,6 +111,15 @@ def test_cell_gates_choose_between_hit_and_background_per_cell_from_their_own_no
     log_ratio = torch.log(mixed / all_hit)
     levels = log_ratio - log_ratio.amax(dim=(1, 2), keepdim=True)
     assert ((levels > -0.3).float().mean() > 0.2) and ((levels < -1.7).float().mean() > 0.2)
+    # hard gates: every cell exactly at one of the two levels, and the gate logits still get a gradient
+    hard = ShowerGenerator(noise_dim=8, latent=16, channels=4, cell_gates=True, hard_gates=True)
+    hard.load_state_dict(gen.state_dict())
+    out = hard(z, cond)
+    levels = torch.log(out / all_hit).detach()
+    levels = levels - levels.amax(dim=(1, 2), keepdim=True)
+    assert ((levels.abs() < 1e-4) | ((levels + 2.0).abs() < 1e-4)).all()
+    out.pow(2).sum().backward()
+    assert hard.gate.weight.grad.abs().sum() > 0
 
 
 def test_generator_options_default_off_for_old_configs_and_old_weights_still_load():
@@ -210,6 +219,7 @@ def test_gradient_penalty_uses_per_sample_norm_over_all_inputs():
         ("shower", {}),
         ("shower", {"gen_pad": 3, "noise_modulation": True}),
         ("shower", {"gen_pad": 2, "logit_noise": True, "cell_gates": True}),
+        ("shower", {"cell_gates": True, "hard_gates": True}),
         ("baseline2019", {}),
     ],
 )

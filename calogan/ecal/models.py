@@ -144,7 +144,8 @@ class ShowerGenerator(_Normalised):
     ``cell_gates`` makes each cell a mixture of two log energies, "hit" and "background", chosen by a relaxed
     Bernoulli gate whose probability depends on the cell's features and whose draw comes from a third per-cell
     noise block: showers whose cells are either lit or nearly empty (a bimodal cell spectrum, spotty cores)
-    are then one draw away instead of a narrow ridge of the noise-to-image map.
+    are then one draw away instead of a narrow ridge of the noise-to-image map. ``hard_gates`` makes the draw
+    exactly 0 or 1 (straight-through gradient), so no cell sits between the two levels.
     """
 
     def __init__(
@@ -158,6 +159,7 @@ class ShowerGenerator(_Normalised):
         noise_modulation: bool = False,
         logit_noise: bool = False,
         cell_gates: bool = False,
+        hard_gates: bool = False,
     ):
         super().__init__()
         self._init_norm(normalizer)
@@ -173,6 +175,7 @@ class ShowerGenerator(_Normalised):
         self.cell_noise = bool(cell_noise)
         self.logit_noise = bool(logit_noise)
         self.cell_gates = bool(cell_gates)
+        self.hard_gates = bool(hard_gates)
         blocks = int(self.cell_noise) + int(self.logit_noise) + int(self.cell_gates)
         self.noise_dim = self.global_noise + self.grid**2 * blocks
         self.mlp = nn.Sequential(
@@ -236,12 +239,12 @@ class ShowerGenerator(_Normalised):
             amp = F.softplus(_pointwise(self.logit_amp.weight, self.logit_amp.bias, x))
             logits = logits + amp * noise[:, start : start + grid * grid].reshape(batch, grid, grid, 1)
             start += grid * grid
-        if (
-            self.gate is not None
-        ):  # relaxed Bernoulli: sigmoid((gate logit + 1.7 N(0,1)) / 0.3), 1.7 ~ logistic
+        if self.gate is not None:  # relaxed Bernoulli sigmoid((logit + 1.7 N(0,1)) / 0.3); 1.7 N ~ logistic
             gate_logit, background = _pointwise(self.gate.weight, self.gate.bias, x).chunk(2, dim=-1)
             draw = noise[:, start : start + grid * grid].reshape(batch, grid, grid, 1)
             hit = torch.sigmoid((gate_logit + 1.7 * draw) / 0.3)
+            if self.hard_gates:  # the exact 0/1 draw forward, the relaxed one's gradient backward
+                hit = hit + ((gate_logit + 1.7 * draw > 0).to(hit.dtype) - hit).detach()
             logits = logits + (1.0 - hit) * (background - 2.0)  # background starts e^-2 below the hit level
         shape = torch.softmax(logits.reshape(batch, grid * grid), dim=1).reshape(batch, grid, grid)
         if self.pad:
@@ -371,6 +374,7 @@ def build_generator(config: dict) -> nn.Module:
             noise_modulation=bool(config.get("noise_modulation", False)),
             logit_noise=bool(config.get("logit_noise", False)),
             cell_gates=bool(config.get("cell_gates", False)),
+            hard_gates=bool(config.get("hard_gates", False)),
         )
     if kind == "baseline2019":
         return Baseline2019Generator(

@@ -99,6 +99,7 @@ class TrainConfig:
     noise_modulation: bool = False  # per-cell noise amplitude from the cell's features (core vs tails)
     logit_noise: bool = False  # per-cell noise on each cell's log energy (log-normal fluctuations)
     cell_gates: bool = False  # each cell: hit or background log energy, chosen by a relaxed Bernoulli draw
+    hard_gates: bool = False  # with cell_gates: an exact 0/1 draw (straight-through gradient)
     critic_channels: int = 16
     critic_hidden: int = 128
     critic_core: bool = False  # extra critic channel sqrt(energy fraction) that makes the shower core visible
@@ -449,7 +450,8 @@ def train(
 def _model_config(cfg: TrainConfig, train_data: CaloData) -> dict:
     """The architecture of a new run, with the condition normaliser fitted on its training events."""
     names = ("noise_dim", "latent", "gen_channels", "cell_noise", "gen_pad", "noise_modulation", "logit_noise",
-             "cell_gates", "critic_channels", "critic_hidden", "critic_core", "critic_summary")  # fmt: skip
+             "cell_gates", "hard_gates", "critic_channels", "critic_hidden", "critic_core",
+             "critic_summary")  # fmt: skip
     sizes = {k: getattr(cfg, k) for k in names}
     if cfg.model == "baseline2019":
         sizes |= {
