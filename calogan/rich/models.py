@@ -15,6 +15,10 @@ N_CONDITIONS = 3
 N_OUTPUTS = 5
 
 
+#: frequencies of the sine/cosine condition features a critic with ``critic_features`` reads (see RichCritic)
+CRITIC_FEATURE_FREQUENCIES = (1.0, 2.0, 4.0, 8.0)
+
+
 def _mlp(n_in: int, n_out: int, hidden: int, depth: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     width = n_in
@@ -25,33 +29,124 @@ def _mlp(n_in: int, n_out: int, hidden: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class RichGenerator(nn.Module):
-    """(noise, normalised conditions) -> normalised DLLs."""
+class ConditionalMLP(nn.Module):
+    """MLP with optional pre-activation skip connections and the conditions fed again into every later layer.
 
-    def __init__(self, noise_dim: int = 64, hidden: int = 128, depth: int = 4):
+    Layout: ``Linear(n_in, hidden)``, then ``depth - 1`` hidden layers ``h -> W act(h)`` (``residual``:
+    ``h -> h + W act(h)``), then ``W_out act(h)``; the same number of linear layers as the plain MLP of the
+    same depth. With ``n_cond > 0`` every layer after the first reads ``[act(h), cond]``, so sharp
+    condition-dependent features (Cherenkov thresholds in P) need not survive a chain of smooth layers.
+    """
+
+    def __init__(
+        self, n_in: int, n_out: int, hidden: int, depth: int, n_cond: int = 0, residual: bool = False
+    ):
+        super().__init__()
+        self.residual, self.n_cond = residual, n_cond
+        self.first = nn.Linear(n_in, hidden)
+        self.hidden = nn.ModuleList(nn.Linear(hidden + n_cond, hidden) for _ in range(depth - 1))
+        self.out = nn.Linear(hidden + n_cond, n_out)
+        self.act = nn.LeakyReLU(0.2)
+
+    def _read(self, h: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """What a layer after the first reads: the activated hidden state, with the conditions if fed again."""
+        a = self.act(h)
+        return torch.cat([a, cond], 1) if self.n_cond and cond is not None else a
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.first(x)
+        for layer in self.hidden:
+            y = layer(self._read(h, cond))
+            h = h + y if self.residual else y
+        return self.out(self._read(h, cond))
+
+
+class RichGenerator(nn.Module):
+    """(noise, normalised conditions) -> normalised DLLs.
+
+    ``residual`` adds skip connections, ``cond_every_layer`` feeds the conditions into every hidden layer;
+    with both off the network is the original plain MLP (same parameter names, same seeded initialisation).
+    """
+
+    def __init__(
+        self,
+        noise_dim: int = 64,
+        hidden: int = 128,
+        depth: int = 4,
+        residual: bool = False,
+        cond_every_layer: bool = False,
+    ):
         super().__init__()
         self.noise_dim = noise_dim
-        self.net = _mlp(noise_dim + N_CONDITIONS, N_OUTPUTS, hidden, depth)
+        self.structured = residual or cond_every_layer
+        if self.structured:
+            n_cond = N_CONDITIONS if cond_every_layer else 0
+            self.net = ConditionalMLP(noise_dim + N_CONDITIONS, N_OUTPUTS, hidden, depth, n_cond, residual)
+        else:
+            self.net = _mlp(noise_dim + N_CONDITIONS, N_OUTPUTS, hidden, depth)
 
     def forward(self, noise: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([noise, conditions], 1))
+        x = torch.cat([noise, conditions], 1)
+        return self.net(x, conditions) if self.structured else self.net(x)
+
+
+def condition_features(conditions: torch.Tensor) -> torch.Tensor:
+    """sin/cos of the normalised conditions at CRITIC_FEATURE_FREQUENCIES: (B, 3 * 2 * n_frequencies).
+
+    Fixed features that vary quickly with the kinematics, so the critic can resolve narrow condition ranges
+    (near a Cherenkov threshold) without first building them out of smooth layers.
+    """
+    scaled = torch.cat([conditions * f for f in CRITIC_FEATURE_FREQUENCIES], 1)
+    return torch.cat([torch.sin(scaled), torch.cos(scaled)], 1)
 
 
 class RichCritic(nn.Module):
-    """(normalised DLLs, normalised conditions) -> Wasserstein score; no batch norm (gradient penalty)."""
+    """(normalised DLLs, normalised conditions) -> Wasserstein score; no batch norm (gradient penalty).
 
-    def __init__(self, hidden: int = 128, depth: int = 4):
+    ``residual`` adds skip connections; ``critic_features`` also feeds :func:`condition_features` of the
+    conditions (they depend only on the conditions, so the gradient penalty, taken w.r.t. the DLLs, is
+    unchanged in meaning).
+    """
+
+    def __init__(
+        self, hidden: int = 128, depth: int = 4, residual: bool = False, critic_features: bool = False
+    ):
         super().__init__()
-        self.net = _mlp(N_OUTPUTS + N_CONDITIONS, 1, hidden, depth)
+        self.critic_features = critic_features
+        n_extra = N_CONDITIONS * 2 * len(CRITIC_FEATURE_FREQUENCIES) if critic_features else 0
+        self.residual = residual
+        n_in = N_OUTPUTS + N_CONDITIONS + n_extra
+        self.net = (
+            ConditionalMLP(n_in, 1, hidden, depth, 0, True) if residual else _mlp(n_in, 1, hidden, depth)
+        )
 
     def forward(self, dlls: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([dlls, conditions], 1)).squeeze(1)
+        parts = [dlls, conditions]
+        if self.critic_features:
+            parts.append(condition_features(conditions))
+        return self.net(torch.cat(parts, 1)).squeeze(1)
+
+
+#: model-structure switches of model_config; absent (checkpoints written before them) means off
+STRUCTURE_OPTIONS = ("residual", "cond_every_layer", "critic_features")
 
 
 def build_models(model_config: dict) -> tuple[RichGenerator, RichCritic]:
-    """Build generator and critic from {'noise_dim', 'hidden', 'depth'}."""
-    g = RichGenerator(model_config["noise_dim"], model_config["hidden"], model_config["depth"])
-    c = RichCritic(model_config["hidden"], model_config["depth"])
+    """Build generator and critic from {'noise_dim', 'hidden', 'depth'} and the optional STRUCTURE_OPTIONS."""
+    flags = {k: bool(model_config.get(k, False)) for k in STRUCTURE_OPTIONS}
+    g = RichGenerator(
+        model_config["noise_dim"],
+        model_config["hidden"],
+        model_config["depth"],
+        residual=flags["residual"],
+        cond_every_layer=flags["cond_every_layer"],
+    )
+    c = RichCritic(
+        model_config["hidden"],
+        model_config["depth"],
+        residual=flags["residual"],
+        critic_features=flags["critic_features"],
+    )
     return g, c
 
 

@@ -14,6 +14,8 @@ By default the losses use the sWeights' cross-fitted conditional expectation E[s
 (``calogan.rich.weights``: same expectation, non-negative, less noise); ``--weights sweights`` uses the raw
 sWeights. Tracks without RICH information (-999) are not shown to the GAN; their weighted rate per (P, eta) bin is
 stored and reproduced at generation time.
+``--residual``, ``--cond-every-layer`` and ``--critic-features`` change the networks' structure
+(calogan.rich.models; all off by default, stored in the checkpoint's model_config).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from calogan.rich.data import (
     sample_path,
     to_basis,
 )
-from calogan.rich.models import CHECKPOINT_FORMAT, build_models
+from calogan.rich.models import CHECKPOINT_FORMAT, STRUCTURE_OPTIONS, build_models
 from calogan.rich.weights import WEIGHT_MODES, expected_sweights, n_effective
 
 PRESETS: dict[str, dict] = {
@@ -93,6 +95,10 @@ class TrainConfig:
     dll_basis: str = "emu"
     weights: str = "expected"
     lr_decay: bool = False
+    # model structure (calogan.rich.models; all off: the plain MLPs of the first checkpoints)
+    residual: bool = False  # pre-activation skip connections in generator and critic
+    cond_every_layer: bool = False  # the generator reads the conditions again in every hidden layer
+    critic_features: bool = False  # the critic also reads sin/cos features of the conditions
     checkpoint_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: only last.pt)
     # wall-clock budget from the start of train(), data and weights included; 0: none
     max_minutes: float = 0.0
@@ -148,7 +154,12 @@ class RichTask(AdversarialTask):
         }
         w = torch.from_numpy(train_weights.astype(np.float32)).to(device)
         self.weights = w / w.mean()  # global normalisation: weighted means are sum(w v) / batch size
-        self.model_config = {"noise_dim": config.noise_dim, "hidden": config.hidden, "depth": config.depth}
+        self.model_config = {
+            "noise_dim": config.noise_dim,
+            "hidden": config.hidden,
+            "depth": config.depth,
+            **{k: bool(getattr(config, k)) for k in STRUCTURE_OPTIONS},
+        }
         generator, critic = build_models(self.model_config)
         self.generator, self.critic = generator.to(device), critic.to(device)
 
@@ -298,6 +309,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="emu (default: DLLe-DLLmu, rest raw) | adjacent (also p-K, bt-p) | raw",
     )
+    ap.add_argument(
+        "--residual",
+        action="store_true",
+        default=None,
+        help="pre-activation skip connections in generator and critic",
+    )
+    ap.add_argument(
+        "--cond-every-layer",
+        action="store_true",
+        default=None,
+        help="the generator reads the conditions again in every hidden layer",
+    )
+    ap.add_argument(
+        "--critic-features",
+        action="store_true",
+        default=None,
+        help="the critic also reads sin/cos features of the conditions",
+    )
     args = ap.parse_args(argv)
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
@@ -310,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configs.append(TrainConfig.from_preset(
             args.preset, particle=particle, data=args.data, run_dir=run_dir, seed=args.seed, device=args.device,
             steps=args.steps, batch_size=args.batch_size, dll_basis=args.dll_basis, weights=args.weights,
-            lr_decay=args.lr_decay, checkpoint_every=args.checkpoint_every, lr_g=args.lr, lr_c=args.lr,
+            lr_decay=args.lr_decay, residual=args.residual, cond_every_layer=args.cond_every_layer,
+            critic_features=args.critic_features, checkpoint_every=args.checkpoint_every, lr_g=args.lr, lr_c=args.lr,
             # an explicit --steps means that many steps: the preset's time budget only guards its own step count
             max_minutes=args.max_minutes if args.max_minutes is not None else (0.0 if args.steps else None),
         ))  # fmt: skip
