@@ -25,7 +25,7 @@ import torch
 from calogan.ecal.models import build_generator
 from calogan.ecal.predict import predict_with_generator
 from calogan.ecal.simulate import sample_conditions, simulate_showers
-from calogan.ecal.train import PRESETS
+from calogan.ecal.train import ARCHITECTURE_FIELDS, PRESETS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,11 +47,10 @@ BATCHES = (1, 64, 1024)
 def build_models() -> dict[str, torch.nn.Module]:
     """The generator of the quick (and long) preset, the class-default generator and the 2019 baseline (random weights)."""
     torch.manual_seed(0)
-    quick = PRESETS["quick"]
+    quick = {"model": "shower", **{k: v for k, v in PRESETS["quick"].items() if k in ARCHITECTURE_FIELDS}}
     return {
-        "quick": build_generator(
-            {"model": "shower", "gen_pad": quick["gen_pad"], "noise_modulation": quick["noise_modulation"]}
-        ).eval(),  # fmt: skip
+        "quick": build_generator(quick).eval(),
+        "quick_no_gates": build_generator({**quick, "cell_gates": False}).eval(),  # the cost of the gates
         "default": build_generator({"model": "shower"}).eval(),
         "baseline2019": build_generator({"model": "baseline2019"}).eval(),
     }

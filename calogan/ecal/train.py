@@ -447,12 +447,16 @@ def train(
     return run.path
 
 
+#: The TrainConfig fields that define the networks (stored in every checkpoint's model config).
+ARCHITECTURE_FIELDS: tuple[str, ...] = (
+    "noise_dim", "latent", "gen_channels", "cell_noise", "gen_pad", "noise_modulation", "logit_noise", "cell_gates",
+    "hard_gates", "critic_channels", "critic_hidden", "critic_core", "critic_summary",
+)  # fmt: skip
+
+
 def _model_config(cfg: TrainConfig, train_data: CaloData) -> dict:
     """The architecture of a new run, with the condition normaliser fitted on its training events."""
-    names = ("noise_dim", "latent", "gen_channels", "cell_noise", "gen_pad", "noise_modulation", "logit_noise",
-             "cell_gates", "hard_gates", "critic_channels", "critic_hidden", "critic_core",
-             "critic_summary")  # fmt: skip
-    sizes = {k: getattr(cfg, k) for k in names}
+    sizes = {k: getattr(cfg, k) for k in ARCHITECTURE_FIELDS}
     if cfg.model == "baseline2019":
         sizes |= {
             "noise_dim": 10,
