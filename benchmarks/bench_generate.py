@@ -185,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results as JSON")
     parser.add_argument("--threads", type=int, help="torch/onnxruntime intra-op threads (default: torch's)")
     parser.add_argument(
-        "--models", nargs="+", default=["quick", "default", "baseline2019"], help="subset of models"
+        "--models",
+        nargs="+",
+        default=["quick", "quick_no_gates", "default", "baseline2019"],
+        help="subset of models",
     )
     parser.add_argument(
         "--allocator",
