@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny simulated data set written once per pytest run."""
+"""Shared fixtures: tiny simulated ECAL and RICH data sets, written once per pytest run."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 
 from calogan.ecal.simulate import write_dataset
 from calogan.ecal.train import make_config, train
+from calogan.rich import simulate as rich_sim
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -27,3 +28,11 @@ def tiny_checkpoint(tiny_data_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
     train(make_config("tiny", data=str(tiny_data_dir), run_dir=str(run_dir)), progress=False)
     return run_dir / "checkpoints" / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def rich_kaon_dir(tmp_path_factory):
+    """A RICH kaon sample of 3000 tracks (seed 5), for the RICH model and export tests."""
+    out = tmp_path_factory.mktemp("rich_kaon_data")
+    rich_sim.write_samples(out, n=3000, seed=5, particles=("kaon",), progress=False)
+    return out

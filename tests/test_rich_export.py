@@ -13,17 +13,14 @@ from scipy import special
 from calogan.core.runtime import run_cli
 from calogan.rich import SENTINEL
 from calogan.rich import export as rich_export
-from calogan.rich import simulate as rich_sim
 from calogan.rich import train as rich_train
 from calogan.rich.data import load_sample, no_rich_probability, sample_path
 from calogan.rich.models import load_rich_model
 
 
 @pytest.fixture(scope="module")
-def rich_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rich_export_data")
-    rich_sim.write_samples(out, n=3000, seed=5, particles=("kaon",), progress=False)
-    return out
+def rich_dir(rich_kaon_dir):
+    return rich_kaon_dir
 
 
 @pytest.fixture(scope="module")

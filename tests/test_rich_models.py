@@ -13,7 +13,6 @@ from calogan.core.errors import InputError
 from calogan.core.gan import gradient_penalty
 from calogan.core.runtime import run_cli
 from calogan.rich import export as rich_export
-from calogan.rich import simulate as rich_sim
 from calogan.rich import train as rich_train
 from calogan.rich.data import load_sample, sample_path
 from calogan.rich.models import (
@@ -30,10 +29,8 @@ SIZES = {"noise_dim": 8, "hidden": 16, "depth": 3}
 
 
 @pytest.fixture(scope="module")
-def rich_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rich_models_data")
-    rich_sim.write_samples(out, n=3000, seed=5, particles=("kaon",), progress=False)
-    return out
+def rich_dir(rich_kaon_dir):
+    return rich_kaon_dir
 
 
 @pytest.fixture(scope="module")
