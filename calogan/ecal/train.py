@@ -412,7 +412,8 @@ def train(
     mcfg = saved["model_config"] if saved is not None else _model_config(cfg, train_data)
 
     # phase 3: processes, device, run directory
-    if world > 1 and not torch.distributed.is_initialized():
+    own_group = world > 1 and not torch.distributed.is_initialized()
+    if own_group:
         torch.distributed.init_process_group(
             "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
         )
@@ -444,6 +445,8 @@ def train(
     finally:
         if task.writer is not None:
             task.writer.close()
+        if own_group:  # an explicit shutdown: a group left to the interpreter's exit can abort a process
+            torch.distributed.destroy_process_group()
     return run.path
 
 
