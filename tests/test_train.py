@@ -222,6 +222,8 @@ def test_tiny_run_with_response_term(tiny_data_dir, tmp_path):
     logged = [json.loads(ln) for ln in (rank_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(r["loss_rank_profile"] > 0 for r in logged if "loss_critic" in r)
     assert json.loads((rank_dir / "config.json").read_text())["critic_summary"] is True
+    with pytest.raises(Exception, match="hard_gates: needs cell_gates=true"):
+        run_tiny(tiny_data_dir, tmp_path / "bad_gates", hard_gates=True)
     w2_dir = run_tiny(tiny_data_dir, tmp_path / "w2", response_weight=1.0, response_power=2, steps=2)
     assert json.loads((w2_dir / "config.json").read_text())["response_power"] == 2
     with pytest.raises(Exception, match=r"response_power: must be an integer in \[1, 2\]"):

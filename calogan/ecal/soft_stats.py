@@ -25,28 +25,8 @@ SUMMARY_NAMES: tuple[str, ...] = (
 
 #: 0-based cell ranks of :func:`rank_profile`, about log-spaced from the hottest cell to the 850th.
 PROFILE_RANKS: tuple[int, ...] = (
-    0,
-    1,
-    2,
-    3,
-    5,
-    8,
-    12,
-    17,
-    24,
-    32,
-    42,
-    55,
-    70,
-    90,
-    120,
-    160,
-    220,
-    300,
-    420,
-    600,
-    850,
-)
+    0, 1, 2, 3, 5, 8, 12, 17, 24, 32, 42, 55, 70, 90, 120, 160, 220, 300, 420, 600, 850,
+)  # fmt: skip
 
 
 def _grid(device, dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -225,6 +225,8 @@ def validate_config(cfg: TrainConfig) -> None:
             options.check_int(name, value, low, high)
         else:
             options.check_float(name, value, low, low_incl, high, high_incl)
+    if cfg.hard_gates and not cfg.cell_gates:
+        raise InputError("hard_gates: needs cell_gates=true (it makes the cell gates' draw exact)")
     if cfg.eval_clusters > cfg.holdout:
         raise InputError(
             f"eval_clusters: must be an integer in [2, holdout = {cfg.holdout}], got {cfg.eval_clusters}"
@@ -310,7 +312,7 @@ class ShowerTask(AdversarialTask):
         # the real showers' summaries and rank profiles, once; generated ones are compared per batch
         self.summaries = self.summary_scale = self.profiles = self.profile_scale = None
         if cfg.stats_weight > 0:
-            self.summaries, self.summary_scale = self._real_columns(lambda im, c: shower_summary(im, c))
+            self.summaries, self.summary_scale = self._real_columns(shower_summary)
         if cfg.rank_weight > 0:
             self.profiles, self.profile_scale = self._real_columns(lambda im, c: rank_profile(im))
         self.embedder = _load_embedder(cfg, device) if evaluate else None

@@ -114,7 +114,6 @@ class RichCritic(nn.Module):
         super().__init__()
         self.critic_features = critic_features
         n_extra = N_CONDITIONS * 2 * len(CRITIC_FEATURE_FREQUENCIES) if critic_features else 0
-        self.residual = residual
         n_in = N_OUTPUTS + N_CONDITIONS + n_extra
         self.net = (
             ConditionalMLP(n_in, 1, hidden, depth, 0, True) if residual else _mlp(n_in, 1, hidden, depth)
