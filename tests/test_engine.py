@@ -40,7 +40,8 @@ class CriticWithCond(nn.Module):
         self.inner = inner
 
     def forward(self, x, c):
-        return self.inner(torch.cat([x, c], 1)).squeeze(1)
+        out = self.inner(torch.cat([x, c], 1))
+        return out.squeeze(1) if out.shape[1] == 1 else out
 
 
 class ToyTask(AdversarialTask):
@@ -48,10 +49,12 @@ class ToyTask(AdversarialTask):
 
     format = "toy-v1"
 
-    def __init__(self, weighted: bool = False, nan_at: int | None = None, scores=None, signal_at=None):
+    def __init__(self, weighted=False, nan_at=None, scores=None, signal_at=None, critic_out=1):
         torch.manual_seed(0)
         self.generator = ToyGenerator()
-        self.critic = CriticWithCond(nn.Sequential(nn.Linear(3, 8), nn.LeakyReLU(0.2), nn.Linear(8, 1)))
+        self.critic = CriticWithCond(
+            nn.Sequential(nn.Linear(3, 8), nn.LeakyReLU(0.2), nn.Linear(8, critic_out))
+        )
         g = torch.Generator().manual_seed(1)
         self.cond = torch.randn(256, 1, generator=g)
         self.data = torch.randn(256, 2, generator=g) + self.cond
@@ -97,13 +100,18 @@ def state(path):
     return torch.load(path, weights_only=True)
 
 
-@pytest.mark.parametrize("weighted", [False, True])
-def test_resume_continues_exactly(tmp_path, weighted):
-    straight = make(ToyTask(weighted), new_run(tmp_path, "a"))
+@pytest.mark.parametrize("weighted, objective", [(False, "wgan-gp"), (True, "wgan-gp"), (True, "cramer")])
+def test_resume_continues_exactly(tmp_path, weighted, objective):
+    out = 3 if objective == "cramer" else 1
+    straight = make(ToyTask(weighted, critic_out=out), new_run(tmp_path, "a"), objective=objective)
     straight.fit()
     with pytest.raises(KeyboardInterrupt):  # SIGTERM at step 4: last.pt written there
-        make(ToyTask(weighted, signal_at=4), new_run(tmp_path, "b")).fit()
-    resumed = make(ToyTask(weighted), RunDirectory.existing(tmp_path / "b"))
+        make(
+            ToyTask(weighted, signal_at=4, critic_out=out), new_run(tmp_path, "b"), objective=objective
+        ).fit()
+    resumed = make(
+        ToyTask(weighted, critic_out=out), RunDirectory.existing(tmp_path / "b"), objective=objective
+    )
     resumed.load(state(tmp_path / "b" / "checkpoints" / "last.pt"))
     assert resumed.step == 4
     resumed.fit()
@@ -180,3 +188,33 @@ def test_run_directory_safety(tmp_path):
     run.log({"step": 2})
     run.truncate_log(1)
     assert run.log_path.read_text() == '{"step": 1}\n'
+
+
+def test_cramer_objective_learns_the_conditional_distribution(tmp_path):
+    """The Cramér GAN (vector critic, second generated batch) moves a toy generator onto data = c + N(0, 1)."""
+    task = ToyTask(critic_out=4)
+
+    def fit_per_column() -> torch.Tensor:
+        """(slope on c, mean and std of the rest) of each generated column: real data gives (1, 0, 1)."""
+        with torch.no_grad():
+            fake = task.generator(torch.randn(len(task.cond), 2), task.cond)
+        c = task.cond - task.cond.mean()
+        slope = (c * (fake - fake.mean(0))).sum(0) / (c**2).sum()
+        rest = fake - slope * task.cond
+        return torch.stack([slope, rest.mean(0), rest.std(0)], 1)
+
+    assert (fit_per_column()[:, 0] < 0.5).all()  # the untrained generator barely follows c
+    engine = make(task, new_run(tmp_path, "c"), objective="cramer", steps=400, n_critic=1, lr_decay=False,
+                  lr_g=3e-3, lr_c=3e-3, checkpoint_every=400, log_every=100)  # fmt: skip
+    engine.fit()
+    fitted = fit_per_column()
+    assert ((fitted[:, 0] - 1).abs() < 0.2).all(), fitted
+    assert (fitted[:, 1].abs() < 0.3).all(), fitted
+    assert ((fitted[:, 2] > 0.5) & (fitted[:, 2] < 1.5)).all(), fitted
+    rows = [json.loads(x) for x in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    assert "cramer_surrogate" in rows[-1] and "wasserstein" not in rows[-1]
+
+
+def test_unknown_objective_is_refused(tmp_path):
+    with pytest.raises(InputError, match="objective"):
+        make(ToyTask(), new_run(tmp_path, "d"), objective="hinge")

@@ -1,4 +1,4 @@
-"""RICH model-structure options (residual, conditions in every layer, critic condition features): build, train, load, export."""
+"""RICH model options (residual, conditions in every layer, critic features, Cramér objective): build, train, load, export."""
 
 from __future__ import annotations
 
@@ -158,3 +158,27 @@ def test_export_parity_with_the_options_on(structured_ckpt, rich_dir, tmp_path, 
         for n in (len(inputs), 4):
             exported = rich_export.run_exported(out, fmt, inputs[:n], noise[:n])
             np.testing.assert_allclose(exported, eager[:n], rtol=1e-4, atol=1e-4)
+
+
+def test_cramer_objective_trains_a_vector_critic(rich_dir, tmp_path, capsys):
+    run = tmp_path / "kaon"
+    argv = ["--particle", "kaon", "--data", str(rich_dir), "--preset", "tiny", "--steps", "6", "--run-dir",
+            str(run), "--objective", "cramer", "--critic-dim", "8"]  # fmt: skip
+    assert run_cli(rich_train.main, argv) == 0
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["config"]["objective"] == "cramer" and ckpt["model_config"]["critic_out"] == 8
+    _, critic = build_models(ckpt["model_config"])
+    critic.load_state_dict(ckpt["critic"])
+    assert critic(torch.zeros(4, 5), torch.zeros(4, 3)).shape == (4, 8)
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert np.isfinite(last["cramer_surrogate"]) and np.isfinite(last["loss_generator"])
+    dlls = load_rich_model(run / "checkpoints" / "last.pt").generate(np.array([[10.0, 3.0, 100.0]]), seed=0)
+    assert dlls.shape == (1, 5) and np.isfinite(dlls).all()
+    bad = argv[:-4] + ["--objective", "hinge", "--overwrite"]
+    assert run_cli(rich_train.main, bad) == 2
+    assert "--objective: unknown 'hinge'" in capsys.readouterr().err
+
+
+def test_wgan_checkpoints_without_critic_out_still_load():
+    generator, critic = build_models(SIZES)  # model_config of checkpoints written before the option
+    assert critic(torch.zeros(2, 5), torch.zeros(2, 3)).shape == (2,)

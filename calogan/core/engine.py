@@ -2,7 +2,8 @@
 
 A trainer describes *what* is trained as an :class:`AdversarialTask` (models, how a batch is drawn, what
 the critic reads, extra generator losses, the periodic evaluation, the fixed checkpoint fields); the engine
-owns *how*: WGAN-GP critic and generator steps with optional per-event weights, the gradient penalty, the
+owns *how*: critic and generator steps (WGAN-GP, or the Cramér GAN) with optional per-event weights, the
+gradient penalty, the
 EMA generator, atomic checkpoints that resume exactly, the NaN/Inf guard, the wall-clock budget, Ctrl-C /
 SIGTERM handling, ``metrics.jsonl``, the progress bar and the gradient all-reduce under ``torchrun``.
 
@@ -115,6 +116,12 @@ class EngineSettings:
     deadline: float = math.inf  # time.perf_counter() value at which training stops (wall-clock budget)
     seed: int = 0
     description: str = "train"
+    objective: str = "wgan-gp"  # one of OBJECTIVES
+
+
+#: adversarial objectives: the critic's score D(x, c) (WGAN-GP), or the Cramér (energy-distance) GAN, whose
+#: critic maps an event to a vector h(x, c) compared with a second, independent generated batch
+OBJECTIVES = ("wgan-gp", "cramer")
 
 
 @dataclass
@@ -274,6 +281,8 @@ class AdversarialEngine:
         self.task, self.settings, self.run, self.device = task, settings, run, device
         self.rank, self.world = dist_info()
         s = settings
+        if s.objective not in OBJECTIVES:
+            raise InputError(f"objective: unknown '{s.objective}' (use one of {', '.join(OBJECTIVES)})")
         _broadcast_params(task.generator, self.world)
         _broadcast_params(task.critic, self.world)
         self.ema = EMA(task.generator, s.ema_decay)
@@ -348,37 +357,55 @@ class AdversarialEngine:
     def _noise(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.task.generator.noise_dim, device=self.device)
 
+    def _score(self, reference: torch.Tensor | None, cond: torch.Tensor):
+        """The critic's scalar score f(x, c): D(x, c) for WGAN-GP; for the Cramér GAN (Bellemare et al. 2017)
+        f(x) = ||h(x) - h(x'_g)|| - ||h(x)||, with x'_g the critic's view of a second generated batch."""
+        critic = self.task.critic
+        if reference is None:
+            return critic
+        h_reference = critic(reference, cond)
+        return lambda x, c: _norm(critic(x, c) - h_reference) - _norm(critic(x, c))
+
     def critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One critic update: -(E_w[D(real)] - E_w[D(fake)]) + gradient penalty."""
-        task, w = self.task, batch.weight
+        """One critic update: -(E_w[f(real)] - E_w[f(fake)]) + gradient penalty on f (see :meth:`_score`)."""
+        task, w, cond = self.task, batch.weight, batch.cond
+        cramer = self.settings.objective == "cramer"
         with torch.no_grad():
-            fake = task.generator(self._noise(len(batch.cond)), batch.cond)
-        f_real = task.critic_view(batch.real, batch.cond, self.step)
-        f_fake = task.critic_view(fake, batch.cond, self.step)
-        d_real, d_fake = task.critic(f_real, batch.cond), task.critic(f_fake, batch.cond)
-        wdist = _mean(d_real, w) - _mean(d_fake, w)
+            fake = task.generator(self._noise(len(cond)), cond)
+            reference = task.generator(self._noise(len(cond)), cond) if cramer else None
+        f_real = task.critic_view(batch.real, cond, self.step)
+        f_fake = task.critic_view(fake, cond, self.step)
+        score = self._score(None if reference is None else task.critic_view(reference, cond, self.step), cond)
+        distance = _mean(score(f_real, cond), w) - _mean(score(f_fake, cond), w)
         sample_weight = None if w is None else w.abs()
-        gp, norms = gradient_penalty(
-            task.critic, f_real, f_fake, batch.cond, self.settings.gp_weight, sample_weight
-        )
-        loss = gp - wdist
+        gp, norms = gradient_penalty(score, f_real, f_fake, cond, self.settings.gp_weight, sample_weight)
+        loss = gp - distance
         self.opt_c.zero_grad(set_to_none=True)
         loss.backward()
         _allreduce_grads(task.critic, self.world)
         self.opt_c.step()
-        return {"loss_critic": loss.detach(), "wasserstein": wdist.detach(), "gradient_penalty": gp.detach(),
+        name = "cramer_surrogate" if cramer else "wasserstein"
+        return {"loss_critic": loss.detach(), name: distance.detach(), "gradient_penalty": gp.detach(),
                 "grad_norm_mean": norms.mean()}  # fmt: skip
 
     def generator_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Gradients of -E_w[D(fake)] plus the task's extra terms: (losses, generated batch).
+        """Gradients of the adversarial loss plus the task's extra terms: (losses, generated batch).
 
+        WGAN-GP: -E_w[D(fake)]. Cramér GAN: the energy distance in the critic's space,
+        E_w[||h(real) - h(fake)|| + ||h(real) - h(fake')|| - ||h(fake) - h(fake')||], with a second batch fake'.
         The optimiser step is left to the caller, which applies it only when every loss is finite.
         """
-        task = self.task
-        fake = task.generator(self._noise(len(batch.cond)), batch.cond)
-        adversarial = -_mean(
-            task.critic(task.critic_view(fake, batch.cond, self.step), batch.cond), batch.weight
-        )
+        task, cond = self.task, batch.cond
+        fake = task.generator(self._noise(len(cond)), cond)
+        h_fake = task.critic(task.critic_view(fake, cond, self.step), cond)
+        if self.settings.objective == "cramer":
+            reference = task.generator(self._noise(len(cond)), cond)
+            h_reference = task.critic(task.critic_view(reference, cond, self.step), cond)
+            h_real = task.critic(task.critic_view(batch.real, cond, self.step), cond)
+            energy = _norm(h_real - h_fake) + _norm(h_real - h_reference) - _norm(h_fake - h_reference)
+            adversarial = _mean(energy, batch.weight)
+        else:
+            adversarial = -_mean(h_fake, batch.weight)
         extra = task.extra_generator_losses(fake, batch, self.step)
         loss = adversarial + sum(extra.values(), torch.zeros((), device=adversarial.device))
         self.opt_g.zero_grad(set_to_none=True)
@@ -494,6 +521,11 @@ def _mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     signed weights can come close to zero.
     """
     return values.mean() if weight is None else (weight * values).mean()
+
+
+def _norm(vectors: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm of each row, smoothed at 0 so that its gradient (and the penalty's) stays finite."""
+    return torch.sqrt(vectors.pow(2).sum(1) + 1e-12)
 
 
 def _constant(step: int) -> float:

@@ -101,7 +101,8 @@ def condition_features(conditions: torch.Tensor) -> torch.Tensor:
 
 
 class RichCritic(nn.Module):
-    """(normalised DLLs, normalised conditions) -> Wasserstein score; no batch norm (gradient penalty).
+    """(normalised DLLs, normalised conditions) -> Wasserstein score (B,), or with ``out_dim`` > 1 the vector
+    h(x, c) of shape (B, out_dim) that the Cramér objective compares; no batch norm (gradient penalty).
 
     ``residual`` adds skip connections; ``critic_features`` also feeds :func:`condition_features` of the
     conditions (they depend only on the conditions, so the gradient penalty, taken w.r.t. the DLLs, is
@@ -109,21 +110,29 @@ class RichCritic(nn.Module):
     """
 
     def __init__(
-        self, hidden: int = 128, depth: int = 4, residual: bool = False, critic_features: bool = False
+        self,
+        hidden: int = 128,
+        depth: int = 4,
+        residual: bool = False,
+        critic_features: bool = False,
+        out_dim: int = 1,
     ):
         super().__init__()
-        self.critic_features = critic_features
+        self.critic_features, self.out_dim = critic_features, out_dim
         n_extra = N_CONDITIONS * 2 * len(CRITIC_FEATURE_FREQUENCIES) if critic_features else 0
         n_in = N_OUTPUTS + N_CONDITIONS + n_extra
         self.net = (
-            ConditionalMLP(n_in, 1, hidden, depth, 0, True) if residual else _mlp(n_in, 1, hidden, depth)
+            ConditionalMLP(n_in, out_dim, hidden, depth, 0, True)
+            if residual
+            else _mlp(n_in, out_dim, hidden, depth)
         )
 
     def forward(self, dlls: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         parts = [dlls, conditions]
         if self.critic_features:
             parts.append(condition_features(conditions))
-        return self.net(torch.cat(parts, 1)).squeeze(1)
+        out = self.net(torch.cat(parts, 1))
+        return out.squeeze(1) if self.out_dim == 1 else out
 
 
 #: model-structure switches of model_config; absent (checkpoints written before them) means off
@@ -131,7 +140,8 @@ STRUCTURE_OPTIONS = ("residual", "cond_every_layer", "critic_features")
 
 
 def build_models(model_config: dict) -> tuple[RichGenerator, RichCritic]:
-    """Build generator and critic from {'noise_dim', 'hidden', 'depth'} and the optional STRUCTURE_OPTIONS."""
+    """Build generator and critic from {'noise_dim', 'hidden', 'depth'}, the optional STRUCTURE_OPTIONS and
+    'critic_out' (the critic's output size; absent means 1, a scalar score)."""
     flags = {k: bool(model_config.get(k, False)) for k in STRUCTURE_OPTIONS}
     g = RichGenerator(
         model_config["noise_dim"],
@@ -145,6 +155,7 @@ def build_models(model_config: dict) -> tuple[RichGenerator, RichCritic]:
         model_config["depth"],
         residual=flags["residual"],
         critic_features=flags["critic_features"],
+        out_dim=int(model_config.get("critic_out", 1)),
     )
     return g, c
 

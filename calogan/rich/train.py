@@ -15,7 +15,8 @@ By default the losses use the sWeights' cross-fitted conditional expectation E[s
 sWeights. Tracks without RICH information (-999) are not shown to the GAN; their weighted rate per (P, eta) bin is
 stored and reproduced at generation time.
 ``--residual``, ``--cond-every-layer`` and ``--critic-features`` change the networks' structure
-(calogan.rich.models; all off by default, stored in the checkpoint's model_config).
+(calogan.rich.models; all off by default, stored in the checkpoint's model_config). ``--objective cramer``
+trains with the Cramér (energy-distance) GAN objective instead of WGAN-GP (calogan.core.engine).
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ import numpy as np
 import torch
 
 from calogan.core import options
-from calogan.core.engine import AdversarialEngine, AdversarialTask, Batch, EngineSettings, RunDirectory
+from calogan.core.engine import (
+    OBJECTIVES,
+    AdversarialEngine,
+    AdversarialTask,
+    Batch,
+    EngineSettings,
+    RunDirectory,
+)
 from calogan.core.errors import InputError
 from calogan.core.runtime import run_cli, seed_everything, select_device, torch_load_safe
 from calogan.ecal.data import sha256_file
@@ -99,6 +107,10 @@ class TrainConfig:
     residual: bool = False  # pre-activation skip connections in generator and critic
     cond_every_layer: bool = False  # the generator reads the conditions again in every hidden layer
     critic_features: bool = False  # the critic also reads sin/cos features of the conditions
+    # adversarial objective (calogan.core.engine.OBJECTIVES): wgan-gp, or cramer with a critic that maps each
+    # track to a critic_dim-vector (the energy-distance GAN of LHCb's first RICH models)
+    objective: str = "wgan-gp"
+    critic_dim: int = 64
     checkpoint_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: only last.pt)
     # wall-clock budget from the start of train(), data and weights included; 0: none
     max_minutes: float = 0.0
@@ -159,6 +171,7 @@ class RichTask(AdversarialTask):
             "hidden": config.hidden,
             "depth": config.depth,
             **{k: bool(getattr(config, k)) for k in STRUCTURE_OPTIONS},
+            "critic_out": config.critic_dim if config.objective == "cramer" else 1,
         }
         generator, critic = build_models(self.model_config)
         self.generator, self.critic = generator.to(device), critic.to(device)
@@ -212,7 +225,10 @@ def validate_config(config: TrainConfig) -> None:
         raise InputError(f"--weights: unknown mode '{config.weights}' (use one of {', '.join(WEIGHT_MODES)})")
     if not config.max_minutes >= 0:  # also rejects NaN
         raise InputError(f"--max-minutes must be a number >= 0, got {config.max_minutes}")
-    for name in ("steps", "batch_size", "hidden", "depth", "noise_dim", "n_critic", "log_every"):
+    if config.objective not in OBJECTIVES:
+        raise InputError(f"--objective: unknown '{config.objective}' (use one of {', '.join(OBJECTIVES)})")
+    counts = ("steps", "batch_size", "hidden", "depth", "noise_dim", "n_critic", "log_every", "critic_dim")
+    for name in counts:
         if getattr(config, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
     if config.checkpoint_every < 0:
@@ -254,6 +270,7 @@ def train(config: TrainConfig, overwrite: bool = False, resume: bool = False) ->
         lr_decay=config.lr_decay, log_every=config.log_every, eval_every=0,
         checkpoint_every=CHECKPOINT_INTERVAL, keep_every=config.checkpoint_every,
         deadline=_deadline(config, start), seed=config.seed, description=f"rich {config.particle}",
+        objective=config.objective,
     )  # fmt: skip
     engine = AdversarialEngine(task, settings, run, device, progress=config.progress)
     if saved is not None:
@@ -327,6 +344,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="the critic also reads sin/cos features of the conditions",
     )
+    ap.add_argument(
+        "--objective",
+        default=None,
+        help="wgan-gp (default) | cramer: the Cramér (energy-distance) GAN, critic output of --critic-dim",
+    )
+    ap.add_argument(
+        "--critic-dim",
+        type=options.count(1),
+        default=None,
+        help="the Cramér critic's output size (default 64)",
+    )
     args = ap.parse_args(argv)
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
@@ -340,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.preset, particle=particle, data=args.data, run_dir=run_dir, seed=args.seed, device=args.device,
             steps=args.steps, batch_size=args.batch_size, dll_basis=args.dll_basis, weights=args.weights,
             lr_decay=args.lr_decay, residual=args.residual, cond_every_layer=args.cond_every_layer,
-            critic_features=args.critic_features, checkpoint_every=args.checkpoint_every, lr_g=args.lr, lr_c=args.lr,
+            critic_features=args.critic_features, objective=args.objective, critic_dim=args.critic_dim,
+            checkpoint_every=args.checkpoint_every, lr_g=args.lr, lr_c=args.lr,
             # an explicit --steps means that many steps: the preset's time budget only guards its own step count
             max_minutes=args.max_minutes if args.max_minutes is not None else (0.0 if args.steps else None),
         ))  # fmt: skip
