@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from calogan.ecal.models import build_generator
 from calogan.ecal.predict import predict_with_generator
@@ -57,26 +58,13 @@ def build_models() -> dict[str, torch.nn.Module]:
 
 
 def macs_per_shower(generator) -> float:
-    """Multiply-accumulates per shower of the Linear/Conv/ConvTranspose layers (machine-independent cost)."""
-    total = 0
+    """Multiply-accumulates per shower (machine-independent cost), counted by torch's FlopCounterMode.
 
-    def hook(module, inputs, output):
-        nonlocal total
-        if isinstance(module, torch.nn.Linear):
-            total += module.in_features * module.out_features * output.shape[0]
-        elif isinstance(module, torch.nn.Conv2d):
-            k = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
-            total += k * output.numel()
-        elif isinstance(module, torch.nn.ConvTranspose2d):
-            k = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
-            total += k * inputs[0].numel()
-
-    handles = [m.register_forward_hook(hook) for m in generator.modules()]
-    with torch.inference_mode():
+    It counts the matrix products and convolutions at the operator level, so functional layers count too.
+    """
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
         RawInputGenerator(generator)(*example_inputs(4, generator.noise_dim))
-    for h in handles:
-        h.remove()
-    return total / 4
+    return counter.get_total_flops() / 2 / 4
 
 
 def time_call(fn, n_events: int, min_time: float = 0.5, repeats: int = 3) -> float:
