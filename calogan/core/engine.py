@@ -364,7 +364,12 @@ class AdversarialEngine:
         if reference is None:
             return critic
         h_reference = critic(reference, cond)
-        return lambda x, c: _norm(critic(x, c) - h_reference) - _norm(critic(x, c))
+
+        def cramer_score(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+            h = critic(x, c)
+            return _norm(h - h_reference) - _norm(h)
+
+        return cramer_score
 
     def critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One critic update: -(E_w[f(real)] - E_w[f(fake)]) + gradient penalty on f (see :meth:`_score`)."""
