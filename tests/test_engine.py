@@ -218,3 +218,15 @@ def test_cramer_objective_learns_the_conditional_distribution(tmp_path):
 def test_unknown_objective_is_refused(tmp_path):
     with pytest.raises(InputError, match="objective"):
         make(ToyTask(), new_run(tmp_path, "d"), objective="hinge")
+
+
+@pytest.mark.parametrize("objective", ["wgan-gp", "cramer"])
+def test_generator_step_leaves_the_critic_weights_alone(tmp_path, objective):
+    """The generator's loss flows through the critic to the generator only; the critic stays trainable."""
+    task = ToyTask(critic_out=3 if objective == "cramer" else 1)
+    engine = make(task, new_run(tmp_path, objective), objective=objective)
+    for p in task.critic.parameters():
+        p.grad = None
+    engine.generator_step(task.sample(torch.Generator().manual_seed(0), 16))
+    assert all(p.grad is None and p.requires_grad for p in task.critic.parameters())
+    assert all(p.grad is not None for p in task.generator.parameters())

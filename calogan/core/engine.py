@@ -401,20 +401,22 @@ class AdversarialEngine:
         The optimiser step is left to the caller, which applies it only when every loss is finite.
         """
         task, cond = self.task, batch.cond
-        fake = task.generator(self._noise(len(cond)), cond)
-        h_fake = task.critic(task.critic_view(fake, cond, self.step), cond)
-        if self.settings.objective == "cramer":
-            reference = task.generator(self._noise(len(cond)), cond)
-            h_reference = task.critic(task.critic_view(reference, cond, self.step), cond)
-            h_real = task.critic(task.critic_view(batch.real, cond, self.step), cond)
-            energy = _norm(h_real - h_fake) + _norm(h_real - h_reference) - _norm(h_fake - h_reference)
-            adversarial = _mean(energy, batch.weight)
-        else:
-            adversarial = -_mean(h_fake, batch.weight)
-        extra = task.extra_generator_losses(fake, batch, self.step)
-        loss = adversarial + sum(extra.values(), torch.zeros((), device=adversarial.device))
-        self.opt_g.zero_grad(set_to_none=True)
-        loss.backward()
+        with _frozen(task.critic):  # the critic's weights need no gradient here: skip that part of backward
+            fake = task.generator(self._noise(len(cond)), cond)
+            h_fake = task.critic(task.critic_view(fake, cond, self.step), cond)
+            if self.settings.objective == "cramer":
+                reference = task.generator(self._noise(len(cond)), cond)
+                h_reference = task.critic(task.critic_view(reference, cond, self.step), cond)
+                with torch.no_grad():  # does not depend on the generator
+                    h_real = task.critic(task.critic_view(batch.real, cond, self.step), cond)
+                energy = _norm(h_real - h_fake) + _norm(h_real - h_reference) - _norm(h_fake - h_reference)
+                adversarial = _mean(energy, batch.weight)
+            else:
+                adversarial = -_mean(h_fake, batch.weight)
+            extra = task.extra_generator_losses(fake, batch, self.step)
+            loss = adversarial + sum(extra.values(), torch.zeros((), device=adversarial.device))
+            self.opt_g.zero_grad(set_to_none=True)
+            loss.backward()
         _allreduce_grads(task.generator, self.world)
         losses = {"loss_generator": loss.detach(), **{f"loss_{k}": v.detach() for k, v in extra.items()}}
         return losses, fake.detach()
@@ -526,6 +528,19 @@ def _mean(values: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     signed weights can come close to zero.
     """
     return values.mean() if weight is None else (weight * values).mean()
+
+
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Turn off the gradients of a model's parameters for a while (inputs' gradients still flow through it)."""
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
 
 
 def _norm(vectors: torch.Tensor) -> torch.Tensor:
