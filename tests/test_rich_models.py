@@ -163,10 +163,11 @@ def test_export_parity_with_the_options_on(structured_ckpt, rich_dir, tmp_path, 
 def test_cramer_objective_trains_a_vector_critic(rich_dir, tmp_path, capsys):
     run = tmp_path / "kaon"
     argv = ["--particle", "kaon", "--data", str(rich_dir), "--preset", "tiny", "--steps", "6", "--run-dir",
-            str(run), "--objective", "cramer", "--critic-dim", "8"]  # fmt: skip
+            str(run), "--objective", "cramer", "--critic-dim", "8", "--ema-decay", "0.9"]  # fmt: skip
     assert run_cli(rich_train.main, argv) == 0
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["config"]["objective"] == "cramer" and ckpt["model_config"]["critic_out"] == 8
+    assert ckpt["config"]["ema_decay"] == 0.9
     _, critic = build_models(ckpt["model_config"])
     critic.load_state_dict(ckpt["critic"])
     assert critic(torch.zeros(4, 5), torch.zeros(4, 3)).shape == (4, 8)
@@ -174,7 +175,7 @@ def test_cramer_objective_trains_a_vector_critic(rich_dir, tmp_path, capsys):
     assert np.isfinite(last["cramer_surrogate"]) and np.isfinite(last["loss_generator"])
     dlls = load_rich_model(run / "checkpoints" / "last.pt").generate(np.array([[10.0, 3.0, 100.0]]), seed=0)
     assert dlls.shape == (1, 5) and np.isfinite(dlls).all()
-    bad = argv[:-4] + ["--objective", "hinge", "--overwrite"]
+    bad = argv[:-6] + ["--objective", "hinge", "--overwrite"]
     assert run_cli(rich_train.main, bad) == 2
     assert "--objective: unknown 'hinge'" in capsys.readouterr().err
 

@@ -344,6 +344,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the critic also reads sin/cos features of the conditions",
     )
     ap.add_argument(
+        "--ema-decay",
+        type=options.fraction,
+        default=None,
+        help="decay of the generator's moving average, used for evaluation and export (default 0.995)",
+    )
+    ap.add_argument(
         "--objective",
         default=None,
         help="wgan-gp (default) | cramer: the Cramér (energy-distance) GAN, critic output of --critic-dim",
@@ -368,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             steps=args.steps, batch_size=args.batch_size, dll_basis=args.dll_basis, weights=args.weights,
             lr_decay=args.lr_decay, residual=args.residual, cond_every_layer=args.cond_every_layer,
             critic_features=args.critic_features, objective=args.objective, critic_dim=args.critic_dim,
+            ema_decay=args.ema_decay,
             checkpoint_every=args.checkpoint_every, lr_g=args.lr, lr_c=args.lr,
             # an explicit --steps means that many steps: the preset's time budget only guards its own step count
             max_minutes=args.max_minutes if args.max_minutes is not None else (0.0 if args.steps else None),
