@@ -3,9 +3,9 @@
 A trainer describes *what* is trained as an :class:`AdversarialTask` (models, how a batch is drawn, what
 the critic reads, extra generator losses, the periodic evaluation, the fixed checkpoint fields); the engine
 owns *how*: critic and generator steps (WGAN-GP, or the Cramér GAN) with optional per-event weights, the
-gradient penalty, the
-EMA generator, atomic checkpoints that resume exactly, the NaN/Inf guard, the wall-clock budget, Ctrl-C /
-SIGTERM handling, ``metrics.jsonl``, the progress bar and the gradient all-reduce under ``torchrun``.
+gradient penalty, the EMA generator, atomic checkpoints that resume exactly, the NaN/Inf guard, the wall-clock
+budget, Ctrl-C / SIGTERM handling, ``metrics.jsonl``, the progress bar and the gradient all-reduce under
+``torchrun``.
 
 Guarantees, the same for every trainer:
 - ``last.pt`` is rewritten atomically every ``checkpoint_every`` steps: kill -9 loses at most that many;
@@ -122,6 +122,13 @@ class EngineSettings:
 #: adversarial objectives: the critic's score D(x, c) (WGAN-GP), or the Cramér (energy-distance) GAN, whose
 #: critic maps an event to a vector h(x, c) compared with a second, independent generated batch
 OBJECTIVES = ("wgan-gp", "cramer")
+
+
+def check_objective(objective: str, option: str = "objective") -> str:
+    """The objective if it is one of OBJECTIVES, else InputError naming ``option``."""
+    if objective not in OBJECTIVES:
+        raise InputError(f"{option}: unknown '{objective}' (use one of {', '.join(OBJECTIVES)})")
+    return objective
 
 
 @dataclass
@@ -281,8 +288,7 @@ class AdversarialEngine:
         self.task, self.settings, self.run, self.device = task, settings, run, device
         self.rank, self.world = dist_info()
         s = settings
-        if s.objective not in OBJECTIVES:
-            raise InputError(f"objective: unknown '{s.objective}' (use one of {', '.join(OBJECTIVES)})")
+        check_objective(s.objective)
         _broadcast_params(task.generator, self.world)
         _broadcast_params(task.critic, self.world)
         self.ema = EMA(task.generator, s.ema_decay)
@@ -357,12 +363,10 @@ class AdversarialEngine:
     def _noise(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.task.generator.noise_dim, device=self.device)
 
-    def _score(self, reference: torch.Tensor | None, cond: torch.Tensor):
-        """The critic's scalar score f(x, c): D(x, c) for WGAN-GP; for the Cramér GAN (Bellemare et al. 2017)
-        f(x) = ||h(x) - h(x'_g)|| - ||h(x)||, with x'_g the critic's view of a second generated batch."""
+    def _cramer_score(self, reference: torch.Tensor, cond: torch.Tensor):
+        """The Cramér GAN's critic score (Bellemare et al. 2017), f(x) = ||h(x) - h(x'_g)|| - ||h(x)||, with
+        ``reference`` the critic's view of a second generated batch x'_g on the same conditions."""
         critic = self.task.critic
-        if reference is None:
-            return critic
         h_reference = critic(reference, cond)
 
         def cramer_score(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -372,7 +376,8 @@ class AdversarialEngine:
         return cramer_score
 
     def critic_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """One critic update: -(E_w[f(real)] - E_w[f(fake)]) + gradient penalty on f (see :meth:`_score`)."""
+        """One critic update: -(E_w[f(real)] - E_w[f(fake)]) + gradient penalty on f, where f is the critic
+        itself (WGAN-GP) or :meth:`_cramer_score`."""
         task, w, cond = self.task, batch.weight, batch.cond
         cramer = self.settings.objective == "cramer"
         with torch.no_grad():
@@ -380,7 +385,9 @@ class AdversarialEngine:
             reference = task.generator(self._noise(len(cond)), cond) if cramer else None
         f_real = task.critic_view(batch.real, cond, self.step)
         f_fake = task.critic_view(fake, cond, self.step)
-        score = self._score(None if reference is None else task.critic_view(reference, cond, self.step), cond)
+        score = task.critic
+        if reference is not None:
+            score = self._cramer_score(task.critic_view(reference, cond, self.step), cond)
         distance = _mean(score(f_real, cond), w) - _mean(score(f_fake, cond), w)
         sample_weight = None if w is None else w.abs()
         gp, norms = gradient_penalty(score, f_real, f_fake, cond, self.settings.gp_weight, sample_weight)

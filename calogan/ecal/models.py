@@ -345,7 +345,7 @@ class Critic(_Normalised):
         """feats = critic_features(images, conditions), (B, 901); returns (B,) scores."""
         batch = feats.shape[0]
         img = feats[:, :900].reshape(batch, 1, 30, 30)
-        frac = fractions_from_features(img) if (self.core or self.summary) else img  # (B, 1, 30, 30)
+        frac = fractions_from_features(img) if self.core or self.summary else None  # (B, 1, 30, 30)
         if self.core:  # sqrt of the linear fraction: the shower core, compressed by the log scale, stands out
             img = torch.cat([img, 3.0 * torch.sqrt(frac + 1e-12)], dim=1)
         x = self.conv(torch.cat([img, self.coordinates(conditions)], dim=1)).reshape(batch, -1)

@@ -33,12 +33,12 @@ import torch
 
 from calogan.core import options
 from calogan.core.engine import (
-    OBJECTIVES,
     AdversarialEngine,
     AdversarialTask,
     Batch,
     EngineSettings,
     RunDirectory,
+    check_objective,
 )
 from calogan.core.errors import InputError
 from calogan.core.runtime import run_cli, seed_everything, select_device, torch_load_safe
@@ -224,8 +224,7 @@ def validate_config(config: TrainConfig) -> None:
         raise InputError(f"--weights: unknown mode '{config.weights}' (use one of {', '.join(WEIGHT_MODES)})")
     if not config.max_minutes >= 0:  # also rejects NaN
         raise InputError(f"--max-minutes must be a number >= 0, got {config.max_minutes}")
-    if config.objective not in OBJECTIVES:
-        raise InputError(f"--objective: unknown '{config.objective}' (use one of {', '.join(OBJECTIVES)})")
+    check_objective(config.objective, "--objective")
     counts = ("steps", "batch_size", "hidden", "depth", "noise_dim", "n_critic", "log_every", "critic_dim")
     for name in counts:
         if getattr(config, name) < 1:
