@@ -1,8 +1,8 @@
 """Evaluate a RICH PID GAN against a calibration sample: python -m calogan.rich.evaluate --checkpoint CKPT --data DIR --out DIR.
 
-``--particle all --run-dir RUNS`` (instead of ``--checkpoint``) evaluates every RUNS/{particle}/checkpoints/last.pt
-(the layout of ``python -m calogan.rich.train --particle all --run-dir RUNS``) and writes one table,
-OUT/summary.{md,json}, with each particle's report and plots in OUT/{particle}/.
+``--particle all --run-dir RUNS`` (instead of ``--checkpoint``) evaluates every RUNS/{particle}/checkpoints/best.pt,
+or last.pt where the run kept no best.pt (the layout of ``python -m calogan.rich.train --particle all --run-dir
+RUNS``), and writes one table, OUT/summary.{md,json}, with each particle's report and plots in OUT/{particle}/.
 
 Everything is sWeighted (real events carry their sWeight; generated events are produced on the real
 events' conditions and inherit those weights, so both samples describe the signal's kinematics):
@@ -277,14 +277,17 @@ NOT_TRAINED = "not trained"
 
 
 def run_checkpoints(run_dir: str | Path, particle: str = "all") -> dict[str, Path | None]:
-    """RUN_DIR/{particle}/checkpoints/last.pt of each particle (``all``: the five), None where there is none.
+    """RUN_DIR/{particle}/checkpoints/best.pt (else last.pt) of each particle (``all``: the five), None where there is none.
+
+    best.pt exists when the run scored held-out tracks during training (``--holdout``, standard and full presets).
 
     InputError when none exists, or when a checkpoint belongs to another particle than its folder.
     """
     particles = PARTICLES if particle == "all" else (particle,)
     found: dict[str, Path | None] = {}
     for name in particles:
-        path = Path(run_dir) / name / "checkpoints" / "last.pt"
+        folder = Path(run_dir) / name / "checkpoints"
+        path = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
         found[name] = path if path.is_file() else None
         if found[name] is not None:
             stored = torch_load_safe(path)
@@ -292,7 +295,7 @@ def run_checkpoints(run_dir: str | Path, particle: str = "all") -> dict[str, Pat
                 raise InputError(f"{path}: a {stored['particle']} checkpoint in the {name} folder")
     if not any(found.values()):
         raise InputError(
-            f"--run-dir {run_dir}: no {{particle}}/checkpoints/last.pt for {', '.join(particles)}"
+            f"--run-dir {run_dir}: no {{particle}}/checkpoints/best.pt or last.pt for {', '.join(particles)}"
             f" (write them with `python -m calogan.rich.train --particle all --run-dir {run_dir}`)"
         )
     return found
@@ -397,7 +400,7 @@ def evaluation_parser(prog: str, description: str, data_help: str | None = None)
     source.add_argument(
         "--particle",
         type=options.choice("all", *PARTICLES),
-        help="all (or one particle): RUN_DIR/{particle}/checkpoints/last.pt, one table in OUT/summary.md",
+        help="all (or one particle): RUN_DIR/{particle}/checkpoints/best.pt or last.pt, one table in OUT/summary.md",
     )
     ap.add_argument(
         "--run-dir",
@@ -428,7 +431,7 @@ def parse_evaluation_args(
     args = ap.parse_args(argv)
     if args.particle and not args.run_dir:
         raise InputError(
-            "--particle: needs --run-dir DIR (the folder holding DIR/{particle}/checkpoints/last.pt)"
+            "--particle: needs --run-dir DIR (the folder holding DIR/{particle}/checkpoints/best.pt or last.pt)"
         )
     if args.checkpoint and args.run_dir:
         raise InputError("--run-dir: goes with --particle, not with --checkpoint")

@@ -14,6 +14,10 @@ By default the losses use the sWeights' cross-fitted conditional expectation E[s
 (``calogan.rich.weights``: same expectation, non-negative, less noise); ``--weights sweights`` uses the raw
 sWeights. Tracks without RICH information (-999) are not shown to the GAN; their weighted rate per (P, eta) bin is
 stored and reproduced at generation time.
+With ``--holdout N`` (standard and full presets) N tracks of the training file are kept out of training; every
+``--eval-every`` steps the EMA generator is scored on them by the weighted classifier two-sample test of
+calogan.rich.evaluate, and checkpoints/best.pt keeps the step with the lowest held-out AUC (the game oscillates,
+so the last step is often not the best one).
 ``--residual``, ``--cond-every-layer`` and ``--critic-features`` change the networks' structure
 (calogan.rich.models; all off by default, stored in the checkpoint's model_config). ``--objective cramer``
 trains with the Cramér (energy-distance) GAN objective instead of WGAN-GP (calogan.core.engine).
@@ -46,6 +50,7 @@ from calogan.ecal.data import sha256_file
 from calogan.rich import PARTICLES
 from calogan.rich.data import (
     QuantileNormal,
+    RichSample,
     check_dll_basis,
     check_particle,
     fit_no_rich_table,
@@ -56,7 +61,8 @@ from calogan.rich.data import (
     sample_path,
     to_basis,
 )
-from calogan.rich.models import CHECKPOINT_FORMAT, STRUCTURE_OPTIONS, build_models
+from calogan.rich.evaluate import classifier_test
+from calogan.rich.models import CHECKPOINT_FORMAT, STRUCTURE_OPTIONS, RichModel, build_models
 from calogan.rich.weights import WEIGHT_MODES, expected_sweights, n_effective
 
 PRESETS: dict[str, dict] = {
@@ -70,16 +76,29 @@ PRESETS: dict[str, dict] = {
         "n_critic": 3,
         "max_minutes": 4.5,  # keeps the whole command under the 5-minute target on a slower 2-core CPU
     },
-    "standard": {  # the quick networks for 4x its steps: where longer runs level off (docs/rich.md)
+    "standard": {  # the quick networks for 4x its steps, a slower EMA and best.pt chosen on held-out tracks
         "steps": 10000,
         "batch_size": 2048,
         "hidden": 128,
         "depth": 3,
         "noise_dim": 32,
         "n_critic": 3,
+        "ema_decay": 0.999,
+        "holdout": 8000,
+        "eval_every": 500,
         "max_minutes": 28.0,  # a guard: about 18 minutes on an idle 2-core CPU, at most 30 per particle
     },
-    "full": {"steps": 30000, "batch_size": 2048, "hidden": 256, "depth": 5, "noise_dim": 64, "n_critic": 5},
+    "full": {
+        "steps": 30000,
+        "batch_size": 2048,
+        "hidden": 256,
+        "depth": 5,
+        "noise_dim": 64,
+        "n_critic": 5,
+        "ema_decay": 0.999,
+        "holdout": 8000,
+        "eval_every": 1000,
+    },  # fmt: skip
 }
 
 
@@ -110,6 +129,10 @@ class TrainConfig:
     # track to a critic_dim-vector (the energy-distance GAN of LHCb's first RICH models)
     objective: str = "wgan-gp"
     critic_dim: int = 64
+    # tracks with RICH information kept out of training (0: none); the EMA generator is scored on them every
+    # eval_every steps and at the end, and checkpoints/best.pt keeps the lowest held-out classifier AUC
+    holdout: int = 0
+    eval_every: int = 0
     checkpoint_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: only last.pt)
     # wall-clock budget from the start of train(), data and weights included; 0: none
     max_minutes: float = 0.0
@@ -139,8 +162,21 @@ class RichTask(AdversarialTask):
         self.path = sample_path(config.data, config.particle, "train")
         sample = load_sample(self.path)
         rich = sample.subset(sample.has_rich)
-        if len(rich) < 10 or rich.weights.sum() <= 0:
-            raise InputError(f"{self.path}: too few tracks with RICH information to train on")
+        if len(rich) < 10 + config.holdout or rich.weights.sum() <= 0:
+            raise InputError(
+                f"{self.path}: too few tracks with RICH information to train on"
+                f" ({len(rich)}, of which --holdout keeps {config.holdout} out)"
+            )
+        if config.weights == "expected":
+            features = np.column_stack([model_inputs(rich.inputs), rich.dlls])
+            all_weights = expected_sweights(features, rich.weights, seed=config.seed)
+        else:
+            all_weights = rich.weights.astype(np.float64)
+        # the held-out tracks carry the training weights too: the selection measure then has less noise
+        order = np.random.default_rng(config.seed).permutation(len(rich))
+        held, kept = np.sort(order[: config.holdout]), np.sort(order[config.holdout :])
+        self.holdout = RichSample(rich.inputs[held], rich.dlls[held], all_weights[held], self.path)
+        rich, train_weights = rich.subset(kept), all_weights[kept]
         self.qt_in = QuantileNormal.fit(model_inputs(rich.inputs), seed=config.seed)
         outputs = to_basis(rich.dlls, config.dll_basis)
         self.qt_out = QuantileNormal.fit(outputs, seed=config.seed)
@@ -149,11 +185,6 @@ class RichTask(AdversarialTask):
         self.has_ties = bool((cdf_high > cdf_low).any())
         self.cdf_low = torch.from_numpy(cdf_low).to(device)
         self.cdf_step = torch.from_numpy(cdf_high).to(device) - self.cdf_low
-        if config.weights == "expected":
-            features = np.column_stack([model_inputs(rich.inputs), rich.dlls])
-            train_weights = expected_sweights(features, rich.weights, seed=config.seed)
-        else:
-            train_weights = rich.weights.astype(np.float64)
         if train_weights.sum() <= 0:
             raise InputError(f"{self.path}: the {config.weights} training weights sum to <= 0")
         self.weight_info = {
@@ -162,6 +193,7 @@ class RichTask(AdversarialTask):
             "sum_train_weights": float(train_weights.sum()),
             "n_effective_sweights": n_effective(rich.weights),
             "n_effective_train_weights": n_effective(train_weights),
+            "holdout_tracks": config.holdout,
         }
         w = torch.from_numpy(train_weights.astype(np.float32)).to(device)
         self.weights = w / w.mean()  # global normalisation: weighted means are sum(w v) / batch size
@@ -198,6 +230,17 @@ class RichTask(AdversarialTask):
             u = u + torch.rand(u.shape, generator=rng, dtype=u.dtype).to(self.device) * self.cdf_step[idx]
         return Batch(normal_from_uniform(u).float(), self.cond[idx], weight=self.weights[idx], index=idx)
 
+    def evaluate(self, generator: torch.nn.Module, step: int) -> dict | None:
+        """Weighted classifier AUC of the held-out tracks against the generator's DLLs on their conditions."""
+        if not len(self.holdout):
+            return None
+        model = RichModel(
+            generator, self.qt_in, self.qt_out, None, self.config.particle, {}, self.config.dll_basis
+        )
+        generated = model.generate(self.holdout.inputs, seed=self.config.seed, no_rich=False)
+        auc = classifier_test(self.holdout, generated, seed=self.config.seed)["auc"]
+        return {"holdout_auc": auc, "selection": -auc}
+
     def checkpoint_fields(self) -> dict:
         return self.fixed
 
@@ -229,15 +272,18 @@ def validate_config(config: TrainConfig) -> None:
     for name in counts:
         if getattr(config, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
-    if config.checkpoint_every < 0:
-        raise InputError(f"--checkpoint-every must be >= 0, got {config.checkpoint_every}")
+    for name in ("checkpoint_every", "holdout", "eval_every"):
+        if getattr(config, name) < 0:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
+    if config.eval_every and not config.holdout:
+        raise InputError("--eval-every needs held-out tracks to score on: set --holdout N (N > 0)")
     for name in ("lr_g", "lr_c"):
         if not (math.isfinite(getattr(config, name)) and getattr(config, name) > 0):
             raise InputError(f"--lr must be a finite number > 0, got {getattr(config, name)}")
 
 
 def train(config: TrainConfig, overwrite: bool = False, resume: bool = False) -> Path:
-    """Train one particle's GAN into run_dir/{config.json, metrics.jsonl, checkpoints/last.pt}; returns run_dir.
+    """Train one particle's GAN into run_dir/{config.json, metrics.jsonl, checkpoints/last.pt (+ best.pt)}; returns run_dir.
 
     ``resume`` continues the run in ``config.run_dir`` from its last.pt (its saved config wins, except the
     total steps and the time budget); an existing run directory is replaced only with ``overwrite``.
@@ -265,7 +311,7 @@ def train(config: TrainConfig, overwrite: bool = False, resume: bool = False) ->
     settings = EngineSettings(
         steps=config.steps, batch_size=config.batch_size, n_critic=config.n_critic, gp_weight=config.gp_weight,
         lr_g=config.lr_g, lr_c=config.lr_c, betas=tuple(config.betas), ema_decay=config.ema_decay,
-        lr_decay=config.lr_decay, log_every=config.log_every, eval_every=0,
+        lr_decay=config.lr_decay, log_every=config.log_every, eval_every=config.eval_every,
         checkpoint_every=CHECKPOINT_INTERVAL, keep_every=config.checkpoint_every,
         deadline=_deadline(config, start), seed=config.seed, description=f"rich {config.particle}",
         objective=config.objective,
@@ -311,6 +357,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also keep checkpoints/step_NNNNNN.pt every N steps",
     )
     ap.add_argument(
+        "--holdout",
+        type=options.count(0),
+        default=None,
+        help="tracks of the training file kept out to choose best.pt (standard/full: 8000; 0: none)",
+    )
+    ap.add_argument(
+        "--eval-every",
+        type=options.count(0),
+        default=None,
+        help="score the EMA generator on the held-out tracks every N steps (0: only at the end)",
+    )
+    ap.add_argument(
         "--lr", type=options.positive_float, default=None, help="learning rate of generator and critic"
     )
     ap.add_argument(
@@ -346,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--ema-decay",
         type=options.fraction,
         default=None,
-        help="decay of the generator's moving average, used for evaluation and export (default 0.995)",
+        help="decay of the generator's moving average, used for evaluation and export (quick 0.995, standard 0.999)",
     )
     ap.add_argument(
         "--objective",
@@ -373,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             steps=args.steps, batch_size=args.batch_size, dll_basis=args.dll_basis, weights=args.weights,
             lr_decay=args.lr_decay, residual=args.residual, cond_every_layer=args.cond_every_layer,
             critic_features=args.critic_features, objective=args.objective, critic_dim=args.critic_dim,
-            ema_decay=args.ema_decay,
+            ema_decay=args.ema_decay, holdout=args.holdout, eval_every=args.eval_every,
             checkpoint_every=args.checkpoint_every, lr_g=args.lr, lr_c=args.lr,
             # an explicit --steps means that many steps: the preset's time budget only guards its own step count
             max_minutes=args.max_minutes if args.max_minutes is not None else (0.0 if args.steps else None),

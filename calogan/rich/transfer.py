@@ -5,8 +5,8 @@ Evaluates a model trained on the calibration sample on (a) the held-out calibrat
 calibration channel). The detector response is the same in both, so a model that learned the conditional
 p(DLL | P, eta, nTracks) must keep its generated/real efficiency ratios when the kinematics change.
 Verdict: the per-bin ratios on the transfer sample agree with 1 within 5 % or 2 sigma in well-populated bins.
-``--particle all --run-dir RUNS`` (instead of ``--checkpoint``) tests every RUNS/{particle}/checkpoints/last.pt and
-writes one table, OUT/summary.{md,json}, with each particle's reports in OUT/{particle}/.
+``--particle all --run-dir RUNS`` (instead of ``--checkpoint``) tests every RUNS/{particle}/checkpoints/best.pt (else
+last.pt) and writes one table, OUT/summary.{md,json}, with each particle's reports in OUT/{particle}/.
 """
 
 from __future__ import annotations
