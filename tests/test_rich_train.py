@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from calogan.core.engine import TrainingDiverged
+from calogan.core.errors import InputError
 from calogan.core.runtime import run_cli
+from calogan.rich import evaluate as rich_eval
 from calogan.rich import simulate as rich_sim
 from calogan.rich import train as rich_train
 
@@ -69,6 +71,39 @@ def test_particle_all_trains_each_available_particle_in_its_own_folder(rich_dir,
     assert run_cli(rich_train.main, argv) == 2
     assert "rich_electron_train.npz: file not found" in capsys.readouterr().err
     assert not (tmp_path / "all").exists()
+
+
+def test_holdout_scores_the_generator_and_keeps_the_best_step(rich_dir, tmp_path):
+    """Held-out tracks stay out of training; best.pt is the evaluation with the lowest held-out AUC."""
+    cfg = config(rich_dir, tmp_path / "runs" / "pion", steps=6, holdout=400, eval_every=2)
+    task = rich_train.RichTask(cfg, torch.device("cpu"))
+    assert len(task.holdout) == 400 and len(task.cond) + 400 == task.weight_info["n_rich_tracks"]
+    run = rich_train.train(cfg)
+    last = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    history = last["metrics"]["history"]
+    assert [h["step"] for h in history] == [2, 4, 6]
+    aucs = [h["holdout_auc"] for h in history]
+    assert all(0.0 <= a <= 1.0 + 1e-9 for a in aucs)
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["step"] == history[aucs.index(min(aucs))]["step"] == last["metrics"]["best_step"]
+    logged = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval_holdout_auc"] for r in logged if "eval_holdout_auc" in r] == aucs
+    # the five-particle evaluation reads best.pt where a run kept one
+    assert rich_eval.run_checkpoints(tmp_path / "runs", "pion")["pion"].name == "best.pt"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"holdout": 0, "eval_every": 2}, "--eval-every needs held-out tracks"),
+        ({"holdout": 10**6}, "too few tracks with RICH information"),
+        ({"holdout": -1}, "--holdout must be >= 0"),
+    ],
+)
+def test_holdout_refusals(rich_dir, tmp_path, overrides, message):
+    with pytest.raises(InputError, match=message):
+        rich_train.train(config(rich_dir, tmp_path / "r", steps=2, **overrides))
+    assert not (tmp_path / "r").exists()
 
 
 def test_nan_stops_and_keeps_the_last_good_checkpoint(rich_dir, tmp_path, monkeypatch):

@@ -193,6 +193,7 @@ class RichTask(AdversarialTask):
             "sum_train_weights": float(train_weights.sum()),
             "n_effective_sweights": n_effective(rich.weights),
             "n_effective_train_weights": n_effective(train_weights),
+            "n_rich_tracks": len(order),
             "holdout_tracks": config.holdout,
         }
         w = torch.from_numpy(train_weights.astype(np.float32)).to(device)
