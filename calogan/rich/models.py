@@ -10,6 +10,7 @@ from calogan.core.errors import InputError
 from calogan.core.runtime import require_finite_tensors, torch_load_safe
 from calogan.rich import SENTINEL
 from calogan.rich.data import QuantileNormal, from_basis, model_inputs, no_rich_probability
+from calogan.rich.ties import TieModel, TiePatternHead, apply_ties
 
 N_CONDITIONS = 3
 N_OUTPUTS = 5
@@ -62,7 +63,7 @@ class ConditionalMLP(nn.Module):
 
 
 class RichGenerator(nn.Module):
-    """(noise, normalised conditions) -> normalised DLLs.
+    """(noise, normalised conditions [+ one-hot tie pattern]) -> normalised DLLs.
 
     ``residual`` adds skip connections, ``cond_every_layer`` feeds the conditions into every hidden layer;
     with both off the network is the original plain MLP (same parameter names, same seeded initialisation).
@@ -75,15 +76,17 @@ class RichGenerator(nn.Module):
         depth: int = 4,
         residual: bool = False,
         cond_every_layer: bool = False,
+        n_patterns: int = 0,
     ):
         super().__init__()
         self.noise_dim = noise_dim
         self.structured = residual or cond_every_layer
+        n_conditions = N_CONDITIONS + n_patterns  # the one-hot tie pattern is read as a condition
         if self.structured:
-            n_cond = N_CONDITIONS if cond_every_layer else 0
-            self.net = ConditionalMLP(noise_dim + N_CONDITIONS, N_OUTPUTS, hidden, depth, n_cond, residual)
+            n_cond = n_conditions if cond_every_layer else 0
+            self.net = ConditionalMLP(noise_dim + n_conditions, N_OUTPUTS, hidden, depth, n_cond, residual)
         else:
-            self.net = _mlp(noise_dim + N_CONDITIONS, N_OUTPUTS, hidden, depth)
+            self.net = _mlp(noise_dim + n_conditions, N_OUTPUTS, hidden, depth)
 
     def forward(self, noise: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         x = torch.cat([noise, conditions], 1)
@@ -116,11 +119,12 @@ class RichCritic(nn.Module):
         residual: bool = False,
         critic_features: bool = False,
         out_dim: int = 1,
+        n_patterns: int = 0,
     ):
         super().__init__()
         self.critic_features, self.out_dim = critic_features, out_dim
         n_extra = N_CONDITIONS * 2 * len(CRITIC_FEATURE_FREQUENCIES) if critic_features else 0
-        n_in = N_OUTPUTS + N_CONDITIONS + n_extra
+        n_in = N_OUTPUTS + N_CONDITIONS + n_patterns + n_extra
         self.net = (
             ConditionalMLP(n_in, out_dim, hidden, depth, 0, True)
             if residual
@@ -130,7 +134,7 @@ class RichCritic(nn.Module):
     def forward(self, dlls: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         parts = [dlls, conditions]
         if self.critic_features:
-            parts.append(condition_features(conditions))
+            parts.append(condition_features(conditions[:, :N_CONDITIONS]))
         out = self.net(torch.cat(parts, 1))
         return out.squeeze(1) if self.out_dim == 1 else out
 
@@ -139,16 +143,24 @@ class RichCritic(nn.Module):
 STRUCTURE_OPTIONS = ("residual", "cond_every_layer", "critic_features")
 
 
+def n_tie_patterns(model_config: dict) -> int:
+    """Number of modelled tie patterns (calogan.rich.ties); 0 for a model without the discrete part."""
+    patterns = model_config.get("tie_patterns") or []
+    return len(patterns) if len(patterns) > 1 else 0
+
+
 def build_models(model_config: dict) -> tuple[RichGenerator, RichCritic]:
-    """Build generator and critic from {'noise_dim', 'hidden', 'depth'}, the optional STRUCTURE_OPTIONS and
-    'critic_out' (the critic's output size; absent means 1, a scalar score)."""
+    """Build generator and critic from {'noise_dim', 'hidden', 'depth'}, the optional STRUCTURE_OPTIONS,
+    'critic_out' (the critic's output size; absent means 1, a scalar score) and 'tie_patterns' (absent: none)."""
     flags = {k: bool(model_config.get(k, False)) for k in STRUCTURE_OPTIONS}
+    n_patterns = n_tie_patterns(model_config)
     g = RichGenerator(
         model_config["noise_dim"],
         model_config["hidden"],
         model_config["depth"],
         residual=flags["residual"],
         cond_every_layer=flags["cond_every_layer"],
+        n_patterns=n_patterns,
     )
     c = RichCritic(
         model_config["hidden"],
@@ -156,12 +168,14 @@ def build_models(model_config: dict) -> tuple[RichGenerator, RichCritic]:
         residual=flags["residual"],
         critic_features=flags["critic_features"],
         out_dim=int(model_config.get("critic_out", 1)),
+        n_patterns=n_patterns,
     )
     return g, c
 
 
 class RichModel:
-    """A trained particle model: EMA generator + input/output quantile transforms + no-RICH table."""
+    """A trained particle model: EMA generator + input/output quantile transforms + no-RICH table, and
+    optionally the tie patterns (calogan.rich.ties.TieModel), drawn from the last noise column."""
 
     def __init__(
         self,
@@ -172,13 +186,20 @@ class RichModel:
         particle: str,
         meta: dict,
         dll_basis: str = "raw",
+        ties: TieModel | None = None,
     ):
         self.generator = generator.eval()
+        self.ties = ties.eval() if ties is not None else None
         self.dll_basis = dll_basis
         self.qt_in, self.qt_out = qt_in, qt_out
         self.no_rich_table = no_rich_table
         self.particle = particle
         self.meta = meta
+
+    @property
+    def noise_dim(self) -> int:
+        """Noise columns per track: the generator's, plus one for the tie-pattern draw when the model has one."""
+        return self.generator.noise_dim + (self.ties is not None)
 
     @torch.no_grad()
     def generate(
@@ -186,28 +207,36 @@ class RichModel:
     ):
         """Sample (N, 5) DLLs for raw inputs (N, 3) = P, ETA, NTRACKS; -999 rows drawn from the no-RICH table.
 
-        ``noise`` (N, noise_dim) replaces the generator noise drawn from ``seed`` (the exported graph takes
-        it as an input); ``no_rich=False`` skips the -999 draw, so every track gets generated DLLs.
+        ``noise`` (N, noise_dim) replaces the noise drawn from ``seed`` (the exported graph takes it as an
+        input; with tie patterns its last column, through the normal CDF, is the uniform that draws the pattern);
+        ``no_rich=False`` skips the -999 draw, so every track gets generated DLLs.
         """
         device = device or next(self.generator.parameters()).device
         cond = torch.from_numpy(self.qt_in.transform(model_inputs(inputs)))
         if noise is not None:
             noise = torch.as_tensor(noise, dtype=torch.float32)
-            if tuple(noise.shape) != (len(cond), self.generator.noise_dim):
+            if tuple(noise.shape) != (len(cond), self.noise_dim):
                 raise InputError(
-                    f"noise: expected shape ({len(cond)}, {self.generator.noise_dim}), got {tuple(noise.shape)}"
+                    f"noise: expected shape ({len(cond)}, {self.noise_dim}), got {tuple(noise.shape)}"
                 )
         gen = torch.Generator().manual_seed(seed)
-        outs = []
+        outs, bits = [], []
         for start in range(0, len(cond), batch_size):
             c = cond[start : start + batch_size]
             if noise is None:
-                z = torch.randn(len(c), self.generator.noise_dim, generator=gen)
+                z = torch.randn(len(c), self.noise_dim, generator=gen)
             else:
                 z = noise[start : start + batch_size]
-            outs.append(self.generator(z.to(device), c.to(device)).cpu())
+            z, c = z.to(device), c.to(device)
+            if self.ties is not None:
+                one_hot, tie = self.ties(c.float(), torch.special.ndtr(z[:, -1].double()))
+                z, c = z[:, :-1], torch.cat([c.float(), one_hot], 1)
+                bits.append(tie.cpu())
+            outs.append(self.generator(z, c).cpu())
         z_out = torch.cat(outs).numpy() if outs else np.zeros((0, N_OUTPUTS), np.float32)
         dlls = from_basis(self.qt_out.inverse_transform(z_out), self.dll_basis)
+        if self.ties is not None and len(dlls):
+            dlls = apply_ties(torch.from_numpy(dlls), torch.cat(bits)).numpy()
         if not no_rich:
             return dlls
         rng = np.random.default_rng(seed)
@@ -226,6 +255,12 @@ def load_rich_model(path, device="cpu", ema: bool = True) -> RichModel:
     )
     g, _ = build_models(ckpt["model_config"])
     g.load_state_dict(ckpt["generator_ema" if ema else "generator"])
+    ties = None
+    if n_tie_patterns(ckpt["model_config"]):
+        require_finite_tensors(path, ckpt, ("tie_head",))
+        patterns = np.asarray(ckpt["model_config"]["tie_patterns"], bool)
+        ties = TieModel(TiePatternHead(len(patterns)), patterns)
+        ties.head.load_state_dict(ckpt["tie_head"])
     qt_in = QuantileNormal.from_arrays(
         ckpt["qt_in"]["quantiles"].numpy(), ckpt["qt_in"]["references"].numpy()
     )
@@ -235,8 +270,9 @@ def load_rich_model(path, device="cpu", ema: bool = True) -> RichModel:
     meta = {k: ckpt[k] for k in ("config", "step", "metrics", "data_sha256") if k in ckpt}
     basis = ckpt.get("config", {}).get("dll_basis", "raw")  # checkpoints before the basis option: raw
     return RichModel(
-        g.to(device), qt_in, qt_out, ckpt["no_rich_table"].numpy(), ckpt["particle"], meta, basis
-    )
+        g.to(device), qt_in, qt_out, ckpt["no_rich_table"].numpy(), ckpt["particle"], meta, basis,
+        ties.to(device) if ties is not None else None,
+    )  # fmt: skip
 
 
 CHECKPOINT_FORMAT = "calogan-rich-checkpoint-v1"

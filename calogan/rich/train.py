@@ -62,7 +62,8 @@ from calogan.rich.data import (
     to_basis,
 )
 from calogan.rich.evaluate import classifier_test
-from calogan.rich.models import CHECKPOINT_FORMAT, STRUCTURE_OPTIONS, RichModel, build_models
+from calogan.rich.models import CHECKPOINT_FORMAT, N_CONDITIONS, STRUCTURE_OPTIONS, RichModel, build_models
+from calogan.rich.ties import TIE_PAIRS, TieModel, fit_pattern_head, fit_patterns, masked_columns
 from calogan.rich.weights import WEIGHT_MODES, expected_sweights, n_effective
 
 PRESETS: dict[str, dict] = {
@@ -129,6 +130,8 @@ class TrainConfig:
     # track to a critic_dim-vector (the energy-distance GAN of LHCb's first RICH models)
     objective: str = "wgan-gp"
     critic_dim: int = 64
+    # exact ties between neighbouring DLL columns as a discrete part of the model (calogan.rich.ties)
+    tie_patterns: bool = False
     # tracks with RICH information kept out of training (0: none); the EMA generator is scored on them every
     # eval_every steps and at the end, and checkpoints/best.pt keeps the lowest held-out classifier AUC
     holdout: int = 0
@@ -187,6 +190,17 @@ class RichTask(AdversarialTask):
         self.cdf_step = torch.from_numpy(cdf_high).to(device) - self.cdf_low
         if train_weights.sum() <= 0:
             raise InputError(f"{self.path}: the {config.weights} training weights sum to <= 0")
+        # the discrete part (calogan.rich.ties): a pattern classifier, and the one-hot pattern as a condition
+        self.ties, self.keep = None, None
+        patterns = np.zeros((1, len(TIE_PAIRS)), bool)
+        if config.tie_patterns:
+            patterns, labels = fit_patterns(rich.dlls)
+        if len(patterns) > 1:
+            head = fit_pattern_head(self.cond, labels, train_weights, len(patterns), seed=config.seed)
+            self.ties = TieModel(head, patterns).to(device)
+            one_hot = torch.from_numpy(np.eye(len(patterns), dtype=np.float32)[labels]).to(device)
+            self.cond = torch.cat([self.cond, one_hot], 1)
+            self.keep = torch.from_numpy(masked_columns(patterns).astype(np.float32)).to(device)
         self.weight_info = {
             "mode": config.weights,
             "sum_sweights": float(rich.weights.sum()),
@@ -204,6 +218,7 @@ class RichTask(AdversarialTask):
             "depth": config.depth,
             **{k: bool(getattr(config, k)) for k in STRUCTURE_OPTIONS},
             "critic_out": config.critic_dim if config.objective == "cramer" else 1,
+            "tie_patterns": patterns.tolist() if self.ties is not None else [],
         }
         generator, critic = build_models(self.model_config)
         self.generator, self.critic = generator.to(device), critic.to(device)
@@ -223,6 +238,8 @@ class RichTask(AdversarialTask):
             "data_sha256": sha256_file(self.path),
             "training_weights": self.weight_info,
         }
+        if self.ties is not None:
+            self.fixed["tie_head"] = {k: v.detach().cpu() for k, v in self.ties.head.state_dict().items()}
 
     def sample(self, rng: torch.Generator, batch_size: int) -> Batch:
         idx = torch.randint(0, len(self.weights), (batch_size,), generator=rng).to(self.device)
@@ -231,13 +248,18 @@ class RichTask(AdversarialTask):
             u = u + torch.rand(u.shape, generator=rng, dtype=u.dtype).to(self.device) * self.cdf_step[idx]
         return Batch(normal_from_uniform(u).float(), self.cond[idx], weight=self.weights[idx], index=idx)
 
+    def critic_view(self, events: torch.Tensor, cond: torch.Tensor, step: int) -> torch.Tensor:
+        """With tie patterns, the tied copies are hidden (zeroed) in real and generated events alike."""
+        if self.keep is None:
+            return events
+        return events * (cond[:, N_CONDITIONS:] @ self.keep)
+
     def evaluate(self, generator: torch.nn.Module, step: int) -> dict | None:
         """Weighted classifier AUC of the held-out tracks against the generator's DLLs on their conditions."""
         if not len(self.holdout):
             return None
-        model = RichModel(
-            generator, self.qt_in, self.qt_out, None, self.config.particle, {}, self.config.dll_basis
-        )
+        model = RichModel(generator, self.qt_in, self.qt_out, None, self.config.particle, {},
+                          self.config.dll_basis, self.ties)  # fmt: skip
         generated = model.generate(self.holdout.inputs, seed=self.config.seed, no_rich=False)
         auc = classifier_test(self.holdout, generated, seed=self.config.seed)["auc"]
         return {"holdout_auc": auc, "selection": -auc}
@@ -408,6 +430,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="decay of the generator's moving average, used for evaluation and export (quick 0.995, standard 0.999)",
     )
     ap.add_argument(
+        "--tie-patterns",
+        action="store_true",
+        default=None,
+        help="model exact ties between neighbouring DLLs (below threshold) as a discrete part",
+    )
+    ap.add_argument(
         "--objective",
         default=None,
         help="wgan-gp (default) | cramer: the Cramér (energy-distance) GAN, critic output of --critic-dim",
@@ -433,6 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lr_decay=args.lr_decay, residual=args.residual, cond_every_layer=args.cond_every_layer,
             critic_features=args.critic_features, objective=args.objective, critic_dim=args.critic_dim,
             ema_decay=args.ema_decay, holdout=args.holdout, eval_every=args.eval_every,
+            tie_patterns=args.tie_patterns,
             checkpoint_every=args.checkpoint_every, lr_g=args.lr, lr_c=args.lr,
             # an explicit --steps means that many steps: the preset's time budget only guards its own step count
             max_minutes=args.max_minutes if args.max_minutes is not None else (0.0 if args.steps else None),
