@@ -92,7 +92,10 @@ def test_particle_all_refusals(run_dir, rich_dir, tmp_path, capsys):
         (["--checkpoint", "x.pt", "--run-dir", str(run_dir)], "goes with --particle"),
         (["--particle", "pions", "--run-dir", str(run_dir)], "must be one of"),
         ([], "one of the arguments --checkpoint --particle is required"),
-        (["--particle", "all", "--run-dir", str(tmp_path / "empty")], "no {particle}/checkpoints/best.pt or last.pt"),
+        (
+            ["--particle", "all", "--run-dir", str(tmp_path / "empty")],
+            "no {particle}/checkpoints/best.pt or last.pt",
+        ),
         (["--particle", "all", "--run-dir", str(run_dir), "--data", str(tmp_path)], "file not found"),
     ]
     for command in (rich_eval.main, rich_transfer.main):
