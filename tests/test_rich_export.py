@@ -23,12 +23,13 @@ def rich_dir(rich_kaon_dir):
     return rich_kaon_dir
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(rich_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["continuous", "tie-patterns"])
+def tiny_ckpt(rich_dir, tmp_path_factory, request):
     run = tmp_path_factory.mktemp("rich_export_run")
     cfg = rich_train.TrainConfig.from_preset(
-        "tiny", particle="kaon", data=str(rich_dir), run_dir=str(run), steps=15, weights="sweights"
-    )
+        "tiny", particle="kaon", data=str(rich_dir), run_dir=str(run), steps=15, weights="sweights",
+        tie_patterns=request.param,
+    )  # fmt: skip
     cfg.progress = False
     return rich_train.train(cfg) / "checkpoints" / "last.pt"
 
@@ -61,10 +62,8 @@ def test_export_parity_torchscript_onnx_and_eager(tiny_ckpt, rich_dir, tmp_path,
     assert model.dll_basis == "emu"  # the from_basis step is not the identity
     real = load_sample(sample_path(rich_dir, "kaon", "test"))
     inputs = real.inputs[:700]
-    noise = (
-        np.random.default_rng(1).standard_normal((len(inputs), model.generator.noise_dim)).astype(np.float32)
-    )
-    noise[:50] *= 4.0  # beyond the output transform's fitted range
+    noise = np.random.default_rng(1).standard_normal((len(inputs), model.noise_dim)).astype(np.float32)
+    noise[:50, : model.generator.noise_dim] *= 4.0  # beyond the output transform's fitted range
     eager = model.generate(inputs, noise=noise, no_rich=False)
     assert np.isfinite(eager).all() and (eager > SENTINEL).all()
     with torch.no_grad():
@@ -80,6 +79,12 @@ def test_export_parity_torchscript_onnx_and_eager(tiny_ckpt, rich_dir, tmp_path,
             exported = rich_export.run_exported(out, fmt, inputs[:n], noise[:n])
             assert exported.dtype == np.float32 and exported.shape == (n, 5)
             np.testing.assert_allclose(exported, eager[:n], rtol=1e-4, atol=1e-4)
+            # exact ties (a model with tie patterns) come out of the graph on the same tracks
+            np.testing.assert_array_equal(
+                exported[:, 2:4] == exported[:, 3:5], eager[:n, 2:4] == eager[:n, 3:5]
+            )
+    if model.ties is not None:
+        assert (eager[:, 2] == eager[:, 3]).any() and (eager[:, 3] == eager[:, 4]).any()
     # the no-RICH table beside the model (and in its metadata) reproduces RichModel.generate's -999 draw
     table = json.loads((tmp_path / "kaon.onnx.norich.json").read_text())
     extra = {rich_export.META_NAME: ""}

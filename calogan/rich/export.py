@@ -7,7 +7,8 @@ The exported graph (``ExportedRichGenerator``) takes ``inputs`` (B, 3) float32 =
 RichDLLk, RichDLLp, RichDLLbt (batch size B dynamic). Inside the graph, in float64 except the MLP: log P, the
 input quantile transform to a normal (piecewise-linear interpolation of the stored quantiles, as sklearn's
 QuantileTransformer does it), the EMA generator (float32), the inverse output transform and the output basis
-(``from_basis``). Tracks without RICH information (-999 in all five DLLs) are not drawn in the graph: their
+(``from_basis``). A model with tie patterns (``--tie-patterns``) takes one more noise column: its normal CDF is
+the uniform that draws the pattern, and the tied DLLs are copied exactly (calogan.rich.ties). Tracks without RICH information (-999 in all five DLLs) are not drawn in the graph: their
 probability table (P and eta bin edges and probabilities) is written beside the model as FILE.norich.json and
 stored in the model's metadata (``calogan.json``); :func:`no_rich_mask` shows how to apply it. Every export is
 checked against the eager ``RichModel.generate`` path on fixed inputs and noise before it is written.
@@ -41,7 +42,8 @@ from calogan.core.runtime import (
 from calogan.ecal.export import require_onnx, trace_to_onnx
 from calogan.rich import DLL_COLUMNS, INPUT_COLUMNS, SENTINEL
 from calogan.rich.data import _BASIS_PAIRS, NORICH_ETA_EDGES, NORICH_P_EDGES, QuantileNormal, check_dll_basis
-from calogan.rich.models import CHECKPOINT_FORMAT, RichGenerator, RichModel, load_rich_model
+from calogan.rich.models import CHECKPOINT_FORMAT, RichGenerator, RichModel, load_rich_model, n_tie_patterns
+from calogan.rich.ties import TieModel, apply_ties
 
 FORMATS = ("torchscript", "onnx")
 INPUT_NAMES = ("inputs", "noise")
@@ -213,15 +215,21 @@ class ExportedRichGenerator(nn.Module):
     """Raw inputs (B, 3) = P, ETA, NTRACKS and noise (B, noise_dim) -> (B, 5) DLLs in the raw basis.
 
     The same computation as ``RichModel.generate(inputs, noise=noise, no_rich=False)``: log P, input
-    quantile transform, generator, inverse output transform, output basis; no -999 draw.
+    quantile transform, (the tie pattern, drawn from the last noise column,) generator, inverse output
+    transform, output basis, (the tied copies); no -999 draw.
     """
 
     def __init__(
-        self, generator: RichGenerator, qt_in: QuantileNormal, qt_out: QuantileNormal, dll_basis: str
+        self,
+        generator: RichGenerator,
+        qt_in: QuantileNormal,
+        qt_out: QuantileNormal,
+        dll_basis: str,
+        ties: TieModel | None = None,
     ):
         super().__init__()
-        self.generator = generator
-        self.noise_dim = int(generator.noise_dim)
+        self.generator, self.ties = generator, ties
+        self.noise_dim = int(generator.noise_dim) + (ties is not None)
         self.to_normal = QuantileToNormal(**qt_in.to_arrays())
         self.from_normal = NormalToQuantile(**qt_out.to_arrays())
         self.pairs = _BASIS_PAIRS[check_dll_basis(dll_basis)]
@@ -230,18 +238,24 @@ class ExportedRichGenerator(nn.Module):
     @classmethod
     def from_model(cls, model: RichModel) -> ExportedRichGenerator:
         """The graph of a loaded checkpoint (CPU, float32 generator, eval mode)."""
-        module = cls(model.generator.cpu().float(), model.qt_in, model.qt_out, model.dll_basis)
+        ties = model.ties.cpu().float() if model.ties is not None else None
+        module = cls(model.generator.cpu().float(), model.qt_in, model.qt_out, model.dll_basis, ties)
         return module.eval()
 
     def forward(self, inputs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         x = inputs.double()
         x = torch.cat([torch.log(x[:, :1]), x[:, 1:]], 1)  # calogan.rich.data.model_inputs
         conditions = self.to_normal(x).float()
+        tie = None
+        if self.ties is not None:  # the last noise column draws the tie pattern (RichModel.generate)
+            one_hot, tie = self.ties(conditions, ndtr(noise[:, -1].double()))
+            noise, conditions = noise[:, :-1], torch.cat([conditions, one_hot], 1)
         y = self.from_normal(self.generator(noise, conditions).double())
         cols = list(y.unbind(1))
         for col, ref in self.pairs:  # calogan.rich.data.from_basis
             cols[col] = cols[col] + cols[ref]
-        return torch.stack(cols, 1).float()
+        dlls = torch.stack(cols, 1).float()
+        return dlls if tie is None else apply_ties(dlls, tie)
 
 
 # ---------------------------------------------------------------- the no-RICH table
@@ -298,6 +312,8 @@ def check_checkpoint(path: str | os.PathLike) -> None:
         if not all(isinstance(t, torch.Tensor) for t in tensors):
             raise InputError(f"{path}: checkpoint entry {key} is missing or not tensors")
     require_finite_tensors(path, ckpt, ("generator_ema", "qt_in", "qt_out", "no_rich_table"))
+    if n_tie_patterns(ckpt.get("model_config") or {}):
+        require_finite_tensors(path, ckpt, ("tie_head",))
 
 
 def example_inputs(model: RichModel, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,8 +325,9 @@ def example_inputs(model: RichModel, n: int, seed: int = 0) -> tuple[torch.Tenso
     x = rng.uniform(lo - 0.05 * span, hi + 0.05 * span, (n, q.shape[1]))
     x[: min(n, 4)] = np.stack([lo, hi, q[len(q) // 2], lo - span])[: min(n, 4)]  # the ends, the middle, below
     inputs = np.column_stack([np.exp(x[:, 0]), x[:, 1:]]).astype(np.float32)  # model_inputs takes log P
-    noise = rng.standard_normal((n, model.generator.noise_dim)).astype(np.float32)
-    noise[: n // 8] *= 3.0  # reach the tails of the output transform
+    noise = rng.standard_normal((n, model.noise_dim)).astype(np.float32)
+    # reach the tails of the output transform (not with the tie-pattern column, whose draw is a threshold)
+    noise[: n // 8, : model.generator.noise_dim] *= 3.0
     return torch.from_numpy(inputs), torch.from_numpy(noise)
 
 
@@ -320,10 +337,11 @@ def export_metadata(model: RichModel, info: dict | None = None) -> dict:
         "format": EXPORT_FORMAT,
         "inputs": {
             "inputs": f"(B,3) float32 {', '.join(INPUT_COLUMNS)} (P in GeV)",
-            "noise": f"(B,{model.generator.noise_dim}) float32 N(0,1)",
+            "noise": f"(B,{model.noise_dim}) float32 N(0,1)"
+            + (", the last column draws the tie pattern" if model.ties is not None else ""),
         },
         "output": f"dlls (B,5) float32 {', '.join(DLL_COLUMNS)}",
-        "noise_dim": int(model.generator.noise_dim),
+        "noise_dim": int(model.noise_dim),
         "particle": model.particle,
         "dll_basis": model.dll_basis,
         "no_rich": no_rich_table(model),
