@@ -447,6 +447,8 @@ def train(
         engine.load(saved)
     try:
         engine.fit()
+        if own_group:  # every rank has finished before rank 0, which hosts the rendezvous store, shuts down
+            torch.distributed.barrier()
     finally:
         if task.writer is not None:
             task.writer.close()
