@@ -302,3 +302,29 @@ def test_transfer_failure_leaves_no_partial_report(tiny_ckpt, rich_dir, tmp_path
     ]
     assert run_cli(rich_transfer.main, args) == 2
     assert not out.exists() or not list(out.iterdir())  # neither the test report nor a temp folder
+
+
+def test_strict_classifier_auc_sees_broken_ties_better_than_the_sweighted_test(rich_dir):
+    """E[sWeight | x] weights: 0.5 for a perfect copy; a clearer signal than the sWeights for a broken feature."""
+    real = load_sample(sample_path(rich_dir, "kaon", "test"))
+    rich = real.subset(real.has_rich)
+
+    class CopyModel:  # generates the real DLLs of the tracks it is asked about, optionally altered
+        def __init__(self, alter):
+            self.alter = alter
+
+        def generate(self, inputs, seed=0, no_rich=True):
+            assert np.array_equal(inputs, rich.inputs) and not no_rich
+            return self.alter(rich.dlls.copy())
+
+    def untie(dlls):  # below-threshold ties DLLk = DLLp broken by noise
+        tied = dlls[:, 2] == dlls[:, 3]
+        dlls[tied, 3] += np.random.default_rng(0).normal(0.0, 5.0, tied.sum())
+        return dlls
+
+    assert rich_eval.strict_classifier_auc(CopyModel(lambda d: d), real, max_iter=30) == pytest.approx(
+        0.5, abs=0.02
+    )
+    strict = rich_eval.strict_classifier_auc(CopyModel(untie), real, max_iter=30)
+    sweighted = rich_eval.classifier_test(rich, untie(rich.dlls.copy()), max_iter=30)["auc"]
+    assert strict > 0.6 and strict > sweighted

@@ -10,6 +10,7 @@ events' conditions and inherit those weights, so both samples describe the signa
 * a classifier two-sample test: sklearn HistGradientBoostingClassifier on (P, eta, nTracks, 5 DLLs), trained
   with sample weights on one half of the events and scored on the other half by a weighted ROC AUC
   (Mann-Whitney form, valid with negative weights) overall and per (P, eta) bin; 0.5 = indistinguishable;
+  and a stricter form of it, on the tracks with RICH information weighted by E[sWeight | x] (less noise);
 * PID efficiencies of DLLk > 0, DLLk - DLLp > 5, DLLmu > 2 vs P and eta, generated/real ratio with errors
   (weighted binomial variance sum w^2 (pass - eff)^2 / (sum w)^2, the two samples treated as independent).
 """
@@ -28,9 +29,9 @@ from calogan.core.runtime import atomic_write_json, atomic_write_text, run_cli, 
 from calogan.metrics.plots import save_png, subplots
 from calogan.metrics.two_sample import binned_efficiency, classifier_scores, weighted_auc
 from calogan.rich import DLL_COLUMNS, PARTICLES, SAMPLES
-from calogan.rich.data import RichSample, load_sample, require_sample, sample_path
+from calogan.rich.data import RichSample, load_sample, model_inputs, require_sample, sample_path
 from calogan.rich.models import RichModel, load_rich_model
-from calogan.rich.weights import n_effective
+from calogan.rich.weights import expected_sweights, n_effective
 
 P_EDGES = np.array([3.0, 6.0, 10.0, 20.0, 40.0, 200.0])
 ETA_EDGES = np.array([1.5, 2.5, 3.0, 3.5, 4.0, 5.5])
@@ -87,6 +88,28 @@ def classifier_test(real: RichSample, gen_dlls: np.ndarray, seed: int = 0, max_i
                 | {"eta": [float(AUC_ETA_EDGES[j]), float(AUC_ETA_EDGES[j + 1])], "auc": auc, "n_eff": neff}
             )
     return out
+
+
+def strict_classifier_auc(
+    model: RichModel, real: RichSample, seed: int = 0, max_iter: int = 200
+) -> float | None:
+    """The classifier test on the tracks with RICH information, weighted by E[sWeight | x] instead of sWeights.
+
+    Both weightings describe the signal, but the cross-fitted expectation (calogan.rich.weights) has no negative
+    weights and far less noise, so the classifier learns more from the same events: a stricter test, whose
+    AUC is higher than the sWeighted one for the same model. None when too few tracks have RICH information.
+    """
+    rich = real.subset(real.has_rich)
+    if len(rich) < 100:
+        return None
+    weights = expected_sweights(
+        np.column_stack([model_inputs(rich.inputs), rich.dlls]), rich.weights, seed=seed
+    )
+    if not weights.sum() > 0:
+        return None
+    generated = model.generate(rich.inputs, seed=seed + 2, no_rich=False)
+    strict = RichSample(rich.inputs, rich.dlls, weights, rich.path)
+    return classifier_test(strict, generated, seed=seed, max_iter=max_iter)["auc"]
 
 
 def efficiency_table(
@@ -146,6 +169,7 @@ def evaluate_model(
     big_w = np.tile(real.weights, oversample) / oversample
     eff = efficiency_table(real, big_dlls, big_inputs, big_w)
     summary = {"auc": clf["auc"], "auc_target": AUC_TARGET, "auc_pass": bool(clf["auc"] <= AUC_TARGET)}
+    summary["auc_strict"] = strict_classifier_auc(model, real, seed=seed, max_iter=classifier_iters)
     summary |= _summarise_efficiencies(eff)
     no_rich_real = float((real.weights * ~real.has_rich).sum() / real.weights.sum())
     no_rich_gen = float((big_w * (big_dlls[:, 0] <= -998)).sum() / big_w.sum())
@@ -218,6 +242,8 @@ def report_markdown(report: dict, title: str) -> str:
         f" sum sW: {report['sum_sweights']:.0f}; negative-weight fraction: {report['negative_weight_fraction']:.2f}",
         "",
         f"- weighted classifier ROC AUC (real vs generated): **{s['auc']:.3f}** (target <= {AUC_TARGET})",
+        f"- stricter: the same test on tracks with RICH information weighted by E[sWeight | x]:"
+        f" {_fmt(s.get('auc_strict'))}",
         f"- efficiency ratios gen/real in well-populated bins: {s['bins_within_5pct']}/{s['bins_checked']} within 5 %,"
         f" {s['bins_within_2sigma']}/{s['bins_checked']} within 2 sigma; max |ratio-1| = {s['max_abs_ratio_deviation']}",
         f"- no-RICH (-999) fraction: real {s['no_rich_fraction_real']:.4f}, generated {s['no_rich_fraction_gen']:.4f}",
@@ -380,6 +406,7 @@ def evaluate_all(
 
     columns = [
         ("classifier AUC", lambda r: _fmt(r["auc"])),
+        ("stricter AUC, E[sW | x] weights", lambda r: _fmt(r.get("auc_strict"))),
         ("eff. ratios within 5 %", ratio("bins_within_5pct")),
         ("within 2σ", ratio("bins_within_2sigma")),
         (
@@ -480,8 +507,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     s = rep["summary"]
     print(
-        f"{rep['particle']} [{args.sample}]: AUC {s['auc']:.3f} (target <= {AUC_TARGET});"
-        f" eff ratios within 5%: {s['bins_within_5pct']}/{s['bins_checked']}; report: {Path(args.out) / 'report.md'}"
+        f"{rep['particle']} [{args.sample}]: AUC {s['auc']:.3f} (target <= {AUC_TARGET}),"
+        f" stricter AUC {_fmt(s.get('auc_strict'))}; eff ratios within 5%: {s['bins_within_5pct']}/{s['bins_checked']}; report: {Path(args.out) / 'report.md'}"
     )
     return 0
 
