@@ -10,7 +10,7 @@ from calogan.core.errors import InputError
 from calogan.core.runtime import require_finite_tensors, torch_load_safe
 from calogan.rich import SENTINEL
 from calogan.rich.data import QuantileNormal, from_basis, model_inputs, no_rich_probability
-from calogan.rich.ties import TieModel, TiePatternHead, apply_ties
+from calogan.rich.ties import TieModel, apply_ties
 
 N_CONDITIONS = 3
 N_OUTPUTS = 5
@@ -137,6 +137,17 @@ class RichCritic(nn.Module):
             parts.append(condition_features(conditions[:, :N_CONDITIONS]))
         out = self.net(torch.cat(parts, 1))
         return out.squeeze(1) if self.out_dim == 1 else out
+
+
+class TiePatternHead(nn.Module):
+    """Normalised conditions (B, 3) -> logits (B, K) of the tie patterns (calogan.rich.ties), a plain MLP."""
+
+    def __init__(self, n_patterns: int, hidden: int = 64, depth: int = 3):
+        super().__init__()
+        self.net = _mlp(N_CONDITIONS, n_patterns, hidden, depth)
+
+    def forward(self, conditions: torch.Tensor) -> torch.Tensor:
+        return self.net(conditions)
 
 
 #: model-structure switches of model_config; absent (checkpoints written before them) means off

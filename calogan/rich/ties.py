@@ -4,8 +4,8 @@ Hypotheses below their Cherenkov threshold in every radiator have identical like
 columns are often exactly equal (in the simulated samples DLLk = DLLp for ~30-40 % of the tracks, DLLp = DLLbt
 for ~50-70 %). A continuous generator never produces an exact tie, and a classifier finds that at once. Here each
 track gets a *tie pattern*: which neighbouring pairs of columns (``TIE_PAIRS``) are equal. The patterns seen in
-the training sample are the classes of a small classifier on the kinematics (:class:`TiePatternHead`, a sharp
-function of P near the thresholds); the GAN generates the DLLs given the pattern, and the tied columns are then
+the training sample are the classes of a small classifier on the kinematics (calogan.rich.models.TiePatternHead,
+a sharp function of P near the thresholds); the GAN generates the DLLs given the pattern, and the tied columns are then
 copied from their neighbour (:func:`apply_ties`), so the ties come back exact.
 """
 
@@ -82,64 +82,15 @@ def draw_patterns(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     return (uniform.double().unsqueeze(1) > cdf[:, :-1]).long().sum(1)
 
 
-class TiePatternHead(nn.Module):
-    """Normalised conditions (B, 3) -> logits (B, K) of the tie patterns (a plain MLP, trained by cross-entropy)."""
-
-    def __init__(self, n_patterns: int, hidden: int = 64, depth: int = 3, n_conditions: int = 3):
-        super().__init__()
-        layers: list[nn.Module] = []
-        width = n_conditions
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.LeakyReLU(0.2)]
-            width = hidden
-        layers.append(nn.Linear(width, n_patterns))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, conditions: torch.Tensor) -> torch.Tensor:
-        return self.net(conditions)
-
-
-def fit_pattern_head(
-    conditions: torch.Tensor,
-    labels: np.ndarray,
-    weights: np.ndarray,
-    n_patterns: int,
-    seed: int = 0,
-    steps: int = 3000,
-    batch_size: int = 4096,
-) -> TiePatternHead:
-    """Train :class:`TiePatternHead` by weighted cross-entropy (the training weights: signal tracks count).
-
-    Seeded and deterministic on CPU; the learning rate falls linearly to 0 so the last step is a settled one.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        head = TiePatternHead(n_patterns)
-    cond = conditions.detach().cpu().float()
-    y = torch.from_numpy(np.asarray(labels, np.int64))
-    w = torch.from_numpy(np.asarray(weights, np.float32))
-    w = w / w.abs().mean()
-    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
-    for _ in range(steps):
-        idx = torch.randint(0, len(y), (min(batch_size, len(y)),), generator=generator)
-        loss = (nn.functional.cross_entropy(head(cond[idx]), y[idx], reduction="none") * w[idx]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        schedule.step()
-    return head.eval()
-
-
 class TieModel(nn.Module):
     """The discrete part of a RICH model: conditions and one uniform draw per track -> (one-hot pattern, tie bits).
 
+    ``head`` maps the normalised conditions (B, 3) to the patterns' logits (B, K).
     ``patterns`` (K, len(TIE_PAIRS)) are the modelled tie patterns (row 0: no tie); the one-hot pattern is
     appended to the GAN's conditions and the bits go to :func:`apply_ties` after the output transform.
     """
 
-    def __init__(self, head: TiePatternHead, patterns: np.ndarray):
+    def __init__(self, head: nn.Module, patterns: np.ndarray):
         super().__init__()
         self.head = head
         self.register_buffer("patterns", torch.as_tensor(np.asarray(patterns, np.float32)))

@@ -63,8 +63,15 @@ from calogan.rich.data import (
     to_basis,
 )
 from calogan.rich.evaluate import classifier_test
-from calogan.rich.models import CHECKPOINT_FORMAT, N_CONDITIONS, STRUCTURE_OPTIONS, RichModel, build_models
-from calogan.rich.ties import TIE_PAIRS, TieModel, fit_pattern_head, fit_patterns, masked_columns
+from calogan.rich.models import (
+    CHECKPOINT_FORMAT,
+    N_CONDITIONS,
+    STRUCTURE_OPTIONS,
+    RichModel,
+    TiePatternHead,
+    build_models,
+)
+from calogan.rich.ties import TIE_PAIRS, TieModel, fit_patterns, masked_columns
 from calogan.rich.weights import WEIGHT_MODES, expected_sweights, n_effective
 
 PRESETS: dict[str, dict] = {
@@ -268,6 +275,39 @@ class RichTask(AdversarialTask):
 
     def checkpoint_fields(self) -> dict:
         return self.fixed
+
+
+def fit_pattern_head(
+    conditions: torch.Tensor,
+    labels: np.ndarray,
+    weights: np.ndarray,
+    n_patterns: int,
+    seed: int = 0,
+    steps: int = 3000,
+    batch_size: int = 4096,
+) -> TiePatternHead:
+    """Train the tie-pattern classifier by weighted cross-entropy (the training weights: signal tracks count).
+
+    Seeded and deterministic on CPU; the learning rate falls linearly to 0 so the last step is a settled one.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the GAN's seeded initialisation stays as without ties
+        torch.manual_seed(seed)
+        head = TiePatternHead(n_patterns)
+    cond = conditions.detach().cpu().float()
+    y = torch.from_numpy(np.asarray(labels, np.int64))
+    w = torch.from_numpy(np.asarray(weights, np.float32))
+    w = w / w.abs().mean()
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (min(batch_size, len(y)),), generator=generator)
+        loss = (torch.nn.functional.cross_entropy(head(cond[idx]), y[idx], reduction="none") * w[idx]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        schedule.step()
+    return head.eval()
 
 
 #: last.pt is rewritten every this many steps, so a killed run loses at most that many
