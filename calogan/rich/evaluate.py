@@ -406,7 +406,7 @@ def evaluate_all(
 
     columns = [
         ("classifier AUC", lambda r: _fmt(r["auc"])),
-        ("stricter AUC, E[sW | x] weights", lambda r: _fmt(r.get("auc_strict"))),
+        ("stricter AUC", lambda r: _fmt(r.get("auc_strict"))),
         ("eff. ratios within 5 %", ratio("bins_within_5pct")),
         ("within 2σ", ratio("bins_within_2sigma")),
         (
