@@ -95,3 +95,11 @@ def test_sample_without_ties_trains_the_continuous_model(rich_dir, tmp_path):
     ckpt = torch.load(_train(rich_dir, tmp_path / "r", data=data, steps=4), weights_only=True)
     assert ckpt["model_config"]["tie_patterns"] == [] and "tie_head" not in ckpt
     assert load_rich_model(tmp_path / "r" / "checkpoints" / "last.pt").ties is None
+
+
+def test_standard_and_full_presets_model_ties_and_choose_on_held_out_tracks():
+    for preset in ("standard", "full"):
+        cfg = rich_train.TrainConfig.from_preset(preset)
+        assert cfg.tie_patterns and cfg.holdout > 0 and cfg.eval_every > 0 and cfg.ema_decay == 0.999
+    assert not rich_train.TrainConfig.from_preset("quick").tie_patterns  # its recorded numbers stay valid
+    assert not rich_train.TrainConfig.from_preset("standard", tie_patterns=False).tie_patterns

@@ -108,7 +108,8 @@ PRESETS: dict[str, dict] = {
         "ema_decay": 0.999,
         "holdout": 8000,
         "eval_every": 1000,
-    },  # fmt: skip
+        "tie_patterns": True,
+    },
 }
 
 
