@@ -328,3 +328,16 @@ def test_strict_classifier_auc_sees_broken_ties_better_than_the_sweighted_test(r
     strict = rich_eval.strict_classifier_auc(CopyModel(untie), real, max_iter=30)
     sweighted = rich_eval.classifier_test(rich, untie(rich.dlls.copy()), max_iter=30)["auc"]
     assert strict > 0.6 and strict > sweighted
+
+
+def test_efficiency_summary_counts_the_targets_rule():
+    """A ratio passes within 5 %, or within 2 sigma where its error is larger; bins not well populated do not count."""
+    table = {"cut": {"P": {"ratio": [1.03, 1.2, 0.8, 2.0], "ratio_err": [0.01, 0.15, 0.05, 0.01],
+                           "well_populated": [True, True, True, False]}}}  # fmt: skip
+    summary = rich_eval._summarise_efficiencies(table)
+    assert summary["bins_checked"] == 3
+    assert (summary["bins_within_5pct"], summary["bins_within_2sigma"], summary["bins_within_tolerance"]) == (
+        1,
+        1,
+        2,
+    )
