@@ -5,8 +5,8 @@ columns are often exactly equal (in the simulated samples DLLk = DLLp for ~30-40
 for ~50-70 %). A continuous generator never produces an exact tie, and a classifier finds that at once. Here each
 track gets a *tie pattern*: which neighbouring pairs of columns (``TIE_PAIRS``) are equal. The patterns seen in
 the training sample are the classes of a small classifier on the kinematics (calogan.rich.models.TiePatternHead,
-a sharp function of P near the thresholds); the GAN generates the DLLs given the pattern, and the tied columns are then
-copied from their neighbour (:func:`apply_ties`), so the ties come back exact.
+a sharp function of P near the thresholds). The GAN generates the DLLs given the pattern, and the tied columns
+are then copied from their neighbour (:func:`apply_ties`), so the ties come back exact.
 """
 
 from __future__ import annotations
