@@ -8,10 +8,11 @@ RichDLLk, RichDLLp, RichDLLbt (batch size B dynamic). Inside the graph, in float
 input quantile transform to a normal (piecewise-linear interpolation of the stored quantiles, as sklearn's
 QuantileTransformer does it), the EMA generator (float32), the inverse output transform and the output basis
 (``from_basis``). A model with tie patterns (``--tie-patterns``) takes one more noise column: its normal CDF is
-the uniform that draws the pattern, and the tied DLLs are copied exactly (calogan.rich.ties). Tracks without RICH information (-999 in all five DLLs) are not drawn in the graph: their
-probability table (P and eta bin edges and probabilities) is written beside the model as FILE.norich.json and
-stored in the model's metadata (``calogan.json``); :func:`no_rich_mask` shows how to apply it. Every export is
-checked against the eager ``RichModel.generate`` path on fixed inputs and noise before it is written.
+the uniform that draws the pattern, and the tied DLLs are copied exactly (calogan.rich.ties). Tracks without
+RICH information (-999 in all five DLLs) are not drawn in the graph: their probability table (P and eta bin
+edges and probabilities) is written beside the model as FILE.norich.json and stored in the model's metadata
+(``calogan.json``); :func:`no_rich_mask` shows how to apply it. Every export is checked against the eager
+``RichModel.generate`` path on fixed inputs and noise before it is written.
 """
 
 from __future__ import annotations

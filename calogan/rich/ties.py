@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from calogan.rich import DLL_COLUMNS
+
 #: neighbouring raw DLL columns (RichDLLe, RichDLLmu, RichDLLk, RichDLLp, RichDLLbt) whose ties are modelled;
 #: the second column of a tied pair takes the first one's value. (e, mu) is left to the ``emu`` basis, whose
 #: DLLe - DLLmu column already makes that near-degeneracy easy to learn.
@@ -54,7 +56,7 @@ def masked_columns(patterns: np.ndarray) -> np.ndarray:
     The second column of a pair is stored in every output basis either raw or as its difference to the first
     (calogan.rich.data.DLL_BASES), so hiding that basis column from the critic hides exactly the tied value.
     """
-    keep = np.ones((len(patterns), 5))
+    keep = np.ones((len(patterns), len(DLL_COLUMNS)))
     for pair, (_, second) in enumerate(TIE_PAIRS):
         keep[patterns[:, pair], second] = 0.0
     return keep

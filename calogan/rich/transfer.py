@@ -59,10 +59,9 @@ def transfer_test(
         result["samples"][s] = rep["summary"]
     tr = reports["transfer"]["summary"]
     n = tr["bins_checked"]
-    consistent = (
-        n > 0 and tr["bins_within_tolerance"] == n
-    )  # every well-populated ratio within max(5 %, 2 sigma)
-    result["consistent"] = bool(consistent)
+    # consistent: each well-populated ratio within max(5 %, 2 sigma) of 1
+    consistent = n > 0 and tr["bins_within_tolerance"] == n
+    result["consistent"] = consistent
     atomic_write_json(out_dir / "transfer.json", result)
     lines = [
         "# RICH transfer test",
