@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,6 +105,29 @@ def test_holdout_refusals(rich_dir, tmp_path, overrides, message):
     with pytest.raises(InputError, match=message):
         rich_train.train(config(rich_dir, tmp_path / "r", steps=2, **overrides))
     assert not (tmp_path / "r").exists()
+
+
+def test_momentum_balance_flattens_log_p_and_keeps_each_track_reachable():
+    rng = np.random.default_rng(0)
+    momentum = np.exp(rng.normal(2.5, 0.7, 50_000))  # falling spectrum: few tracks at high P
+    assert rich_train.momentum_sampling(momentum, 0.0) is None
+    high = momentum > np.quantile(momentum, 0.95)
+    shares = [float(rich_train.momentum_sampling(momentum, a)[high].sum()) for a in (0.5, 1.0)]
+    assert 0.05 < shares[0] < shares[1]  # more weight to the tail the larger the exponent
+    flat = rich_train.momentum_sampling(momentum, 1.0).numpy()
+    edges = np.quantile(np.log(momentum), [0.001, 0.999])
+    bins = np.clip(((np.log(momentum) - edges[0]) / (edges[1] - edges[0]) * 20).astype(int), 0, 19)
+    per_bin = np.bincount(bins, weights=flat, minlength=20)
+    np.testing.assert_allclose(per_bin, 1 / 20, rtol=1e-6)  # alpha = 1: each log-P bin drawn equally often
+    assert (flat > 0).all() and flat.sum() == pytest.approx(1.0)
+
+
+def test_momentum_balance_trains_and_is_refused_outside_0_1(rich_dir, tmp_path):
+    run = rich_train.train(config(rich_dir, tmp_path / "mb", steps=3, momentum_balance=0.5))
+    assert weights(run)["config"]["momentum_balance"] == 0.5
+    with pytest.raises(InputError, match="--momentum-balance must be in"):
+        rich_train.train(config(rich_dir, tmp_path / "bad", steps=2, momentum_balance=1.5))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_nan_stops_and_keeps_the_last_good_checkpoint(rich_dir, tmp_path, monkeypatch):

@@ -146,6 +146,10 @@ class TrainConfig:
     # eval_every steps and at the end, and checkpoints/best.pt keeps the lowest held-out classifier AUC
     holdout: int = 0
     eval_every: int = 0
+    # batches draw each training track with probability ~ (tracks in its log-P bin)^-momentum_balance: 0 as
+    # recorded, 1 flat in log P. The target p(DLL | P, eta, nTracks) is the same; the thin high-momentum tail
+    # (where the DLLs narrow fastest and a harder spectrum puts its tracks) gets more of the critic's attention
+    momentum_balance: float = 0.0
     checkpoint_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: only last.pt)
     # wall-clock budget from the start of train(), data and weights included; 0: none
     max_minutes: float = 0.0
@@ -220,6 +224,7 @@ class RichTask(AdversarialTask):
             "n_rich_tracks": len(order),
             "holdout_tracks": config.holdout,
         }
+        self.draw = momentum_sampling(rich.inputs[:, 0], config.momentum_balance)
         w = torch.from_numpy(train_weights.astype(np.float32)).to(device)
         self.weights = w / w.mean()  # global normalisation: weighted means are sum(w v) / batch size
         self.model_config = {
@@ -252,7 +257,10 @@ class RichTask(AdversarialTask):
             self.fixed["tie_head"] = {k: v.detach().cpu() for k, v in self.ties.head.state_dict().items()}
 
     def sample(self, rng: torch.Generator, batch_size: int) -> Batch:
-        idx = torch.randint(0, len(self.weights), (batch_size,), generator=rng).to(self.device)
+        if self.draw is None:
+            idx = torch.randint(0, len(self.weights), (batch_size,), generator=rng).to(self.device)
+        else:
+            idx = torch.multinomial(self.draw, batch_size, replacement=True, generator=rng).to(self.device)
         u = self.cdf_low[idx]
         if self.has_ties:  # a fresh position inside each tied value's CDF step
             u = u + torch.rand(u.shape, generator=rng, dtype=u.dtype).to(self.device) * self.cdf_step[idx]
@@ -276,6 +284,23 @@ class RichTask(AdversarialTask):
 
     def checkpoint_fields(self) -> dict:
         return self.fixed
+
+
+#: log-P bins of the momentum balance, equal width between the 0.1 % and 99.9 % quantiles of the sample
+MOMENTUM_BINS = 20
+
+
+def momentum_sampling(momentum: np.ndarray, alpha: float) -> torch.Tensor | None:
+    """Per-track draw probabilities ~ (tracks in the same log-P bin)^-alpha, or None for alpha = 0 (uniform)."""
+    if alpha == 0:
+        return None
+    log_p = np.log(np.asarray(momentum, np.float64))
+    lo, hi = np.quantile(log_p, [0.001, 0.999])
+    edges = np.linspace(lo, hi, MOMENTUM_BINS + 1)[1:-1]  # inner edges: outliers join the end bins
+    bins = np.searchsorted(edges, log_p)
+    counts = np.bincount(bins, minlength=MOMENTUM_BINS)
+    prob = counts[bins].astype(np.float64) ** -alpha
+    return torch.from_numpy(prob / prob.sum())
 
 
 def fit_pattern_head(
@@ -343,6 +368,8 @@ def validate_config(config: TrainConfig) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
     if config.eval_every and not config.holdout:
         raise InputError("--eval-every needs held-out tracks to score on: set --holdout N (N > 0)")
+    if not 0 <= config.momentum_balance <= 1:  # also rejects NaN
+        raise InputError(f"--momentum-balance must be in [0, 1], got {config.momentum_balance}")
     for name in ("lr_g", "lr_c"):
         if not (math.isfinite(getattr(config, name)) and getattr(config, name) > 0):
             raise InputError(f"--lr must be a finite number > 0, got {getattr(config, name)}")
@@ -479,6 +506,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="model exact ties between neighbouring DLLs (below threshold) as a discrete part (standard/full: on)",
     )
     ap.add_argument(
+        "--momentum-balance",
+        type=options.fraction,
+        default=None,
+        help="draw training tracks with probability ~ (tracks in their log-P bin)^-A: 0 as recorded, 1 flat in log P",
+    )
+    ap.add_argument(
         "--objective",
         default=None,
         help="wgan-gp (default) | cramer: the Cramér (energy-distance) GAN, critic output of --critic-dim",
@@ -504,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lr_decay=args.lr_decay, residual=args.residual, cond_every_layer=args.cond_every_layer,
             critic_features=args.critic_features, objective=args.objective, critic_dim=args.critic_dim,
             ema_decay=args.ema_decay, holdout=args.holdout, eval_every=args.eval_every,
-            tie_patterns=args.tie_patterns,
+            tie_patterns=args.tie_patterns, momentum_balance=args.momentum_balance,
             checkpoint_every=args.checkpoint_every, lr_g=args.lr, lr_c=args.lr,
             # an explicit --steps means that many steps: the preset's time budget only guards its own step count
             max_minutes=args.max_minutes if args.max_minutes is not None else (0.0 if args.steps else None),
