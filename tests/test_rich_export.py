@@ -23,12 +23,17 @@ def rich_dir(rich_kaon_dir):
     return rich_kaon_dir
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["continuous", "tie-patterns"])
+@pytest.fixture(
+    scope="module",
+    params=[(False, False), (True, False), (True, True)],
+    ids=["continuous", "tie-patterns", "ties-momentum-scaling"],
+)
 def tiny_ckpt(rich_dir, tmp_path_factory, request):
     run = tmp_path_factory.mktemp("rich_export_run")
+    ties, scaling = request.param
     cfg = rich_train.TrainConfig.from_preset(
         "tiny", particle="kaon", data=str(rich_dir), run_dir=str(run), steps=15, weights="sweights",
-        tie_patterns=request.param,
+        tie_patterns=ties, momentum_scaling=scaling,
     )  # fmt: skip
     cfg.progress = False
     return rich_train.train(cfg) / "checkpoints" / "last.pt"
@@ -60,6 +65,7 @@ def test_export_parity_torchscript_onnx_and_eager(tiny_ckpt, rich_dir, tmp_path,
     """Same inputs and noise: the eager RichModel, the module built from its parts, TorchScript and ONNX agree."""
     model = load_rich_model(tiny_ckpt)
     assert model.dll_basis == "emu"  # the from_basis step is not the identity
+    assert (model.scaling is not None) == model.meta["config"]["momentum_scaling"]
     real = load_sample(sample_path(rich_dir, "kaon", "test"))
     inputs = real.inputs[:700]
     noise = np.random.default_rng(1).standard_normal((len(inputs), model.noise_dim)).astype(np.float32)

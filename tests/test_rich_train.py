@@ -19,6 +19,7 @@ from calogan.core.runtime import run_cli
 from calogan.rich import evaluate as rich_eval
 from calogan.rich import simulate as rich_sim
 from calogan.rich import train as rich_train
+from calogan.rich.momentum import MomentumScaling, momentum_sampling
 
 ENV = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -110,11 +111,11 @@ def test_holdout_refusals(rich_dir, tmp_path, overrides, message):
 def test_momentum_balance_flattens_log_p_and_keeps_each_track_reachable():
     rng = np.random.default_rng(0)
     momentum = np.exp(rng.normal(2.5, 0.7, 50_000))  # falling spectrum: few tracks at high P
-    assert rich_train.momentum_sampling(momentum, 0.0) is None
+    assert momentum_sampling(momentum, 0.0) is None
     high = momentum > np.quantile(momentum, 0.95)
-    shares = [float(rich_train.momentum_sampling(momentum, a)[high].sum()) for a in (0.5, 1.0)]
+    shares = [float(momentum_sampling(momentum, a)[high].sum()) for a in (0.5, 1.0)]
     assert 0.05 < shares[0] < shares[1]  # more weight to the tail the larger the exponent
-    flat = rich_train.momentum_sampling(momentum, 1.0).numpy()
+    flat = momentum_sampling(momentum, 1.0).numpy()
     edges = np.quantile(np.log(momentum), [0.001, 0.999])
     bins = np.clip(((np.log(momentum) - edges[0]) / (edges[1] - edges[0]) * 20).astype(int), 0, 19)
     per_bin = np.bincount(bins, weights=flat, minlength=20)
@@ -128,6 +129,35 @@ def test_momentum_balance_trains_and_is_refused_outside_0_1(rich_dir, tmp_path):
     with pytest.raises(InputError, match="--momentum-balance must be in"):
         rich_train.train(config(rich_dir, tmp_path / "bad", steps=2, momentum_balance=1.5))
     assert not (tmp_path / "bad").exists()
+
+
+def test_momentum_scaling_round_trips_and_equalises_the_spread_across_momentum():
+    rng = np.random.default_rng(1)
+    log_p = rng.uniform(1.0, 5.0, 40_000)
+    width = np.exp(-(log_p - 1.0))  # the response narrows 50-fold from low to high momentum
+    outputs = np.column_stack(
+        [2 - width + 5 * width * rng.normal(size=log_p.size), rng.normal(size=log_p.size)]
+    )
+    scaling = MomentumScaling.fit(log_p, outputs)
+    y = scaling.standardise(outputs, log_p)
+    np.testing.assert_allclose(scaling.restore(y, log_p), outputs, rtol=1e-12, atol=1e-12)
+    for lo in (1.2, 4.6):  # the same centre and spread at both ends once standardised
+        inside = (log_p > lo) & (log_p < lo + 0.2)
+        q25, q50, q75 = np.quantile(y[inside, 0], [0.25, 0.5, 0.75])
+        assert abs(q50) < 0.15 and 0.8 < (q75 - q25) / 1.349 < 1.25
+    again = MomentumScaling.from_arrays(**scaling.to_arrays())
+    np.testing.assert_array_equal(again.standardise(outputs, log_p), y)
+    few = MomentumScaling.fit(log_p[:50], outputs[:50])  # too few tracks for any bin: constant in log P
+    assert len(few.knots) == 2 and np.isfinite(few.standardise(outputs, log_p)).all()
+
+
+def test_momentum_scaling_trains_and_generates_in_dll_units(rich_dir, tmp_path):
+    run = rich_train.train(config(rich_dir, tmp_path / "ms", steps=3, momentum_scaling=True))
+    ckpt = weights(run)
+    assert set(ckpt["momentum_scaling"]) == {"knots", "centre", "scale"}
+    model = rich_eval.load_rich_model(run / "checkpoints" / "last.pt")
+    dlls = model.generate(np.array([[5.0, 3.0, 100.0], [80.0, 4.5, 300.0]]), no_rich=False)
+    assert dlls.shape == (2, 5) and np.isfinite(dlls).all()
 
 
 def test_nan_stops_and_keeps_the_last_good_checkpoint(rich_dir, tmp_path, monkeypatch):

@@ -44,6 +44,7 @@ from calogan.ecal.export import require_onnx, trace_to_onnx
 from calogan.rich import DLL_COLUMNS, INPUT_COLUMNS, SENTINEL
 from calogan.rich.data import _BASIS_PAIRS, NORICH_ETA_EDGES, NORICH_P_EDGES, QuantileNormal, check_dll_basis
 from calogan.rich.models import CHECKPOINT_FORMAT, RichGenerator, RichModel, load_rich_model, n_tie_patterns
+from calogan.rich.momentum import MomentumScaling
 from calogan.rich.ties import TieModel, apply_ties
 
 FORMATS = ("torchscript", "onnx")
@@ -212,12 +213,27 @@ class NormalToQuantile(nn.Module):
         return x.t()
 
 
+class MomentumRestore(nn.Module):
+    """``MomentumScaling.restore`` in torch: (y (B, d), log P (B,)) -> (B, d) float64."""
+
+    def __init__(self, scaling: MomentumScaling):
+        super().__init__()
+        d = scaling.centre.shape[1]
+        self.register_buffer("knots", torch.as_tensor(scaling.knots).expand(d, -1).contiguous())  # (d, n)
+        self.register_buffer("centre", torch.as_tensor(scaling.centre.T.copy()))
+        self.register_buffer("scale", torch.as_tensor(scaling.scale.T.copy()))
+
+    def forward(self, y: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor:
+        x = log_p.double().unsqueeze(0).expand(self.knots.shape[0], -1)
+        return (y.t() * interp(x, self.knots, self.scale) + interp(x, self.knots, self.centre)).t()
+
+
 class ExportedRichGenerator(nn.Module):
     """Raw inputs (B, 3) = P, ETA, NTRACKS and noise (B, noise_dim) -> (B, 5) DLLs in the raw basis.
 
     The same computation as ``RichModel.generate(inputs, noise=noise, no_rich=False)``: log P, input
     quantile transform, (the tie pattern, drawn from the last noise column,) generator, inverse output
-    transform, output basis, (the tied copies); no -999 draw.
+    transform, (the momentum scaling undone,) output basis, (the tied copies); no -999 draw.
     """
 
     def __init__(
@@ -227,12 +243,14 @@ class ExportedRichGenerator(nn.Module):
         qt_out: QuantileNormal,
         dll_basis: str,
         ties: TieModel | None = None,
+        scaling: MomentumScaling | None = None,
     ):
         super().__init__()
         self.generator, self.ties = generator, ties
         self.noise_dim = int(generator.noise_dim) + (ties is not None)
         self.to_normal = QuantileToNormal(**qt_in.to_arrays())
         self.from_normal = NormalToQuantile(**qt_out.to_arrays())
+        self.restore = MomentumRestore(scaling) if scaling is not None else None
         self.pairs = _BASIS_PAIRS[check_dll_basis(dll_basis)]
         self.dll_basis = dll_basis
 
@@ -240,7 +258,9 @@ class ExportedRichGenerator(nn.Module):
     def from_model(cls, model: RichModel) -> ExportedRichGenerator:
         """The graph of a loaded checkpoint (CPU, float32 generator, eval mode)."""
         ties = model.ties.cpu().float() if model.ties is not None else None
-        module = cls(model.generator.cpu().float(), model.qt_in, model.qt_out, model.dll_basis, ties)
+        module = cls(
+            model.generator.cpu().float(), model.qt_in, model.qt_out, model.dll_basis, ties, model.scaling
+        )
         return module.eval()
 
     def forward(self, inputs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -252,6 +272,8 @@ class ExportedRichGenerator(nn.Module):
             one_hot, tie = self.ties(conditions, ndtr(noise[:, -1].double()))
             noise, conditions = noise[:, :-1], torch.cat([conditions, one_hot], 1)
         y = self.from_normal(self.generator(noise, conditions).double())
+        if self.restore is not None:
+            y = self.restore(y, x[:, 0])
         cols = list(y.unbind(1))
         for col, ref in self.pairs:  # calogan.rich.data.from_basis
             cols[col] = cols[col] + cols[ref]

@@ -10,6 +10,7 @@ from calogan.core.errors import InputError
 from calogan.core.runtime import require_finite_tensors, torch_load_safe
 from calogan.rich import SENTINEL
 from calogan.rich.data import QuantileNormal, from_basis, model_inputs, no_rich_probability
+from calogan.rich.momentum import MomentumScaling
 from calogan.rich.ties import TieModel, apply_ties
 
 N_CONDITIONS = 3
@@ -186,7 +187,8 @@ def build_models(model_config: dict) -> tuple[RichGenerator, RichCritic]:
 
 class RichModel:
     """A trained particle model: EMA generator + input/output quantile transforms + no-RICH table, and
-    optionally the tie patterns (calogan.rich.ties.TieModel), drawn from the last noise column."""
+    optionally the tie patterns (calogan.rich.ties.TieModel), drawn from the last noise column, and the
+    momentum-dependent output scaling (calogan.rich.momentum.MomentumScaling)."""
 
     def __init__(
         self,
@@ -198,8 +200,10 @@ class RichModel:
         meta: dict,
         dll_basis: str = "raw",
         ties: TieModel | None = None,
+        scaling: MomentumScaling | None = None,
     ):
         self.generator = generator.eval()
+        self.scaling = scaling
         self.ties = ties.eval() if ties is not None else None
         self.dll_basis = dll_basis
         self.qt_in, self.qt_out = qt_in, qt_out
@@ -245,7 +249,10 @@ class RichModel:
                 bits.append(tie.cpu())
             outs.append(self.generator(z, c).cpu())
         z_out = torch.cat(outs).numpy() if outs else np.zeros((0, N_OUTPUTS), np.float32)
-        dlls = from_basis(self.qt_out.inverse_transform(z_out), self.dll_basis)
+        y = self.qt_out.inverse_transform(z_out)
+        if self.scaling is not None:
+            y = self.scaling.restore(y, model_inputs(inputs)[:, 0])
+        dlls = from_basis(y, self.dll_basis)
         if self.ties is not None and len(dlls):
             dlls = apply_ties(torch.from_numpy(dlls), torch.cat(bits)).numpy()
         if not no_rich:
@@ -278,11 +285,15 @@ def load_rich_model(path, device="cpu", ema: bool = True) -> RichModel:
     qt_out = QuantileNormal.from_arrays(
         ckpt["qt_out"]["quantiles"].numpy(), ckpt["qt_out"]["references"].numpy()
     )
+    scaling = None
+    if "momentum_scaling" in ckpt:
+        require_finite_tensors(path, ckpt, ("momentum_scaling",))
+        scaling = MomentumScaling.from_arrays(**{k: v.numpy() for k, v in ckpt["momentum_scaling"].items()})
     meta = {k: ckpt[k] for k in ("config", "step", "metrics", "data_sha256") if k in ckpt}
     basis = ckpt.get("config", {}).get("dll_basis", "raw")  # checkpoints before the basis option: raw
     return RichModel(
         g.to(device), qt_in, qt_out, ckpt["no_rich_table"].numpy(), ckpt["particle"], meta, basis,
-        ties.to(device) if ties is not None else None,
+        ties.to(device) if ties is not None else None, scaling,
     )  # fmt: skip
 
 

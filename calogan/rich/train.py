@@ -71,6 +71,7 @@ from calogan.rich.models import (
     TiePatternHead,
     build_models,
 )
+from calogan.rich.momentum import MomentumScaling, momentum_sampling
 from calogan.rich.ties import TIE_PAIRS, TieModel, fit_patterns, masked_columns
 from calogan.rich.weights import WEIGHT_MODES, expected_sweights, n_effective
 
@@ -150,6 +151,9 @@ class TrainConfig:
     # recorded, 1 flat in log P. The target p(DLL | P, eta, nTracks) is the same; the thin high-momentum tail
     # (where the DLLs narrow fastest and a harder spectrum puts its tracks) gets more of the critic's attention
     momentum_balance: float = 0.0
+    # standardise each output column by its median and spread in log-P bins before the quantile transform
+    # (calogan.rich.momentum.MomentumScaling): the narrow high-momentum responses get their share of the normal range
+    momentum_scaling: bool = False
     checkpoint_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: only last.pt)
     # wall-clock budget from the start of train(), data and weights included; 0: none
     max_minutes: float = 0.0
@@ -196,6 +200,11 @@ class RichTask(AdversarialTask):
         rich, train_weights = rich.subset(kept), all_weights[kept]
         self.qt_in = QuantileNormal.fit(model_inputs(rich.inputs), seed=config.seed)
         outputs = to_basis(rich.dlls, config.dll_basis)
+        self.scaling = None
+        if config.momentum_scaling:
+            log_p = model_inputs(rich.inputs)[:, 0]
+            self.scaling = MomentumScaling.fit(log_p, outputs)
+            outputs = self.scaling.standardise(outputs, log_p)
         self.qt_out = QuantileNormal.fit(outputs, seed=config.seed)
         self.cond = torch.from_numpy(self.qt_in.transform(model_inputs(rich.inputs))).to(device)
         cdf_low, cdf_high = self.qt_out.uniform_bounds(outputs)  # equal except for tied values
@@ -253,6 +262,10 @@ class RichTask(AdversarialTask):
             "data_sha256": sha256_file(self.path),
             "training_weights": self.weight_info,
         }
+        if self.scaling is not None:
+            self.fixed["momentum_scaling"] = {
+                k: torch.from_numpy(v) for k, v in self.scaling.to_arrays().items()
+            }
         if self.ties is not None:
             self.fixed["tie_head"] = {k: v.detach().cpu() for k, v in self.ties.head.state_dict().items()}
 
@@ -277,30 +290,13 @@ class RichTask(AdversarialTask):
         if not len(self.holdout):
             return None
         model = RichModel(generator, self.qt_in, self.qt_out, None, self.config.particle, {},
-                          self.config.dll_basis, self.ties)  # fmt: skip
+                          self.config.dll_basis, self.ties, self.scaling)  # fmt: skip
         generated = model.generate(self.holdout.inputs, seed=self.config.seed, no_rich=False)
         auc = classifier_test(self.holdout, generated, seed=self.config.seed)["auc"]
         return {"holdout_auc": auc, "selection": -auc}
 
     def checkpoint_fields(self) -> dict:
         return self.fixed
-
-
-#: log-P bins of the momentum balance, equal width between the 0.1 % and 99.9 % quantiles of the sample
-MOMENTUM_BINS = 20
-
-
-def momentum_sampling(momentum: np.ndarray, alpha: float) -> torch.Tensor | None:
-    """Per-track draw probabilities ~ (tracks in the same log-P bin)^-alpha, or None for alpha = 0 (uniform)."""
-    if alpha == 0:
-        return None
-    log_p = np.log(np.asarray(momentum, np.float64))
-    lo, hi = np.quantile(log_p, [0.001, 0.999])
-    edges = np.linspace(lo, hi, MOMENTUM_BINS + 1)[1:-1]  # inner edges: outliers join the end bins
-    bins = np.searchsorted(edges, log_p)
-    counts = np.bincount(bins, minlength=MOMENTUM_BINS)
-    prob = counts[bins].astype(np.float64) ** -alpha
-    return torch.from_numpy(prob / prob.sum())
 
 
 def fit_pattern_head(
@@ -512,6 +508,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="draw training tracks with probability ~ (tracks in their log-P bin)^-A: 0 as recorded, 1 flat in log P",
     )
     ap.add_argument(
+        "--momentum-scaling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="standardise each DLL column by its median and spread in bins of log P before the quantile transform",
+    )
+    ap.add_argument(
         "--objective",
         default=None,
         help="wgan-gp (default) | cramer: the Cramér (energy-distance) GAN, critic output of --critic-dim",
@@ -538,6 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             critic_features=args.critic_features, objective=args.objective, critic_dim=args.critic_dim,
             ema_decay=args.ema_decay, holdout=args.holdout, eval_every=args.eval_every,
             tie_patterns=args.tie_patterns, momentum_balance=args.momentum_balance,
+            momentum_scaling=args.momentum_scaling,
             checkpoint_every=args.checkpoint_every, lr_g=args.lr, lr_c=args.lr,
             # an explicit --steps means that many steps: the preset's time budget only guards its own step count
             max_minutes=args.max_minutes if args.max_minutes is not None else (0.0 if args.steps else None),
