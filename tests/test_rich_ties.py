@@ -101,5 +101,7 @@ def test_standard_and_full_presets_model_ties_and_choose_on_held_out_tracks():
     for preset in ("standard", "full"):
         cfg = rich_train.TrainConfig.from_preset(preset)
         assert cfg.tie_patterns and cfg.holdout > 0 and cfg.eval_every > 0 and cfg.ema_decay == 0.999
-    assert not rich_train.TrainConfig.from_preset("quick").tie_patterns  # its recorded numbers stay valid
+        assert cfg.momentum_scaling
+    quick = rich_train.TrainConfig.from_preset("quick")
+    assert not quick.tie_patterns and not quick.momentum_scaling  # its recorded numbers stay valid
     assert not rich_train.TrainConfig.from_preset("standard", tie_patterns=False).tie_patterns

@@ -86,7 +86,7 @@ PRESETS: dict[str, dict] = {
         "n_critic": 3,
         "max_minutes": 4.5,  # keeps the whole command under the 5-minute target on a slower 2-core CPU
     },
-    "standard": {  # the quick networks for 8x its steps, a slower EMA, best.pt chosen on held-out tracks, ties
+    "standard": {  # the quick networks for 8x its steps, a slower EMA, best.pt on held-out tracks, ties, P scaling
         "steps": 20000,
         "batch_size": 2048,
         "hidden": 128,
@@ -97,6 +97,7 @@ PRESETS: dict[str, dict] = {
         "holdout": 8000,
         "eval_every": 500,
         "tie_patterns": True,
+        "momentum_scaling": True,
         "max_minutes": 29.0,  # a guard: about 21 minutes on an idle 2-core CPU, at most 30 per particle
     },
     "full": {
@@ -110,6 +111,7 @@ PRESETS: dict[str, dict] = {
         "holdout": 8000,
         "eval_every": 1000,
         "tie_patterns": True,
+        "momentum_scaling": True,
     },
 }
 
