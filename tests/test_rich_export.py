@@ -99,6 +99,7 @@ def test_export_parity_torchscript_onnx_and_eager(tiny_ckpt, rich_dir, tmp_path,
         torch.jit.load(str(tmp_path / "kaon.pt"), _extra_files=extra)
     meta = json.loads(extra[rich_export.META_NAME])
     assert meta["no_rich"] == table and meta["particle"] == "kaon" and meta["noise_dim"] == noise.shape[1]
+    assert meta["momentum_scaling"] == (model.scaling is not None)
     uniform = np.random.default_rng(7).random(len(inputs))
     np.testing.assert_array_equal(
         rich_export.no_rich_mask(table, inputs, uniform),

@@ -367,6 +367,7 @@ def export_metadata(model: RichModel, info: dict | None = None) -> dict:
         "noise_dim": int(model.noise_dim),
         "particle": model.particle,
         "dll_basis": model.dll_basis,
+        "momentum_scaling": model.scaling is not None,
         "no_rich": no_rich_table(model),
         **{k: v for k, v in (info or {}).items() if isinstance(v, str | int | float | bool)},
     }
