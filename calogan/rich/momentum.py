@@ -1,8 +1,8 @@
 """Momentum-aware training aids for the RICH GANs: balanced batches and momentum-dependent output scaling.
 
 The DLL responses change fastest with momentum: above the Cherenkov thresholds the rings of neighbouring mass
-hypotheses converge, and a pion's DLLk, spread over a hundred units at 10 GeV, sits within a few units of 0 at
-100 GeV. The marginal quantile transform of the outputs gives that narrow high-momentum band a sliver of its normal
+hypotheses converge, and a pion's DLLk, spread over tens of units at 10 GeV, lies within a few units of 0 above
+60 GeV. The marginal quantile transform of the outputs gives that narrow high-momentum band a sliver of its normal
 range, so a small blur of the generator there becomes a wide tail in DLL units. Two remedies, both optional:
 
 * :func:`momentum_sampling` draws training tracks more often where log P is thinly populated;
