@@ -110,14 +110,14 @@ def test_holdout_refusals(rich_dir, tmp_path, overrides, message):
 
 def test_momentum_balance_flattens_log_p_and_keeps_each_track_reachable():
     rng = np.random.default_rng(0)
-    momentum = np.exp(rng.normal(2.5, 0.7, 50_000))  # falling spectrum: few tracks at high P
-    assert momentum_sampling(momentum, 0.0) is None
-    high = momentum > np.quantile(momentum, 0.95)
-    shares = [float(momentum_sampling(momentum, a)[high].sum()) for a in (0.5, 1.0)]
+    log_p = rng.normal(2.5, 0.7, 50_000)  # falling spectrum: few tracks at high P
+    assert momentum_sampling(log_p, 0.0) is None
+    high = log_p > np.quantile(log_p, 0.95)
+    shares = [float(momentum_sampling(log_p, a)[high].sum()) for a in (0.5, 1.0)]
     assert 0.05 < shares[0] < shares[1]  # more weight to the tail the larger the exponent
-    flat = momentum_sampling(momentum, 1.0).numpy()
-    edges = np.quantile(np.log(momentum), [0.001, 0.999])
-    bins = np.clip(((np.log(momentum) - edges[0]) / (edges[1] - edges[0]) * 20).astype(int), 0, 19)
+    flat = momentum_sampling(log_p, 1.0).numpy()
+    edges = np.quantile(log_p, [0.001, 0.999])
+    bins = np.clip(((log_p - edges[0]) / (edges[1] - edges[0]) * 20).astype(int), 0, 19)
     per_bin = np.bincount(bins, weights=flat, minlength=20)
     np.testing.assert_allclose(per_bin, 1 / 20, rtol=1e-6)  # alpha = 1: each log-P bin drawn equally often
     assert (flat > 0).all() and flat.sum() == pytest.approx(1.0)

@@ -33,11 +33,11 @@ def log_p_bins(log_p: np.ndarray, n_bins: int = MOMENTUM_BINS) -> np.ndarray:
     return np.searchsorted(inner, log_p)
 
 
-def momentum_sampling(momentum: np.ndarray, alpha: float) -> torch.Tensor | None:
+def momentum_sampling(log_p: np.ndarray, alpha: float) -> torch.Tensor | None:
     """Per-track draw probabilities ~ (tracks in the same log-P bin)^-alpha, or None for alpha = 0 (uniform)."""
     if alpha == 0:
         return None
-    bins = log_p_bins(np.log(np.asarray(momentum, np.float64)))
+    bins = log_p_bins(np.asarray(log_p, np.float64))
     counts = np.bincount(bins, minlength=MOMENTUM_BINS)
     prob = counts[bins].astype(np.float64) ** -alpha
     return torch.from_numpy(prob / prob.sum())

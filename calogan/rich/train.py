@@ -200,15 +200,15 @@ class RichTask(AdversarialTask):
         held, kept = np.sort(order[: config.holdout]), np.sort(order[config.holdout :])
         self.holdout = RichSample(rich.inputs[held], rich.dlls[held], all_weights[held], self.path)
         rich, train_weights = rich.subset(kept), all_weights[kept]
-        self.qt_in = QuantileNormal.fit(model_inputs(rich.inputs), seed=config.seed)
+        inputs = model_inputs(rich.inputs)  # log P, eta, nTracks of the training tracks
+        self.qt_in = QuantileNormal.fit(inputs, seed=config.seed)
         outputs = to_basis(rich.dlls, config.dll_basis)
         self.scaling = None
         if config.momentum_scaling:
-            log_p = model_inputs(rich.inputs)[:, 0]
-            self.scaling = MomentumScaling.fit(log_p, outputs)
-            outputs = self.scaling.standardise(outputs, log_p)
+            self.scaling = MomentumScaling.fit(inputs[:, 0], outputs)
+            outputs = self.scaling.standardise(outputs, inputs[:, 0])
         self.qt_out = QuantileNormal.fit(outputs, seed=config.seed)
-        self.cond = torch.from_numpy(self.qt_in.transform(model_inputs(rich.inputs))).to(device)
+        self.cond = torch.from_numpy(self.qt_in.transform(inputs)).to(device)
         cdf_low, cdf_high = self.qt_out.uniform_bounds(outputs)  # equal except for tied values
         self.has_ties = bool((cdf_high > cdf_low).any())
         self.cdf_low = torch.from_numpy(cdf_low).to(device)
@@ -235,7 +235,7 @@ class RichTask(AdversarialTask):
             "n_rich_tracks": len(order),
             "holdout_tracks": config.holdout,
         }
-        self.draw = momentum_sampling(rich.inputs[:, 0], config.momentum_balance)
+        self.draw = momentum_sampling(inputs[:, 0], config.momentum_balance)
         w = torch.from_numpy(train_weights.astype(np.float32)).to(device)
         self.weights = w / w.mean()  # global normalisation: weighted means are sum(w v) / batch size
         self.model_config = {
