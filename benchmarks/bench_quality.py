@@ -46,29 +46,29 @@ def fidelity_summary(fraction: float, strict: dict, physics: dict) -> dict:
         "coverage": round(strict["prdc"]["coverage"], 3), "coverage_ref": round(strict["prdc"]["coverage_ref"], 3),
         "resolution_ratio": [round(r["resolution_ratio"], 3) for r in bins],
         "hottest_cell_ratio": [round(r["max_cell_gen"] / r["max_cell_real"], 3) for r in core],
+        "core_3x3_ratio": [round(r["e3x3_gen"] / r["e3x3_real"], 3) for r in core],
         "response_ratio": [round(r["response_ratio"], 4) for r in bins],
         "barycentre_bias_cm": [round(physics["barycentre"]["bias_x"], 3), round(physics["barycentre"]["bias_y"], 3)],
     }  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoints", nargs="+", help="NAME=PATH of each checkpoint")
-    parser.add_argument("--data", default="data")
-    parser.add_argument("--clusters", type=int, default=100)
-    parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--switch-events", type=int, default=10000)
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
-
-    true = load_npz(split_path(args.data, "val", "solution"), require_energy=True)
-    embedder = load_or_train_embedder(args.data)
-    perm = np.random.default_rng(args.seed).permutation(len(true))
+def evaluate_checkpoints(
+    data: str,
+    checkpoints: dict[str, str],
+    clusters: int = 100,
+    runs: int = 100,
+    seed: int = 1337,
+    switch_events: int = 10000,
+    verbose: bool = True,
+) -> dict:
+    """Score each NAME -> checkpoint path on DATA's validation solution; the dict written by ``--json``."""
+    true = load_npz(split_path(data, "val", "solution"), require_energy=True)
+    embedder = load_or_train_embedder(data)
+    perm = np.random.default_rng(seed).permutation(len(true))
     half = len(true) // 2
     a, b = np.sort(perm[:half]), np.sort(perm[half : 2 * half])
     true_a, true_b = true.subset(a), true.subset(b)
-    kw = dict(clusters=args.clusters, runs=args.runs, seed=args.seed)
+    kw = dict(clusters=clusters, runs=runs, seed=seed)
     ceiling = real_vs_real(
         physical_statistics(true_b.energy, true_b.point, true_b.momentum),
         physical_statistics(true_a.energy, true_a.point, true_a.momentum),
@@ -78,19 +78,19 @@ def main() -> None:
     )
     stats_true = physical_statistics(true.energy, true.point, true.momentum)
     emb_true = embedder.embed(true.energy)
-    out = {"n_val": len(true), "n_half": half, **kw, "ceiling": ceiling, "models": {}}
-    print(
-        f"ceiling (true B vs true A, {half} vs {half}): {ceiling['score']:.4f} ± {ceiling['score_std']:.4f}"
-    )
-    for item in args.checkpoints:
-        name, _, path = item.partition("=")
+    out = {"data": str(data), "n_val": len(true), "n_half": half, **kw, "ceiling": ceiling, "models": {}}
+    if verbose:
+        print(
+            f"ceiling (true B vs true A, {half} vs {half}): {ceiling['score']:.4f} ± {ceiling['score_std']:.4f}"
+        )
+    for name, path in checkpoints.items():
         gen_model, _ = load_generator(path)
         t0 = time.perf_counter()
         images = generate(gen_model, true, seed=0, backend="torchscript")
         gen_s = time.perf_counter() - t0
         score = score_arrays(images[a], true_a, embedder, ceiling=False, **kw)
         physics = physics_checks(images, true)
-        sub = true.subset(slice(0, args.switch_events))
+        sub = true.subset(slice(0, switch_events))
         switch = particle_type_switch(gen_model, sub, seed=0)
         stats_gen = physical_statistics(images, true.point, true.momentum)
         strict = {
@@ -114,14 +114,32 @@ def main() -> None:
             "physics": physics,
             "particle_type_switch": {k: v for k, v in switch.items() if k != "statistics"},
         }
-        print(
-            f"\n{name}: score {score['score']:.4f} ± {score['score_std']:.4f} (AUC_img {score['auc_img']:.4f}, "
-            f"AUC_phys {score['auc_phys']:.4f}, standardised {score['standardised']['score']:.4f}) = "
-            f"{score['score'] / ceiling['score']:.3f} of the ceiling; type switch: sign agreement "
-            f"{switch['sign_agreement']}, correlation {switch['correlation']}"
-        )
-        print(format_physics_table(physics))
-        print(json.dumps(summary))
+        if verbose:
+            print(
+                f"\n{name}: score {score['score']:.4f} ± {score['score_std']:.4f} (AUC_img {score['auc_img']:.4f}, "
+                f"AUC_phys {score['auc_phys']:.4f}, standardised {score['standardised']['score']:.4f}) = "
+                f"{score['score'] / ceiling['score']:.3f} of the ceiling; type switch: sign agreement "
+                f"{switch['sign_agreement']}, correlation {switch['correlation']}"
+            )
+            print(format_physics_table(physics))
+            print(json.dumps(summary))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoints", nargs="+", help="NAME=PATH of each checkpoint")
+    parser.add_argument("--data", default="data")
+    parser.add_argument("--clusters", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--switch-events", type=int, default=10000)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    checkpoints = dict(item.partition("=")[::2] for item in args.checkpoints)
+    out = evaluate_checkpoints(
+        args.data, checkpoints, args.clusters, args.runs, args.seed, args.switch_events
+    )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(out, handle, indent=2, default=float)

@@ -68,6 +68,7 @@ class ShowerParams:
     response_per_gev: float = ENERGY_UNITS_PER_GEV  # visible units per GeV of particle energy
     stochastic_term: float = 0.10  # a in sigma/E = a/sqrt(E[GeV]) (+) b
     constant_term: float = 0.01  # b in sigma/E = a/sqrt(E[GeV]) (+) b
+    noise_term_gev: float = 0.0  # c in sigma/E = a/sqrt(E) (+) b (+) c/E[GeV] (0 = no noise term)
     # --- longitudinal profile (GFlash, Grindhammer & Peters)
     radiation_length_cm: float = 1.75  # effective X0 of the Pb/scintillator shashlik stack (25 X0 ~ 42 cm)
     critical_energy_gev: float = 0.0095  # effective critical energy Ec of the stack
@@ -95,6 +96,9 @@ class ShowerParams:
     halo_fraction_spread: float = 0.5  # per-event lognormal spread of that fraction
     halo_length_cm: float = 5.0  # exponential fall-off length of the halo around the shower centre
     halo_cell_shape: float = 1.0  # Gamma shape of the per-cell halo fluctuation (1 = exponential)
+    # --- readout (both 0 by default: no electronic noise, no threshold)
+    cell_noise_units: float = 0.0  # sd of Gaussian electronic noise added to every cell (negative sums -> 0)
+    zero_suppression_units: float = 0.0  # cells below this energy are read out as 0 (fewer faint cells)
 
 
 def sample_conditions(
@@ -134,6 +138,8 @@ def _showers_chunk(
 
     # Total visible energy with a/sqrt(E) (+) b resolution.
     rel = np.hypot(prm.stochastic_term / np.sqrt(p), prm.constant_term)
+    if prm.noise_term_gev > 0:
+        rel = np.hypot(rel, prm.noise_term_gev / p)
     e_vis = prm.response_per_gev * p * np.clip(1.0 + rel * rng.standard_normal(n), 0.05, None)
 
     # Longitudinal profile: Gamma(alpha, beta) in X0 from the shower start, alpha fluctuating per event.
@@ -189,6 +195,11 @@ def _showers_chunk(
     halo *= (f_halo * e_vis / norm).astype(np.float32)[:, None]
     images = images.astype(np.float32)
     images += halo
+    if prm.cell_noise_units > 0:
+        images += rng.normal(0.0, prm.cell_noise_units, images.shape).astype(np.float32)
+        np.maximum(images, 0.0, out=images)
+    if prm.zero_suppression_units > 0:
+        images[images < prm.zero_suppression_units] = 0.0
     return images.reshape(n, IMAGE_SIZE, IMAGE_SIZE)
 
 
