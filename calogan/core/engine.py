@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from calogan.core.errors import InputError
 from calogan.core.gan import EMA, gradient_penalty
+from calogan.core.locks import LOCK_NAME, DirectoryLock
 from calogan.core.runtime import atomic_torch_save, atomic_write_json, progress_disabled
 
 
@@ -144,12 +145,33 @@ class Outcome:
 
 
 class RunDirectory:
-    """A training run's folder: config.json, metrics.jsonl, checkpoints/{last,best,step_N}.pt."""
+    """A training run's folder: config.json, metrics.jsonl, checkpoints/{last,best,step_N}.pt.
+
+    :meth:`create` and :meth:`existing` take the folder's lock (:mod:`calogan.core.locks`) for the process
+    that trains (rank 0 under ``torchrun``), so a second writer of the same run (``--overwrite`` or
+    ``--resume`` while it trains) is refused with one line naming the holder; :meth:`release` (or leaving a
+    ``with`` block, or the end of the process) gives it back.
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
         self.log_path = self.path / "metrics.jsonl"
+        self.lock = DirectoryLock(self.path, "run directory")
+
+    def _acquire(self) -> None:
+        if dist_info()[0] == 0:
+            self.lock.acquire()
+
+    def release(self) -> None:
+        """Give the run directory's lock back (other processes may then write it)."""
+        self.lock.release()
+
+    def __enter__(self) -> RunDirectory:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     @classmethod
     def create(cls, path: str | os.PathLike, config: dict, overwrite: bool = False) -> RunDirectory:
@@ -157,21 +179,32 @@ class RunDirectory:
         run = cls(path)
         if run.path.exists() and not run.path.is_dir():
             raise InputError(f"{run.path}: exists and is not a directory (choose another run directory)")
-        if run.path.exists() and any(run.path.iterdir()):
-            if not overwrite:
-                raise InputError(
-                    f"{run.path}: run directory exists (pass --resume {run.path} or --overwrite)"
-                )
-            if not (run.path / "config.json").exists():
-                raise InputError(
-                    f"{run.path}: exists and is not a calogan run directory; refusing to overwrite it"
-                )
-            shutil.rmtree(run.path)
+        existed = run.path.is_dir()
+        run._acquire()
         try:
+            contents = [p for p in run.path.iterdir() if p.name != LOCK_NAME] if existed else []
+            if contents:
+                if not overwrite:
+                    raise InputError(
+                        f"{run.path}: run directory exists (pass --resume {run.path} or --overwrite)"
+                    )
+                if not (run.path / "config.json").exists():
+                    raise InputError(
+                        f"{run.path}: exists and is not a calogan run directory; refusing to overwrite it"
+                    )
+                for item in contents:  # everything but the lock, which this process holds
+                    if item.is_dir() and not item.is_symlink():
+                        shutil.rmtree(item)
+                    else:
+                        item.unlink()
             run.checkpoints.mkdir(parents=True, exist_ok=True)
             atomic_write_json(run.path / "config.json", config)
         except OSError as exc:
+            run.release()
             raise InputError(f"{run.path}: cannot write the run directory ({exc.strerror or exc})") from None
+        except BaseException:
+            run.release()
+            raise
         return run
 
     @classmethod
@@ -182,6 +215,7 @@ class RunDirectory:
             raise InputError(
                 f"{run.last}: no checkpoint to resume from (is {run.path} a calogan run directory?)"
             )
+        run._acquire()
         return run
 
     @property

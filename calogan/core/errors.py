@@ -8,3 +8,18 @@ class InputError(Exception):
 
     The message names the file (or option) and the problem in one line.
     """
+
+
+def printable(text: str, limit: int | None = None) -> str:
+    """``text`` with every control or invisible character written as an escape (``\\n``, ``\\x1b``, ``\\u2028``).
+
+    Names and values read from files (zip entries, npz keys, checkpoint fields) reach messages through this,
+    so a hostile name cannot break a message over lines or send escape sequences to a terminal. ``limit``
+    cuts the result to that many characters (ending in ``…``).
+    """
+    text = str(text)
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text

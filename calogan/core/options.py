@@ -21,13 +21,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NoReturn
 
-from calogan.core.errors import InputError
+from calogan.core.errors import InputError, printable
 
 __all__ = [
     "ArgumentParser",
     "check_clusters",
     "check_float",
     "check_int",
+    "check_name",
     "check_output_dir",
     "check_output_file",
     "choice",
@@ -110,6 +111,27 @@ def check_float(
     if problem:
         raise InputError(f"{name}: {problem}")
     return float(value)
+
+
+def check_name(option: str, name: str, under: str = "runs/") -> str:
+    """``name`` when it is one plain folder name (kept under ``under``); otherwise InputError naming ``option``.
+
+    Refused: a path separator, ``.`` or ``..``, a name starting with ``-``, and control characters, so that
+    ``--name ../../x`` cannot write outside the folder it names a child of.
+    """
+    seps = {os.sep, "/", "\\"} | ({os.altsep} if os.altsep else set())
+    if (
+        not isinstance(name, str)
+        or name in (".", "..")
+        or name.startswith("-")
+        or any(sep in name for sep in seps)
+        or not name.isprintable()
+    ):
+        raise InputError(
+            f"{option}: must be a plain folder name under {under} (no '/', '..', leading '-' or control "
+            f"characters), got {printable(repr(name))}"
+        )
+    return name
 
 
 def check_clusters(clusters, n_events: int, option: str = "--clusters") -> int:

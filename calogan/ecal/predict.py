@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from calogan.core import options
 from calogan.core.errors import InputError
+from calogan.core.locks import lock_directory
 from calogan.core.runtime import (
     keep_freed_memory,
     progress_disabled,
@@ -240,10 +241,11 @@ def predict_with_generator(
     for split in PREDICT_SPLITS:
         datasets[split] = load_npz(require_file(split_path(data_dir, split)), require_energy=False)
     runner = inference_generator(generator, backend, device)  # compiled once for both splits
-    for split, out in zip(PREDICT_SPLITS, outputs):
-        data = datasets[split]
-        batches = iter_generate(runner, data, batch_size, (seed, SPLIT_SEED_ID[split]), device, backend)
-        write_prediction_streamed(out, batches, len(data), progress=progress)
+    with lock_directory(out_dir, "prediction folder"):
+        for split, out in zip(PREDICT_SPLITS, outputs):
+            data = datasets[split]
+            batches = iter_generate(runner, data, batch_size, (seed, SPLIT_SEED_ID[split]), device, backend)
+            write_prediction_streamed(out, batches, len(data), progress=progress)
     return outputs
 
 

@@ -222,6 +222,8 @@ def validate_config(cfg: TrainConfig) -> None:
     """Reject impossible settings with one clear line naming the field (before anything is written)."""
     if cfg.model not in MODELS:
         raise InputError(f"--model: unknown model '{cfg.model}' (use {' or '.join(MODELS)})")
+    if cfg.name:
+        options.check_name("--name", cfg.name)
     for name, (kind, low, low_incl, high, high_incl) in FIELD_DOMAINS.items():
         value = getattr(cfg, name)
         if kind == "int":
@@ -450,6 +452,7 @@ def train(
         if own_group:  # every rank has finished before rank 0, which hosts the rendezvous store, shuts down
             torch.distributed.barrier()
     finally:
+        run.release()
         if task.writer is not None:
             task.writer.close()
         if own_group:  # an explicit shutdown: a group left to the interpreter's exit can abort a process

@@ -25,6 +25,7 @@ import numpy as np
 
 from calogan.core import options
 from calogan.core.errors import InputError
+from calogan.core.locks import lock_directory
 from calogan.core.runtime import atomic_write_json, atomic_write_text, run_cli, select_device, torch_load_safe
 from calogan.metrics.plots import save_png, subplots
 from calogan.metrics.two_sample import binned_efficiency, classifier_scores, weighted_auc
@@ -470,6 +471,8 @@ def parse_evaluation_args(
     if args.particle:
         outputs = (*SUMMARY_OUTPUTS, *(PARTICLES if args.particle == "all" else (args.particle,)))
     options.check_output_dir(args.out, args.overwrite, "--out", contents=outputs)
+    # one writer of --out at a time: the lock lives with ``args`` (until the command returns)
+    args.lock = lock_directory(args.out, "report folder")
     return args
 
 

@@ -410,7 +410,10 @@ def train(config: TrainConfig, overwrite: bool = False, resume: bool = False) ->
     engine = AdversarialEngine(task, settings, run, device, progress=config.progress)
     if saved is not None:
         engine.load(saved)
-    engine.fit()
+    try:
+        engine.fit()
+    finally:
+        run.release()
     return run.path
 
 

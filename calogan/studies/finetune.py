@@ -305,6 +305,7 @@ def finetune(
     atomic_torch_save(out_dir / "checkpoint.pt", final)
     atomic_write_json(out_dir / "results.json", result)
     atomic_write_text(out_dir / "report.md", render_report(result))
+    run.release()
     return result
 
 

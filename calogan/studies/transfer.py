@@ -16,6 +16,7 @@ import numpy as np
 
 from calogan.core import options
 from calogan.core.errors import InputError
+from calogan.core.locks import lock_directory
 from calogan.core.runtime import (
     atomic_write_json,
     atomic_write_text,
@@ -292,9 +293,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI: run :func:`transfer_study` and print the two scores."""
     a = build_parser().parse_args(argv)
     options.check_output_dir(a.out, a.overwrite, "--out", contents=TRANSFER_OUTPUTS)
-    r = transfer_study(
-        a.data, a.train_selection, a.test_selection, a.out, a.checkpoint, a.preset, a.seed, a.device
-    )
+    with lock_directory(a.out, "report folder"):  # one writer of --out at a time
+        r = transfer_study(
+            a.data, a.train_selection, a.test_selection, a.out, a.checkpoint, a.preset, a.seed, a.device
+        )
     for key in ("train_selection", "test_selection"):
         s = r[key]["score"]
         print(f"{key}: {r[key]['selection']}: score {s.get('score')} (ceiling {s.get('ceiling')})")
