@@ -41,6 +41,9 @@ run: train evaluate package
 		% (r["score"], r["ceiling"], f.get("auc_high", nan), f.get("fpd", nan), f.get("sep_max", nan), f.get("sep_max_observable", "n/a")))' \
 		runs/$(RUN_NAME)/score.json
 	@echo "done: runs/$(RUN_NAME)/ (checkpoints, plots, score.json) and submissions/$(RUN_NAME).zip"
+	@$(PY) -c 'import sys; from calogan.core.engine import RunDirectory, budget_stop_message as m; \
+		line = m(RunDirectory(sys.argv[1]).last_stop()); print("warning: training " + line if line else "", end="\n" if line else "")' \
+		runs/$(RUN_NAME)
 
 lint: install-dev
 	$(PY) -m ruff check calogan tests benchmarks

@@ -1,91 +1,73 @@
-"""Training throughput of the WGAN-GP step: images/s per CPU core, default model vs the 2019 baseline.
+"""Training speed of the real trainer: generator steps per second of each recipe variant, against the first.
 
-Runs the trainer's own step (n_critic critic updates with the gradient penalty + one generator update) on
-random conditions and synthetic images, with torch limited to ``--threads`` threads, and reports each
-model's images/s (images passed through the critic per second, (n_critic + 1) x batch per step) and the
-ratio to the baseline2019 generator measured in the same run.
+Each variant runs ``calogan.ecal.train.train`` (the engine's own critic and generator steps, losses and EMA)
+for ``--steps`` steps of a preset on a small simulated data set, and the steps per second come from the
+engine's own throughput log (``images_per_s`` of ``metrics.jsonl``, which excludes the final evaluation),
+averaged over the second half of the run (after the warm-up). Ratios are to the first variant of the same run.
 
-    python benchmarks/bench_train.py [--steps 5] [--batch-size 64] [--threads 1] [--json FILE]
+    python benchmarks/bench_train.py --preset quick --steps 200 \\
+        base= lazy4=gp_every=4 lazy4_nosummary=gp_every=4,critic_summary=false --json FILE
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from calogan.core.gan import gradient_penalty
-from calogan.ecal.models import build_critic, build_generator, critic_features
-from calogan.ecal.train import PRESETS, TrainConfig
+from calogan.ecal.simulate import write_dataset
+from calogan.ecal.train import make_config, parse_set, train
 
 
-def _conditions(n: int) -> torch.Tensor:
-    xy = torch.randn(n, 2) * 2.7
-    pxy = torch.randn(n, 2) * 3.0
-    pz = torch.rand(n, 1) * 99 + 1
-    return torch.cat([xy, pxy, pz, (torch.rand(n, 1) > 0.5).float()], dim=1)
-
-
-def step_throughput(model: str, steps: int, batch: int, n_critic: int, sizes: dict) -> float:
-    """Images/s of full WGAN-GP steps (after one warm-up step)."""
-    torch.manual_seed(0)
-    gen, critic = build_generator({"model": model, **sizes}), build_critic(sizes)
-    opt_g = torch.optim.Adam(gen.parameters(), 1e-4, betas=(0.0, 0.9))
-    opt_c = torch.optim.Adam(critic.parameters(), 1e-4, betas=(0.0, 0.9))
-    real, cond = torch.rand(batch, 30, 30) * 50, _conditions(batch)
-
-    def one_step() -> None:
-        for _ in range(n_critic):
-            with torch.no_grad():
-                fake = gen(torch.randn(batch, gen.noise_dim), cond)
-            fr, ff = critic_features(real, cond), critic_features(fake, cond)
-            gp, _ = gradient_penalty(critic, fr, ff, cond)
-            loss = critic(ff, cond).mean() - critic(fr, cond).mean() + gp
-            opt_c.zero_grad()
-            loss.backward()
-            opt_c.step()
-        loss_g = -critic(critic_features(gen(torch.randn(batch, gen.noise_dim), cond), cond), cond).mean()
-        opt_g.zero_grad()
-        loss_g.backward()
-        opt_g.step()
-
-    one_step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        one_step()
-    return steps * batch * (n_critic + 1) / (time.perf_counter() - start)
+def steps_per_second(run_dir: Path, batch_size: int, n_critic: int) -> float:
+    """Mean generator steps/s over the second half of a run's log (each step passes (n_critic + 1) batches)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["images_per_s"] for r in rows[len(rows) // 2 :] if "images_per_s" in r]
+    return sum(rates) / len(rates) / (batch_size * (n_critic + 1))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--preset", default="quick", choices=list(PRESETS))
+    parser.add_argument(
+        "variants", nargs="+", help="NAME=KEY=VALUE,KEY=VALUE (config overrides; NAME= for none)"
+    )
+    parser.add_argument("--preset", default="quick")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    cfg = TrainConfig(**PRESETS[args.preset])
-    sizes = {
-        k: getattr(cfg, k)
-        for k in ("noise_dim", "latent", "gen_channels", "critic_channels", "critic_hidden")
-    }
-    results = {}
-    for model in ("baseline2019", "shower"):
-        model_sizes = {**sizes, "noise_dim": 10} if model == "baseline2019" else sizes
-        ips = step_throughput(model, args.steps, args.batch_size, cfg.n_critic, model_sizes)
-        results[model] = {"images_per_s": ips, "images_per_s_per_core": ips / args.threads}
-    base = results["baseline2019"]["images_per_s"]
-    for model, r in results.items():
-        r["ratio_to_baseline2019"] = r["images_per_s"] / base
+
+    out = {"preset": args.preset, "steps": args.steps, "threads": args.threads or torch.get_num_threads()}
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        write_dataset(data, n_train=6000, n_val=10, n_test=10, seed=0, progress=False)
+        for item in args.variants:
+            name, _, spec = item.partition("=")
+            overrides = parse_set([kv for kv in spec.split(",") if kv])
+            cfg = make_config(
+                args.preset, data=str(data), run_dir=str(Path(tmp) / name), steps=args.steps, holdout=500,
+                eval_every=10**9, eval_clusters=5, eval_runs=1, plots=False, tensorboard=False, eval_embedder=False,
+                max_minutes=0.0, threads=args.threads, log_every=10, **overrides,
+            )  # fmt: skip
+            t0 = time.perf_counter()
+            run_dir = train(cfg, progress=False)
+            wall = time.perf_counter() - t0
+            rate = steps_per_second(run_dir, cfg.batch_size, cfg.n_critic)
+            rows[name] = {"overrides": overrides, "steps_per_s": round(rate, 3), "wall_s": round(wall, 1)}
+    base = next(iter(rows.values()))["steps_per_s"]
+    for name, row in rows.items():
+        row["speed_vs_first"] = round(row["steps_per_s"] / base, 3)
         print(
-            f"{model:>13}: {r['images_per_s']:8.1f} images/s ({args.threads} thread(s)), x{r['ratio_to_baseline2019']:.2f}"
+            f"{name:24s} {row['steps_per_s']:7.2f} steps/s  x{row['speed_vs_first']:.2f}  {row['overrides']}"
         )
+    out["variants"] = rows
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"args": vars(args), "results": results}, handle, indent=2)
+        Path(args.json).write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

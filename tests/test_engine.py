@@ -19,6 +19,7 @@ from calogan.core.engine import (
     EngineSettings,
     RunDirectory,
     TrainingDiverged,
+    budget_stop_message,
 )
 from calogan.core.errors import InputError
 
@@ -100,18 +101,18 @@ def state(path):
     return torch.load(path, weights_only=True)
 
 
-@pytest.mark.parametrize("weighted, objective", [(False, "wgan-gp"), (True, "wgan-gp"), (True, "cramer")])
-def test_resume_continues_exactly(tmp_path, weighted, objective):
+@pytest.mark.parametrize(
+    "weighted, objective, gp_every",
+    [(False, "wgan-gp", 1), (True, "wgan-gp", 1), (True, "cramer", 1), (False, "wgan-gp", 3)],
+)
+def test_resume_continues_exactly(tmp_path, weighted, objective, gp_every):
     out = 3 if objective == "cramer" else 1
-    straight = make(ToyTask(weighted, critic_out=out), new_run(tmp_path, "a"), objective=objective)
+    kw = dict(objective=objective, gp_every=gp_every)
+    straight = make(ToyTask(weighted, critic_out=out), new_run(tmp_path, "a"), **kw)
     straight.fit()
     with pytest.raises(KeyboardInterrupt):  # SIGTERM at step 4: last.pt written there
-        make(
-            ToyTask(weighted, signal_at=4, critic_out=out), new_run(tmp_path, "b"), objective=objective
-        ).fit()
-    resumed = make(
-        ToyTask(weighted, critic_out=out), RunDirectory.existing(tmp_path / "b"), objective=objective
-    )
+        make(ToyTask(weighted, signal_at=4, critic_out=out), new_run(tmp_path, "b"), **kw).fit()
+    resumed = make(ToyTask(weighted, critic_out=out), RunDirectory.existing(tmp_path / "b"), **kw)
     resumed.load(state(tmp_path / "b" / "checkpoints" / "last.pt"))
     assert resumed.step == 4
     resumed.fit()
@@ -141,6 +142,11 @@ def test_time_budget_ends_with_a_checkpoint(tmp_path):
     last = state(tmp_path / "t/checkpoints/last.pt")
     assert last["step"] == 1
     assert last["metrics"]["stop"] == {"reason": "budget", "step": 1, "steps": 8}
+    # the run's log says it too, and the message that trainers print names the step reached
+    stop = RunDirectory(tmp_path / "t").last_stop()
+    assert stop == {"reason": "budget", "step": 1, "steps": 8}
+    assert budget_stop_message(stop).startswith("stopped at step 1 of 8 by the time budget")
+    assert budget_stop_message({"reason": "done", "step": 8, "steps": 8}) is None
 
 
 def test_sigterm_writes_a_final_checkpoint_and_raises_keyboard_interrupt(tmp_path):
@@ -230,3 +236,11 @@ def test_generator_step_leaves_the_critic_weights_alone(tmp_path, objective):
     engine.generator_step(task.sample(torch.Generator().manual_seed(0), 16))
     assert all(p.grad is None and p.requires_grad for p in task.critic.parameters())
     assert all(p.grad is not None for p in task.generator.parameters())
+
+
+def test_lazy_gradient_penalty_runs_on_every_kth_critic_update(tmp_path):
+    make(ToyTask(), new_run(tmp_path, "lazy"), n_critic=1, gp_every=3).fit()
+    rows = [json.loads(x) for x in (tmp_path / "lazy/metrics.jsonl").read_text().splitlines()]
+    penalised = [r["step"] for r in rows if r["gradient_penalty"] > 0]
+    assert penalised == [1, 4, 7]  # critic updates 0, 3, 6 (the row of step s logs update s - 1)
+    assert all(("grad_norm_mean" in r) == (r["step"] in penalised) for r in rows)

@@ -71,9 +71,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data_dir, tmp_path, 
     calls = {"n": 0}
     real_features = train_mod.critic_features
 
-    def poisoned(images, cond):
+    def poisoned(images, cond, *scale):
         calls["n"] += 1
-        out = real_features(images, cond)
+        out = real_features(images, cond, *scale)
         return out * float("nan") if calls["n"] > 14 else out  # 5 calls per tiny step: NaN from step 3
 
     monkeypatch.setattr(train_mod, "critic_features", poisoned)
@@ -229,3 +229,31 @@ def test_tiny_run_with_response_term(tiny_data_dir, tmp_path):
     assert json.loads((w2_dir / "config.json").read_text())["response_power"] == 2
     with pytest.raises(Exception, match=r"response_power: must be an integer in \[1, 2\]"):
         run_tiny(tiny_data_dir, tmp_path / "bad_power", response_power=3)
+
+
+def test_budget_stop_is_the_last_line_and_the_periodic_score_has_both_halves(tiny_data_dir, tmp_path, capsys):
+    """A run cut by its time budget says so last; without DATA/embedder.safetensors one is trained for AUC_img."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "data_train.npz").write_bytes((tiny_data_dir / "data_train.npz").read_bytes())
+    run_dir = tmp_path / "run"
+    rc = main(["--preset", "tiny", "--data", str(data), "--run-dir", str(run_dir), "--set", "max_minutes=1e-6",
+               "--set", "eval_embedder=true"])  # fmt: skip
+    assert rc == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("stopped at step 1 of 6 by the time budget")
+    assert (data / "embedder.safetensors").is_file()
+    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["stop"] == {"reason": "budget", "step": 1, "steps": 6}
+    assert rows[-1]["eval_auc_img"] is not None and "eval_fraction_of_ceiling" in rows[-1]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert 140 < ckpt["model_config"]["units_per_gev"] < 165  # fitted: the median of E_total / |p| (~158)
+
+
+def test_periodic_score_without_embedder_is_named_phys_only(tiny_checkpoint):
+    rows = [
+        json.loads(ln) for ln in (tiny_checkpoint.parent.parent / "metrics.jsonl").read_text().splitlines()
+    ]
+    evals = [r for r in rows if "eval_score" in r]
+    assert evals and all("eval_fraction_of_ceiling" not in r for r in evals)
+    assert all("eval_fraction_of_ceiling_phys_only" in r for r in evals)

@@ -105,6 +105,7 @@ class EngineSettings:
     batch_size: int
     n_critic: int = 5
     gp_weight: float = 10.0
+    gp_every: int = 1  # lazy penalty: on every k-th critic update only, weighted by k (1: every update)
     lr_g: float = 1e-4
     lr_c: float = 1e-4
     betas: tuple[float, float] = (0.0, 0.9)
@@ -229,13 +230,23 @@ class RunDirectory:
         with open(self.log_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
+    def last_stop(self) -> dict | None:
+        """How the latest training of this run ended (the ``stop`` field of its last log line), or None."""
+        if not self.log_path.exists():
+            return None
+        for line in reversed(self.log_path.read_text().splitlines()):
+            if line.strip():
+                return json.loads(line).get("stop")
+        return None
+
     def truncate_log(self, step: int) -> None:
-        """Drop log lines after ``step`` (a killed run may have logged past its last checkpoint)."""
+        """Drop log lines after ``step`` (a killed run may have logged past its last checkpoint) and old stops."""
         if not self.log_path.exists():
             return
-        lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
-        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
-        self.log_path.write_text("".join(ln + "\n" for ln in keep))
+        records = [json.loads(ln) for ln in self.log_path.read_text().splitlines() if ln.strip()]
+        # a resumed run goes on past the stop of its earlier part, so the log keeps no ``stop`` field
+        keep = [{k: v for k, v in r.items() if k != "stop"} for r in records if r.get("step", 0) <= step]
+        self.log_path.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
 
 # ---------------------------------------------------------------- distributed helpers
@@ -261,6 +272,16 @@ def _broadcast_params(model: nn.Module, world: int) -> None:
         return
     for t in list(model.parameters()) + list(model.buffers()):
         torch.distributed.broadcast(t.data, src=0)
+
+
+def budget_stop_message(stop: dict | None) -> str | None:
+    """The one line that says a run was cut short by its time budget, or None when it was not."""
+    if not stop or stop.get("reason") != "budget":
+        return None
+    return (
+        f"stopped at step {stop['step']} of {stop['steps']} by the time budget "
+        "(lift it with --set max_minutes=0, or continue with --resume RUN_DIR)"
+    )
 
 
 def _rank0_decides(flag: bool, world: int, device: torch.device) -> bool:
@@ -332,6 +353,8 @@ class AdversarialEngine:
         self.schedules = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (self.opt_g, self.opt_c)]
         self.sampler = torch.Generator().manual_seed(s.seed * 1000 + self.rank)
         self.step = 0
+        # critic updates so far: the lazy penalty's clock, set from the step in fit()
+        self.critic_updates = 0
         self.metrics: dict = {"best_selection": None, "best_step": None, "history": []}
         self.progress = progress and self.rank == 0
 
@@ -424,15 +447,24 @@ class AdversarialEngine:
             score = self._cramer_score(task.critic_view(reference, cond, self.step), cond)
         distance = _mean(score(f_real, cond), w) - _mean(score(f_fake, cond), w)
         sample_weight = None if w is None else w.abs()
-        gp, norms = gradient_penalty(score, f_real, f_fake, cond, self.settings.gp_weight, sample_weight)
+        every = self.settings.gp_every
+        penalised = self.critic_updates % every == 0
+        if penalised:
+            gp, norms = gradient_penalty(
+                score, f_real, f_fake, cond, self.settings.gp_weight * every, sample_weight
+            )
+        else:  # lazy penalty: skipped here (the costly double backward), k times stronger on the k-th update
+            gp, norms = torch.zeros((), device=distance.device), None
         loss = gp - distance
         self.opt_c.zero_grad(set_to_none=True)
         loss.backward()
         _allreduce_grads(task.critic, self.world)
         self.opt_c.step()
         name = "cramer_surrogate" if cramer else "wasserstein"
-        return {"loss_critic": loss.detach(), name: distance.detach(), "gradient_penalty": gp.detach(),
-                "grad_norm_mean": norms.mean()}  # fmt: skip
+        losses = {"loss_critic": loss.detach(), name: distance.detach(), "gradient_penalty": gp.detach()}
+        if norms is not None:
+            losses["grad_norm_mean"] = norms.mean()
+        return losses
 
     def generator_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Gradients of the adversarial loss plus the task's extra terms: (losses, generated batch).
@@ -477,7 +509,8 @@ class AdversarialEngine:
         with _StopRequest().installed() as stop:
             while self.step < s.steps:
                 # phase 1: critic steps
-                for _ in range(s.n_critic):
+                for k in range(s.n_critic):
+                    self.critic_updates = self.step * s.n_critic + k  # a function of the step: resume-exact
                     critic_losses = self.critic_step(task.sample(self.sampler, s.batch_size))
                 # phase 2: generator step, applied only when every loss is finite
                 batch = task.sample(self.sampler, s.batch_size)
@@ -501,6 +534,8 @@ class AdversarialEngine:
                 # phase 4: evaluate, log, then checkpoint (rank 0 writes); the log line goes first, so a
                 # kill between the two leaves lines past last.pt, which a resume drops, and never a gap
                 record = self._log_record(losses, timer, bar, force=last_step)
+                if last_step and record is not None:
+                    record["stop"] = self.metrics["stop"]
                 saves = ["last.pt"] if interrupted or self.step % s.checkpoint_every == 0 else []
                 if not interrupted and ((s.eval_every and self.step % s.eval_every == 0) or last_step):
                     record, saves = self._evaluate(record, bar)
@@ -511,7 +546,7 @@ class AdversarialEngine:
                 self._save(*saves)
                 bar.update(1)
                 if over_budget and self.step < s.steps:
-                    bar.write(f"time budget reached at step {self.step} of {s.steps}")
+                    bar.write(budget_stop_message(self.metrics["stop"]))
                     reason = "budget"
                     break
                 if interrupted:

@@ -102,7 +102,9 @@ def log_energy_ratio(
     return torch.log(total + 1e-3) - torch.log(units_per_gev * p)
 
 
-def critic_features(images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+def critic_features(
+    images: torch.Tensor, cond: torch.Tensor, units_per_gev: float = ENERGY_UNITS_PER_GEV
+) -> torch.Tensor:
     """The critic's input space: (B, 901) = 900 scaled log energy fractions + the log energy ratio.
 
     The fractions are scale-free (like the competition statistics); the ratio carries the energy scale.
@@ -112,7 +114,7 @@ def critic_features(images: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
     total = flat.sum(dim=1, keepdim=True)
     frac = flat / (total + 1e-6)
     logf = (torch.log(frac + FRACTION_FLOOR) + _LOGF_SHIFT) / _LOGF_SCALE
-    return torch.cat([logf, 3.0 * log_energy_ratio(images, cond)], dim=1)
+    return torch.cat([logf, 3.0 * log_energy_ratio(images, cond, units_per_gev)], dim=1)
 
 
 def fractions_from_features(logf: torch.Tensor) -> torch.Tensor:
@@ -160,6 +162,8 @@ class ShowerGenerator(_Normalised):
         logit_noise: bool = False,
         cell_gates: bool = False,
         hard_gates: bool = False,
+        units_per_gev: float = ENERGY_UNITS_PER_GEV,
+        zero_threshold: float = 0.0,
     ):
         super().__init__()
         self._init_norm(normalizer)
@@ -171,7 +175,12 @@ class ShowerGenerator(_Normalised):
         self.register_buffer("grid_x", grid_x, persistent=False)  # derived constants, not weights
         self.register_buffer("grid_y", grid_y, persistent=False)
         self.global_noise = int(noise_dim)
-        self.units_per_gev = ENERGY_UNITS_PER_GEV  # a float attribute: a constant in TorchScript/ONNX graphs
+        # the data's energy scale (visible units per GeV of |p|, fitted on the training events): the energy
+        # head starts there; a float attribute, so a constant in TorchScript/ONNX graphs
+        self.units_per_gev = float(units_per_gev)
+        # the data's readout threshold (fitted on the training cells; 0 when they hold no exact zeros): cells
+        # generated below it are read out as 0, as a zero-suppressed calorimeter does
+        self.zero_threshold = float(zero_threshold)
         self.cell_noise = bool(cell_noise)
         self.logit_noise = bool(logit_noise)
         self.cell_gates = bool(cell_gates)
@@ -249,7 +258,10 @@ class ShowerGenerator(_Normalised):
         shape = torch.softmax(logits.reshape(batch, grid * grid), dim=1).reshape(batch, grid, grid)
         if self.pad:
             shape = shape[:, self.pad : self.pad + 30, self.pad : self.pad + 30]
-        return shape * torch.exp(log_e).reshape(batch, 1, 1)
+        images = shape * torch.exp(log_e).reshape(batch, 1, 1)
+        if self.zero_threshold > 0:
+            images = images * (images >= self.zero_threshold).to(images.dtype)
+        return images
 
 
 def _pointwise(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
@@ -375,6 +387,8 @@ def build_generator(config: dict) -> nn.Module:
             logit_noise=bool(config.get("logit_noise", False)),
             cell_gates=bool(config.get("cell_gates", False)),
             hard_gates=bool(config.get("hard_gates", False)),
+            units_per_gev=float(config.get("units_per_gev", ENERGY_UNITS_PER_GEV)),  # fitted on the data
+            zero_threshold=float(config.get("zero_threshold", 0.0)),
         )
     if kind == "baseline2019":
         return Baseline2019Generator(

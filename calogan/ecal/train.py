@@ -32,12 +32,21 @@ from calogan.core.engine import (
     EngineSettings,
     RunDirectory,
     TrainingDiverged,
+    budget_stop_message,
     dist_info,
 )
 from calogan.core.errors import InputError
-from calogan.core.gan import binned_wasserstein
+from calogan.core.gan import binned_wasserstein, energy_score
 from calogan.core.runtime import keep_freed_memory, run_cli, seed_everything, select_device, torch_load_safe
-from calogan.ecal.data import CaloData, ConditionNormalizer, load_npz, require_file, sha256_file, split_path
+from calogan.ecal.data import (
+    ENERGY_UNITS_PER_GEV,
+    CaloData,
+    ConditionNormalizer,
+    load_npz,
+    require_file,
+    sha256_file,
+    split_path,
+)
 from calogan.ecal.models import (
     CHECKPOINT_FORMAT,
     MODELS,
@@ -51,7 +60,7 @@ from calogan.ecal.models import (
 from calogan.ecal.physics import momentum_bins, momentum_quantile_edges
 from calogan.ecal.predict import generate
 from calogan.ecal.soft_stats import rank_profile, shower_summary
-from calogan.metrics.embedder import load_embedder
+from calogan.metrics.embedder import load_embedder, train_embedder
 from calogan.metrics.evaluate import score_arrays
 from calogan.metrics.plots import plot_showers, plot_statistics
 from calogan.metrics.two_sample import holdout_distance
@@ -72,6 +81,7 @@ class TrainConfig:
     batch_size: int = 64  # per process
     n_critic: int = 5
     gp_weight: float = 10.0
+    gp_every: int = 1  # lazy gradient penalty: on every k-th critic update, weighted by k
     lr_g: float = 1e-4
     lr_c: float = 1e-4
     beta1: float = 0.0
@@ -90,6 +100,11 @@ class TrainConfig:
     # cell-spectrum term: weight of the per-|p|-bin W1 between the log energy fractions of the k-th hottest cell
     # (fixed ranks, calogan.ecal.soft_stats.rank_profile) of generated and real showers, in real-std units
     rank_weight: float = 0.0
+    # conditional energy-score terms: a second generated shower per real one (same conditions) and the
+    # energy score (calogan.core.gan.energy_score), a proper scoring rule for the distribution at each
+    # condition; on log(E/(scale |p|)) in units of its real std within its |p| bin, and on the shower summary
+    energy_score_weight: float = 0.0
+    summary_score_weight: float = 0.0
     # architecture
     noise_dim: int = 32
     latent: int = 64
@@ -204,7 +219,7 @@ def parse_set(items: Sequence[str]) -> dict:
 FIELD_DOMAINS: dict[str, tuple] = {
     **{name: ("int", 1, True, None, True) for name in (
         "steps", "batch_size", "n_critic", "eval_every", "checkpoint_every", "log_every", "noise_dim", "latent",
-        "gen_channels", "critic_channels", "critic_hidden", "response_bins", "eval_runs",
+        "gen_channels", "critic_channels", "critic_hidden", "response_bins", "eval_runs", "gp_every",
     )},
     **{name: ("int", 0, True, None, True) for name in ("max_train", "gen_pad", "seed", "threads")},
     "holdout": ("int", 10, True, None, True),
@@ -213,6 +228,7 @@ FIELD_DOMAINS: dict[str, tuple] = {
     **{name: ("float", 0.0, False, None, True) for name in ("lr_g", "lr_c")},
     **{name: ("float", 0.0, True, None, True) for name in (
         "gp_weight", "instance_noise", "response_weight", "stats_weight", "rank_weight", "max_minutes",
+        "energy_score_weight", "summary_score_weight",
     )},
     **{name: ("float", 0.0, True, 1.0, False) for name in ("beta1", "beta2", "ema_decay")},
 }  # fmt: skip
@@ -284,17 +300,29 @@ def evaluate_generator(
     out = {k: result.get(k) for k in ("score", "auc_img", "auc_phys", "score_std", "ceiling")}
     out["standardised_score"] = result.get("standardised", {}).get("score")
     ceiling = out.get("ceiling") or 0.0
-    out["fraction_of_ceiling"] = out["score"] / ceiling if ceiling > 0 else None
+    fraction = out["score"] / ceiling if ceiling > 0 else None
+    # without an embedder the score is AUC_phys alone: reported under its own name, never as the fraction
+    out["fraction_of_ceiling" if embedder is not None else "fraction_of_ceiling_phys_only"] = fraction
     out |= holdout_distance(gen, holdout, details["stats_gen"], details["stats_true"])
     out["selection"] = -out["w1_scaled_mean"]  # best.pt: the smallest mean standardised W1 (docs/training.md)
     return out
 
 
-def _load_embedder(cfg: TrainConfig, device):
-    path = Path(cfg.data) / "embedder.safetensors"
-    if not cfg.eval_embedder or not path.exists():
+def _load_embedder(cfg: TrainConfig, device, run_dir: Path):
+    """The data's embedder for the periodic score's AUC_img: DATA/embedder.safetensors, trained when absent.
+
+    Without it the periodic score would be AUC_phys alone, half of the competition score. It is cached in the
+    data folder (where ``evaluate`` looks for it), or in the run directory when that folder is read-only.
+    """
+    if not cfg.eval_embedder:
         return None
-    return load_embedder(path, sha256_file(split_path(cfg.data, "train")), device=device)
+    path = Path(cfg.data) / "embedder.safetensors"
+    if not path.exists() and not os.access(cfg.data, os.W_OK):
+        path = run_dir / "embedder.safetensors"
+    if path.exists():
+        return load_embedder(path, sha256_file(split_path(cfg.data, "train")), device=device)
+    print(f"note: no embedder at {path}; training one for the periodic score (cached there)", file=sys.stderr)
+    return train_embedder(cfg.data, out=path, device=device, progress=True).to(device)
 
 
 # ---------------------------------------------------------------- the shower task
@@ -310,6 +338,7 @@ class ShowerTask(AdversarialTask):
         self.cfg, self.mcfg, self.holdout, self.data_sha, self.device = cfg, mcfg, holdout, data_sha, device
         self.generator = build_generator(mcfg).to(device)
         self.critic = build_critic(mcfg).to(device)
+        self.units_per_gev = float(mcfg.get("units_per_gev", ENERGY_UNITS_PER_GEV))
         self.images = torch.from_numpy(train_data.energy).to(device)
         self.conds = torch.from_numpy(train_data.conditions()).to(device)
         edges = momentum_quantile_edges(train_data.p_abs, cfg.response_bins)
@@ -320,7 +349,16 @@ class ShowerTask(AdversarialTask):
             self.summaries, self.summary_scale = self._real_columns(shower_summary)
         if cfg.rank_weight > 0:
             self.profiles, self.profile_scale = self._real_columns(lambda im, c: rank_profile(im))
-        self.embedder = _load_embedder(cfg, device) if evaluate else None
+        if cfg.summary_score_weight > 0 and self.summaries is None:
+            self.summaries, self.summary_scale = self._real_columns(shower_summary)
+        self.energy_ratio_sd = None
+        if cfg.energy_score_weight > 0:  # the real log energy ratio's std in each |p| bin: the score's unit
+            ratio = log_energy_ratio(self.images, self.conds, self.units_per_gev).squeeze(1)
+            which = momentum_bins(self.conds, self.response_edges)
+            self.energy_ratio_sd = torch.stack(
+                [ratio[which == k].std() for k in range(cfg.response_bins)]
+            ).clamp_min(1e-4)
+        self.embedder = _load_embedder(cfg, device, run.path) if evaluate else None
         self.plots_dir = run.path / "plots" if cfg.plots else None
         self.writer = _tensorboard(run.path) if (cfg.tensorboard and evaluate) else None
 
@@ -336,7 +374,7 @@ class ShowerTask(AdversarialTask):
         return Batch(self.images[idx], self.conds[idx], index=idx)
 
     def critic_view(self, events: torch.Tensor, cond: torch.Tensor, step: int) -> torch.Tensor:
-        features = critic_features(events, cond)
+        features = critic_features(events, cond, self.units_per_gev)
         sigma = self.cfg.instance_noise * max(0.0, 1.0 - step / self.cfg.steps)
         return features + sigma * torch.randn_like(features) if sigma > 0 else features
 
@@ -350,10 +388,30 @@ class ShowerTask(AdversarialTask):
             fake_s = shower_summary(fake, batch.cond) / self.summary_scale
             real_s = self.summaries[batch.index] / self.summary_scale
             terms["statistics"] = cfg.stats_weight * binned_wasserstein(fake_s, real_s, bins)
+        if cfg.energy_score_weight > 0 or cfg.summary_score_weight > 0:
+            terms |= self._energy_scores(fake, batch, bins)
         if cfg.rank_weight > 0:
             fake_r = rank_profile(fake) / self.profile_scale
             real_r = self.profiles[batch.index] / self.profile_scale
             terms["rank_profile"] = cfg.rank_weight * binned_wasserstein(fake_r, real_r, bins)
+        return terms
+
+    def _energy_scores(self, fake: torch.Tensor, batch: Batch, bins: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The conditional energy-score terms, from ``fake`` and a second draw on the same conditions."""
+        cfg, cond, terms = self.cfg, batch.cond, {}
+        second = self.generator(torch.randn(len(cond), self.generator.noise_dim, device=cond.device), cond)
+        if cfg.energy_score_weight > 0:
+            unit = self.energy_ratio_sd[bins].unsqueeze(1)
+            ratio = lambda images: log_energy_ratio(images, cond, self.units_per_gev) / unit  # noqa: E731
+            terms["energy_score"] = cfg.energy_score_weight * energy_score(
+                ratio(fake), ratio(second), ratio(batch.real)
+            )
+        if cfg.summary_score_weight > 0:
+            summary = lambda images: shower_summary(images, cond) / self.summary_scale  # noqa: E731
+            real = self.summaries[batch.index] / self.summary_scale
+            terms["summary_score"] = cfg.summary_score_weight * energy_score(
+                summary(fake), summary(second), real
+            )
         return terms
 
     def evaluate(self, generator, step: int) -> dict:
@@ -440,7 +498,7 @@ def train(
     deadline = time.perf_counter() + 60.0 * cfg.max_minutes if cfg.max_minutes > 0 else math.inf
     settings = EngineSettings(
         steps=cfg.steps, batch_size=cfg.batch_size, n_critic=cfg.n_critic, gp_weight=cfg.gp_weight,
-        lr_g=cfg.lr_g, lr_c=cfg.lr_c, betas=(cfg.beta1, cfg.beta2), ema_decay=cfg.ema_decay,
+        gp_every=cfg.gp_every, lr_g=cfg.lr_g, lr_c=cfg.lr_c, betas=(cfg.beta1, cfg.beta2), ema_decay=cfg.ema_decay,
         log_every=cfg.log_every, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
         deadline=deadline, seed=cfg.seed, description="train",
     )  # fmt: skip
@@ -475,7 +533,30 @@ def _model_config(cfg: TrainConfig, train_data: CaloData) -> dict:
             "noise_dim": 10,
             "energy_scale": float(np.percentile(train_data.energy.max(axis=(1, 2)), 50)),
         }
+    else:
+        sizes["units_per_gev"] = fit_energy_scale(train_data)
+        sizes["zero_threshold"] = fit_zero_threshold(train_data)
     return model_config(cfg.model, ConditionNormalizer.fit(train_data.conditions()), **sizes)
+
+
+def fit_zero_threshold(data: CaloData, min_zero_fraction: float = 0.05) -> float:
+    """The data's readout threshold: the 0.1 % quantile of the non-zero cell energies when at least
+    ``min_zero_fraction`` of the cells read exactly 0 (a zero-suppressed readout), else 0 (no threshold)."""
+    cells = data.energy.reshape(-1)
+    positive = cells[cells > 0]
+    if len(positive) == 0 or 1.0 - len(positive) / len(cells) < min_zero_fraction:
+        return 0.0
+    return float(np.quantile(positive, 0.001))
+
+
+def fit_energy_scale(data: CaloData) -> float:
+    """The data's energy scale: the median visible energy per GeV of |p| (165 on the competition files)."""
+    total = data.energy.reshape(len(data), -1).sum(axis=1, dtype=np.float64)
+    ratio = total / np.maximum(data.p_abs, 1e-6)
+    positive = ratio[ratio > 0]
+    if len(positive) == 0:
+        raise InputError(f"{data.path}: every training shower is empty (no energy scale to fit)")
+    return float(np.median(positive))
 
 
 # ---------------------------------------------------------------- CLI
@@ -532,6 +613,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"run directory: {run_dir}")
+    stopped = budget_stop_message(RunDirectory(run_dir).last_stop())
+    if stopped:
+        print(stopped)
     return 0
 
 

@@ -33,7 +33,7 @@ from calogan.core.runtime import (
     select_device,
     torch_load_safe,
 )
-from calogan.ecal.data import CaloData, load_npz, require_file, sha256_file, split_path
+from calogan.ecal.data import ENERGY_UNITS_PER_GEV, CaloData, load_npz, require_file, sha256_file, split_path
 from calogan.ecal.models import (
     CHECKPOINT_FORMAT,
     build_critic,
@@ -175,7 +175,7 @@ class FinetuneTask(AdversarialTask):
     def __init__(self, source: dict, train: CaloData, names: list[str], cfg: FinetuneConfig,
                  fields: dict, device: torch.device, progress: bool):  # fmt: skip
         self.cfg, self.names, self.fields, self.device, self.train = cfg, names, fields, device, train
-        mcfg = source["model_config"]
+        mcfg = self.mcfg = source["model_config"]
         self.generator, self.critic = build_generator(mcfg).to(device), build_critic(mcfg).to(device)
         self.images = torch.from_numpy(train.energy).to(device)
         self.conds = torch.from_numpy(train.conditions()).to(device)
@@ -199,7 +199,7 @@ class FinetuneTask(AdversarialTask):
         return Batch(self.images[idx], self.conds[idx], index=idx)
 
     def critic_view(self, events: torch.Tensor, cond: torch.Tensor, step: int) -> torch.Tensor:
-        return critic_features(events, cond)
+        return critic_features(events, cond, float(self.mcfg.get("units_per_gev", ENERGY_UNITS_PER_GEV)))
 
     def extra_generator_losses(self, fake: torch.Tensor, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         cfg, idx, cond = self.cfg, batch.index, batch.cond
