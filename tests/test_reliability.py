@@ -142,3 +142,79 @@ def test_run_name_stays_under_runs(name, tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert "--name: must be a plain folder name under runs/" in err and err.count("\n") == 1
     assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- paired outputs
+
+
+@pytest.fixture(scope="module")
+def prediction_pairs(tiny_checkpoint, small_data, tmp_path_factory) -> tuple[Path, Path]:
+    """Two prediction folders of the same checkpoint with different seeds (two different pairs)."""
+    from calogan.ecal.predict import predict_dir
+
+    base = tmp_path_factory.mktemp("pairs")
+    for seed in (0, 1):
+        predict_dir(
+            tiny_checkpoint, small_data, base / f"seed{seed}", seed=seed, progress=False, backend="eager"
+        )
+    return base / "seed0", base / "seed1"
+
+
+def test_predict_writes_the_pair_with_a_manifest(prediction_pairs, tiny_checkpoint):
+    from calogan.ecal.data import PREDICTION_MANIFEST, sha256_file
+
+    folder = prediction_pairs[0]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["data_val_prediction.npz", "data_test_prediction.npz", PREDICTION_MANIFEST]
+    )  # no lock file, no staging folder left
+    manifest = json.loads((folder / PREDICTION_MANIFEST).read_text())
+    assert manifest["checkpoint_sha256"] == sha256_file(tiny_checkpoint) and manifest["seed"] == 0
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == sha256_file(folder / name)
+
+
+def test_a_mixed_pair_is_refused_by_package_and_evaluate(prediction_pairs, small_data, tmp_path, capsys):
+    import shutil
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(prediction_pairs[0], mixed)
+    shutil.copy(prediction_pairs[1] / "data_test_prediction.npz", mixed)  # test from the other run
+    out = tmp_path / "sub.zip"
+    assert run(["package", "--predictions", str(mixed), "--data", str(small_data), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "data_test_prediction.npz: differs from the file recorded" in err and err.count("\n") == 1
+    assert not out.exists()
+    assert (
+        run(["evaluate", str(mixed), "--solution-dir", str(small_data), "--clusters", "2", "--runs", "1"])
+        == 2
+    )
+    assert "pair is mixed" in capsys.readouterr().err
+    one = str(mixed / "data_test_prediction.npz")
+    assert (
+        run(["evaluate", one, "--split", "test", "--solution-dir", str(small_data), "--clusters", "2"]) == 2
+    )
+
+
+def test_an_interrupted_predict_keeps_the_old_pair(
+    prediction_pairs, tiny_checkpoint, small_data, tmp_path, monkeypatch
+):
+    import shutil
+
+    from calogan.ecal import predict
+
+    folder = tmp_path / "pred"
+    shutil.copytree(prediction_pairs[0], folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real = predict.iter_generate
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second split fails after the first was written
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "iter_generate", failing)
+    with pytest.raises(KeyboardInterrupt):
+        predict.predict_dir(tiny_checkpoint, small_data, folder, seed=5, overwrite=True, progress=False)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # old pair, old manifest, no temps

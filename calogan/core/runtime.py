@@ -291,6 +291,28 @@ def scratch_dir(task: str) -> Iterator[Path]:
         yield tmp
 
 
+def publish(staging: str | os.PathLike, target: str | os.PathLike, names: Sequence[str]) -> None:
+    """Move ``staging/<name>`` to ``target/<name>`` for each name, in order, replacing what is there.
+
+    Outputs that belong together are written into a staging folder beside their target (:func:`temp_dir_for`)
+    and only then moved, each with one rename on the same file system, so that no failure while *writing*
+    leaves a part of them. For the moves themselves, list last the file that marks the set complete (a
+    summary), or write first a manifest of the set (a kill between two moves is then detectable). An existing
+    folder of the same name is first renamed aside, then removed.
+    """
+    staging, target = Path(staging), Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        source, dest = staging / name, target / name
+        old = None
+        if dest.is_dir() and not dest.is_symlink():
+            old = make_temp_dir(dest)
+            os.replace(dest, old / name)
+        os.replace(source, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], mode: str = "wb") -> Path:
     """Call writer(handle) on a temp file next to path, then rename it into place (usual file mode).
 

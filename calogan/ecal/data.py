@@ -7,15 +7,16 @@ the key and the problem. Files are always read with ``allow_pickle=False``.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from calogan.core.errors import InputError
+from calogan.core.errors import InputError, printable
 from calogan.core.runtime import atomic_write
 
 IMAGE_SIZE = 30
@@ -242,6 +243,52 @@ def check_prediction_arrays(
     if (images < 0).any():
         raise InputError(f"{label}: key '{KEY_ENERGY}' holds {int((images < 0).sum())} negative energies")
     return images
+
+
+#: The file beside a prediction pair that ties its two files together: each file's sha256 and the checkpoint.
+PREDICTION_MANIFEST = "prediction_manifest.json"
+
+
+def prediction_manifest(files: Mapping[str, os.PathLike], source: Mapping[str, object]) -> dict:
+    """The manifest of a prediction pair: {name: {sha256, bytes}} of ``files`` and where they came from."""
+    return {
+        "format": "calogan-predictions-v1",
+        "files": {
+            name: {"sha256": sha256_file(path), "bytes": Path(path).stat().st_size}
+            for name, path in files.items()
+        },
+        **source,
+    }
+
+
+def check_prediction_manifest(folder: str | os.PathLike, names: Sequence[str]) -> dict | None:
+    """Refuse (InputError) prediction files in ``folder`` that differ from the pair its manifest records.
+
+    ``predict`` writes :data:`PREDICTION_MANIFEST` before it moves the two files into place, so a pair mixed
+    by an interrupted ``predict --overwrite`` (one new file beside one old) or by hand never matches it.
+    Returns the manifest, or None when the folder has none (predictions written by other tools).
+    """
+    path = Path(folder) / PREDICTION_MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        files = manifest["files"]
+        recorded = {name: files[name]["sha256"] for name in names}
+    except (ValueError, KeyError, TypeError, OSError, UnicodeDecodeError):
+        raise InputError(
+            f"{path}: not a readable prediction manifest (delete it if the prediction files are right)"
+        ) from None
+    for name in names:
+        file = Path(folder) / name
+        if file.is_file() and sha256_file(file) != recorded[name]:
+            source = printable(str(manifest.get("checkpoint", "another run")), limit=120)
+            raise InputError(
+                f"{file}: differs from the file recorded in {PREDICTION_MANIFEST} (from {source}): the val/test "
+                "pair is mixed, e.g. by an interrupted predict; run predict again (or delete the manifest if "
+                "you replaced the file on purpose)"
+            )
+    return manifest
 
 
 def split_path(data_dir: str | os.PathLike, split: str, kind: str = "") -> Path:

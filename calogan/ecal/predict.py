@@ -28,14 +28,26 @@ from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.locks import lock_directory
 from calogan.core.runtime import (
+    atomic_write_json,
     keep_freed_memory,
     progress_disabled,
+    publish,
     remove_stale_temps,
     scratch_dir,
     select_device,
     temp_dir_for,
 )
-from calogan.ecal.data import IMAGE_SIZE, KEY_ENERGY, CaloData, load_npz, require_file, split_path
+from calogan.ecal.data import (
+    IMAGE_SIZE,
+    KEY_ENERGY,
+    PREDICTION_MANIFEST,
+    CaloData,
+    load_npz,
+    prediction_manifest,
+    require_file,
+    sha256_file,
+    split_path,
+)
 from calogan.ecal.export import ParallelOnnxSession, require_onnx, trace_to_onnx
 from calogan.ecal.models import load_generator
 
@@ -215,7 +227,8 @@ def prediction_paths(out_dir: str | os.PathLike) -> list[Path]:
 def writable_prediction_paths(out_dir: str | os.PathLike, overwrite: bool) -> list[Path]:
     """:func:`prediction_paths`, refused (InputError) when one exists and ``overwrite`` is False."""
     outputs = prediction_paths(out_dir)
-    options.check_output_dir(out_dir, overwrite, "--out", contents=[p.name for p in outputs])
+    names = [p.name for p in outputs] + [PREDICTION_MANIFEST]
+    options.check_output_dir(out_dir, overwrite, "--out", contents=names)
     for path in outputs:
         if path.is_dir():
             raise InputError(f"--out {path}: is a folder, expected a file path")
@@ -232,8 +245,15 @@ def predict_with_generator(
     device=None,
     progress: bool = True,
     backend: str = DEFAULT_BACKEND,
+    source: dict | None = None,
 ) -> list[Path]:
-    """Write both prediction files for an in-memory generator; inputs are validated before any work."""
+    """Write both prediction files and their manifest for an in-memory generator; inputs checked first.
+
+    The pair is written as one output: both files are generated into a staging folder inside ``out_dir``,
+    then OUT/prediction_manifest.json (both files' sha256, the seed and ``source``, e.g. the checkpoint) is
+    written, then the two files are renamed into place. A kill at any point leaves the old pair, or files that
+    disagree with the manifest, which ``package`` and ``evaluate`` refuse (never a silently mixed pair).
+    """
     outputs = writable_prediction_paths(out_dir, overwrite)
     for out in outputs:
         remove_stale_temps(out)  # what a killed run left while writing these files
@@ -241,11 +261,20 @@ def predict_with_generator(
     for split in PREDICT_SPLITS:
         datasets[split] = load_npz(require_file(split_path(data_dir, split)), require_energy=False)
     runner = inference_generator(generator, backend, device)  # compiled once for both splits
-    with lock_directory(out_dir, "prediction folder"):
+    with (
+        lock_directory(out_dir, "prediction folder"),
+        temp_dir_for(Path(out_dir) / PREDICTION_MANIFEST) as tmp,
+    ):
+        staged = {}
         for split, out in zip(PREDICT_SPLITS, outputs):
             data = datasets[split]
             batches = iter_generate(runner, data, batch_size, (seed, SPLIT_SEED_ID[split]), device, backend)
-            write_prediction_streamed(out, batches, len(data), progress=progress)
+            staged[out.name] = write_prediction_streamed(
+                tmp / out.name, batches, len(data), progress=progress
+            )
+        info = {"seed": int(seed), "backend": backend, **(source or {})}
+        atomic_write_json(Path(out_dir) / PREDICTION_MANIFEST, prediction_manifest(staged, info))
+        publish(tmp, out_dir, list(staged))
     return outputs
 
 
@@ -266,8 +295,9 @@ def predict_dir(
     check_backend(backend)  # fail fast, before loading anything
     dev = select_device(device)
     generator, _meta = load_generator(checkpoint, device=dev, ema=True)
+    source = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint)}
     return predict_with_generator(
-        generator, data_dir, out_dir, seed, overwrite, batch_size, dev, progress, backend
+        generator, data_dir, out_dir, seed, overwrite, batch_size, dev, progress, backend, source
     )
 
 

@@ -21,7 +21,14 @@ from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write_json, keep_freed_memory, scratch_dir, select_device
 from calogan.core.safezip import check_upload, extract_upload
-from calogan.ecal.data import CaloData, load_npz, load_prediction, prediction_bytes_limit, split_path
+from calogan.ecal.data import (
+    CaloData,
+    check_prediction_manifest,
+    load_npz,
+    load_prediction,
+    prediction_bytes_limit,
+    split_path,
+)
 from calogan.ecal.physics import physical_statistics, standardise_statistics
 from calogan.metrics.embedder import load_or_train_embedder
 from calogan.metrics.prd import compute_prd
@@ -328,8 +335,10 @@ def evaluate_predictions(
                 if not p.is_file():
                     raise InputError(f"{p}: prediction file not found")
             shown = {s: str(f) for s, f in files.items()}
+            check_prediction_manifest(pred, [f.name for f in files.values()])  # a mixed pair is refused
         elif pred.suffix == ".npz":
             files, shown = {splits[0]: pred}, {splits[0]: str(pred)}
+            check_prediction_manifest(pred.parent, [pred.name])
         else:
             raise InputError(f"{pred}: expected a submission .zip, a folder or a prediction .npz")
         images = {s: _load_pred(files[s], len(truths[s]), shown[s]) for s in splits}

@@ -32,6 +32,7 @@ from calogan.ecal.data import (
     IMAGE_SIZE,
     KEY_ENERGY,
     check_prediction_arrays,
+    check_prediction_manifest,
     load_npz,
     open_npz,
     require_file,
@@ -253,6 +254,7 @@ def build_results_zip(
         raise InputError(
             f"{predictions_dir}: not a folder with data_val_prediction.npz and data_test_prediction.npz"
         )
+    check_prediction_manifest(predictions_dir, PREDICTION_NAMES)  # a mixed val/test pair is refused
     sizes = expected_sizes(data_dir, required=True)
     reports, entries = [], {}
     with temp_dir_for(out) as tmp:
