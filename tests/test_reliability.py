@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from calogan.__main__ import main as calogan_main
+from calogan.core.errors import InputError
 from calogan.core.locks import LOCK_NAME, DirectoryLock, lock_directory
 from calogan.ecal.simulate import write_dataset
 
@@ -218,3 +219,61 @@ def test_an_interrupted_predict_keeps_the_old_pair(
     with pytest.raises(KeyboardInterrupt):
         predict.predict_dir(tiny_checkpoint, small_data, folder, seed=5, overwrite=True, progress=False)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # old pair, old manifest, no temps
+
+
+# ---------------------------------------------------------------- outputs never overwrite inputs
+
+
+def test_check_not_input_rules(tmp_path):
+    from calogan.core.options import check_not_input
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.npz").write_bytes(b"x")
+    (tmp_path / "link.npz").symlink_to(tmp_path / "data" / "a.npz")
+    for out, inputs, replaces in [
+        (tmp_path / "data" / "a.npz", [tmp_path / "data" / "a.npz"], ()),  # the same file
+        (tmp_path / "link.npz", [tmp_path / "data" / "a.npz"], ()),  # through a link
+        (tmp_path / "data" / ".." / "data" / "a.npz", [tmp_path / "data" / "a.npz"], ()),  # through ..
+        (tmp_path / "data" / "b.json", [tmp_path / "data"], ()),  # inside an input folder
+        (tmp_path, [tmp_path / "data" / "a.npz"], None),  # a folder replaced whole holds the input
+        (tmp_path, [tmp_path / "data" / "a.npz"], ["data"]),  # an entry replaced holds the input
+    ]:
+        with pytest.raises(InputError, match="--out"):
+            check_not_input(out, inputs, "--out", replaces)
+    check_not_input(tmp_path / "data" / "b.json", [tmp_path / "data" / "a.npz"])  # a sibling is fine
+    check_not_input(tmp_path, [tmp_path / "data" / "a.npz"], "--out", ["other"])
+
+
+def _refused(argv: list[str], capsys, *kept: Path) -> None:
+    """The command exits 2 with one line even with --overwrite, and the inputs keep their bytes."""
+    before = [p.read_bytes() for p in kept]
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("input" in err), err
+    assert [p.read_bytes() for p in kept] == before
+
+
+def test_outputs_that_name_inputs_are_refused(
+    prediction_pairs, tiny_checkpoint, small_data, tmp_path, capsys
+):
+    import shutil
+
+    pred = tmp_path / "pred"
+    shutil.copytree(prediction_pairs[0], pred)
+    val = pred / "data_val_prediction.npz"
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint.parents[1], run_dir)
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    data = ["--data", str(small_data)]
+    _refused(["package", "--predictions", str(pred), *data, "--out", str(val), "--overwrite"], capsys, val)
+    _refused(["export", "--checkpoint", str(ckpt), "--out", str(ckpt), "--overwrite"], capsys, ckpt)
+    _refused(["evaluate", str(val), "--split", "val", "--solution-dir", str(small_data), "--json", str(val),
+              "--overwrite"], capsys, val)  # fmt: skip
+    _refused(["finetune", "--checkpoint", str(ckpt), *data, "--target", "transverse_width", "--out", str(run_dir),
+              "--overwrite"], capsys, ckpt)  # fmt: skip
+    train_file = small_data / "data_train.npz"
+    _refused(
+        ["train", "--preset", "tiny", *data, "--run-dir", str(small_data), "--overwrite"], capsys, train_file
+    )
+    _refused(["rich-export", "--checkpoint", str(ckpt), "--out", str(ckpt), "--overwrite"], capsys, ckpt)
+    _refused(["codalab-score", str(tmp_path), str(tmp_path / "out")], capsys)

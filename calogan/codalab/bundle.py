@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="submissions/scoring_program.zip", help="output zip")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out zip")
     args = parser.parse_args(argv)
-    options.check_output_file(args.out, args.overwrite, "--out")
+    options.check_output_file(args.out, args.overwrite, "--out", inputs=[args.embedder])
     if not Path(args.embedder).is_file():
         raise InputError(
             f"{args.embedder}: embedder not found (train it: python -m calogan.embedder --data data)"

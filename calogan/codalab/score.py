@@ -45,7 +45,9 @@ def score_submission(
     """Score INPUT_DIR/res against INPUT_DIR/ref and write scores.txt and scores.html into OUTPUT_DIR."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     # Codalab hands over a fresh folder; locally an earlier scores.txt is replaced
-    options.check_output_dir(output_dir, overwrite=True, option="OUTPUT_DIR")
+    options.check_output_dir(
+        output_dir, overwrite=True, option="OUTPUT_DIR", inputs=[input_dir, embedder_path]
+    )
     ref = input_dir / "ref"
     if not ref.is_dir():
         raise InputError(f"{ref}: reference (solution) folder not found")

@@ -29,6 +29,7 @@ __all__ = [
     "check_float",
     "check_int",
     "check_name",
+    "check_not_input",
     "check_output_dir",
     "check_output_file",
     "choice",
@@ -225,13 +226,74 @@ def _writable_parent(path: Path, option: str) -> None:
         raise InputError(f"{option} {path}: folder {parent} is not writable")
 
 
-def check_output_file(path: str | os.PathLike, overwrite: bool = False, option: str = "--out") -> Path:
+def _real(path: str | os.PathLike) -> Path:
+    """``path`` with links and ``..`` resolved (a missing tail kept as written)."""
+    return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_not_input(
+    output: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike | None],
+    option: str = "--out",
+    replaces: Iterable[str] | None = (),
+) -> Path:
+    """Refuse (InputError naming ``option``, even with ``--overwrite``) an output that would destroy an input.
+
+    Refused: ``output`` resolves to an input (links and ``..`` resolved; the same file under another name
+    too), or lies inside an input that is a folder the command reads. ``replaces`` names what the command
+    replaces inside an output folder: an input inside ``output/<name>`` is refused too; None means the whole
+    folder is replaced (a run directory), so an input anywhere inside it is refused. ``None`` inputs are
+    skipped. Returns ``output``.
+    """
+    out = _real(output)
+    for item in inputs:
+        if item is None:
+            continue
+        source = _real(item)
+        same = out == source
+        if not same and out.exists() and source.exists():
+            try:
+                same = os.path.samefile(out, source)
+            except OSError:
+                same = False
+        if same:
+            raise InputError(
+                f"{option} {output}: is also an input of this command ({item}); choose another path"
+            )
+        if source.is_dir() and _inside(out, source):
+            raise InputError(f"{option} {output}: lies inside the input folder {item}; choose another path")
+        if replaces is None:
+            if _inside(source, out):
+                raise InputError(
+                    f"{option} {output}: would replace the folder that holds the input {item}; choose another path"
+                )
+        else:
+            for name in replaces:
+                if _inside(source, out / name):
+                    raise InputError(
+                        f"{option} {output}: would replace {out / name}, which holds the input {item}; "
+                        "choose another path"
+                    )
+    return Path(output)
+
+
+def check_output_file(
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    option: str = "--out",
+    inputs: Iterable[str | os.PathLike | None] = (),
+) -> Path:
     """Refuse (InputError, one line naming ``option`` and the path) an output file that cannot be written.
 
     A folder at ``path``, a parent that is a file or not writable, or an existing file without
-    ``overwrite``; missing parent folders are created later by the writer. Returns the path.
+    ``overwrite``; missing parent folders are created later by the writer; and, with or without
+    ``overwrite``, a path that is one of the command's ``inputs`` (:func:`check_not_input`). Returns the path.
     """
-    path = Path(path)
+    path = check_not_input(path, inputs, option)
     if path.is_dir():
         raise InputError(f"{option} {path}: is a folder, expected a file path")
     if path.exists() and not overwrite:
@@ -245,14 +307,18 @@ def check_output_dir(
     overwrite: bool = False,
     option: str = "--out",
     contents: Iterable[str] | None = None,
+    inputs: Iterable[str | os.PathLike | None] = (),
 ) -> Path:
     """Refuse (InputError, one line naming ``option`` and the path) an output folder that cannot be written.
 
     A file at ``path``, a parent that is a file or not writable, a read-only existing folder, and, without
     ``overwrite``, existing outputs: the names in ``contents`` when given (``()``: the caller decides, as a
-    run directory does), otherwise any non-empty folder. Returns the path.
+    run directory does), otherwise any non-empty folder. With or without ``overwrite``, a folder that is, lies
+    in or (``contents`` ``()``: the whole folder; else those entries) holds one of ``inputs``
+    (:func:`check_not_input`). Returns the path.
     """
-    path = Path(path)
+    contents = None if contents is None else list(contents)
+    path = check_not_input(path, inputs, option, None if contents == [] else (contents or []))
     if path.exists() and not path.is_dir():
         raise InputError(f"{option} {path}: exists and is not a folder")
     if path.is_dir():

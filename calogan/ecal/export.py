@@ -305,7 +305,7 @@ def export_checkpoint(
     """Load the (EMA) generator of ``checkpoint`` and export it; see :func:`export_generator`."""
     if fmt not in FORMATS:
         raise InputError(f"--format: unknown format '{fmt}' (use {' or '.join(FORMATS)})")
-    options.check_output_file(out, overwrite, "--out")
+    options.check_output_file(out, overwrite, "--out", inputs=[checkpoint])
     require_file(Path(checkpoint), hint="pass the checkpoint written by `python -m calogan.train`")
     generator, meta = load_generator(checkpoint, device="cpu", ema=ema)
     info = {"checkpoint": Path(checkpoint).name, "ema": ema}

@@ -224,11 +224,15 @@ def prediction_paths(out_dir: str | os.PathLike) -> list[Path]:
     return [split_path(out_dir, split, "prediction") for split in PREDICT_SPLITS]
 
 
+def prediction_names(out_dir: str | os.PathLike) -> list[str]:
+    """What predict writes into its folder: the two prediction files and their manifest."""
+    return [p.name for p in prediction_paths(out_dir)] + [PREDICTION_MANIFEST]
+
+
 def writable_prediction_paths(out_dir: str | os.PathLike, overwrite: bool) -> list[Path]:
     """:func:`prediction_paths`, refused (InputError) when one exists and ``overwrite`` is False."""
     outputs = prediction_paths(out_dir)
-    names = [p.name for p in outputs] + [PREDICTION_MANIFEST]
-    options.check_output_dir(out_dir, overwrite, "--out", contents=names)
+    options.check_output_dir(out_dir, overwrite, "--out", contents=prediction_names(out_dir))
     for path in outputs:
         if path.is_dir():
             raise InputError(f"--out {path}: is a folder, expected a file path")
@@ -291,11 +295,15 @@ def predict_dir(
 ) -> list[Path]:
     """Load the EMA generator of ``checkpoint`` and write OUT/data_{val,test}_prediction.npz."""
     writable_prediction_paths(out_dir, overwrite)  # fail fast, before loading anything
+    inputs = [checkpoint, *(split_path(data_dir, split) for split in PREDICT_SPLITS)]
+    options.check_output_dir(out_dir, True, "--out", contents=prediction_names(out_dir), inputs=inputs)
     require_file(Path(checkpoint), hint="pass the checkpoint written by `python -m calogan.train`")
     check_backend(backend)  # fail fast, before loading anything
     dev = select_device(device)
-    generator, _meta = load_generator(checkpoint, device=dev, ema=True)
+    generator, meta = load_generator(checkpoint, device=dev, ema=True)
     source = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint)}
+    # how its training ended ({"reason": "budget", "step": N, "steps": M} when the time budget cut it short)
+    source["training_stop"] = (meta.get("metrics") or {}).get("stop")
     return predict_with_generator(
         generator, data_dir, out_dir, seed, overwrite, batch_size, dev, progress, backend, source
     )

@@ -607,7 +607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             run_dir = cfg.run_dir or Path("runs") / (cfg.name or cfg.preset)
             # a file or an unwritable folder is refused now; train() applies the reuse rules
-            options.check_output_dir(run_dir, args.overwrite, "--run-dir", contents=())
+            inputs = [split_path(cfg.data, "train"), Path(cfg.data) / "embedder.safetensors"]
+            options.check_output_dir(run_dir, args.overwrite, "--run-dir", contents=(), inputs=inputs)
             run_dir = train(cfg, overwrite=args.overwrite)
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)

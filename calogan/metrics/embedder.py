@@ -233,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.data) / DEFAULT_NAME
-    options.check_output_file(out, args.overwrite, "--out")
+    inputs = [Path(args.data) / f"data_{split}.npz" for split in ("train", "val", "test")]
+    options.check_output_file(out, args.overwrite, "--out", inputs=inputs)
     device = select_device(args.device)
     model = train_embedder(
         args.data,

@@ -504,10 +504,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--sample-size: must be at least 2 × --clusters ({2 * args.clusters}), got {args.sample_size}"
         )
     metrics = parse_metrics(args.metrics)
+    # the prediction (file, folder or zip), the solutions and the embedder are never overwritten
+    sol = Path(args.solution_dir)
+    inputs = [args.pred, args.embedder, sol / "embedder.safetensors"]
+    inputs += [split_path(sol, s, "solution") for s in SPLITS]
     if args.json:
-        options.check_output_file(args.json, args.overwrite, "--json")
+        options.check_output_file(args.json, args.overwrite, "--json", inputs=inputs)
     if args.plots:
-        options.check_output_dir(args.plots, args.overwrite, "--plots")
+        options.check_output_dir(args.plots, args.overwrite, "--plots", inputs=inputs)
     results = evaluate_predictions(
         args.pred,
         args.solution_dir,

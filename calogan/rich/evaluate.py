@@ -470,7 +470,9 @@ def parse_evaluation_args(
         raise InputError("--run-dir: goes with --particle, not with --checkpoint")
     if args.particle:
         outputs = (*SUMMARY_OUTPUTS, *(PARTICLES if args.particle == "all" else (args.particle,)))
-    options.check_output_dir(args.out, args.overwrite, "--out", contents=outputs)
+    found = [Path(args.run_dir) / p / "checkpoints" for p in PARTICLES] if args.run_dir else []
+    inputs = [args.checkpoint, *found]  # never replaced by a report, even with --overwrite
+    options.check_output_dir(args.out, args.overwrite, "--out", contents=outputs, inputs=inputs)
     # one writer of --out at a time: the lock lives with ``args`` (until the command returns)
     args.lock = lock_directory(args.out, "report folder")
     return args

@@ -448,8 +448,8 @@ def export_checkpoint(
     """
     if fmt not in FORMATS:
         raise InputError(f"--format: unknown format '{fmt}' (use {' or '.join(FORMATS)})")
-    out = options.check_output_file(out, overwrite, "--out")
-    table_path = options.check_output_file(norich_path(out), overwrite, "--out")
+    out = options.check_output_file(out, overwrite, "--out", inputs=[checkpoint])
+    table_path = options.check_output_file(norich_path(out), overwrite, "--out", inputs=[checkpoint])
     if fmt == "onnx":
         require_onnx()
     check_checkpoint(checkpoint)

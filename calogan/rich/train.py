@@ -552,7 +552,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ))  # fmt: skip
     for config in configs:  # every option and output checked before any training starts
         # train() applies the run-directory reuse rules (--resume, --overwrite)
-        options.check_output_dir(default_run_dir(config), True, "--run-dir", contents=())
+        options.check_output_dir(
+            default_run_dir(config), True, "--run-dir", contents=(), inputs=[config.data]
+        )
         validate_config(config)
     for config in configs:
         resume = args.resume and (Path(default_run_dir(config)) / "checkpoints" / "last.pt").exists()

@@ -419,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     # a file or an unwritable folder is refused now; finetune() applies --overwrite and --resume
-    options.check_output_dir(args.out, True, "--out", contents=())
+    inputs = [args.checkpoint, *(split_path(args.data, *s) for s in (("train",), ("val", "solution")))]
+    options.check_output_dir(args.out, True, "--out", contents=(), inputs=inputs)
     require_file(Path(args.checkpoint), hint="pass a checkpoint written by `python -m calogan.train`")
     result = finetune(args.checkpoint, args.data, names, args.out, cfg, args.device, progress=True,
                       overwrite=args.overwrite, resume=args.resume)  # fmt: skip

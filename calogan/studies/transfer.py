@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: run :func:`transfer_study` and print the two scores."""
     a = build_parser().parse_args(argv)
-    options.check_output_dir(a.out, a.overwrite, "--out", contents=TRANSFER_OUTPUTS)
+    inputs = [a.checkpoint, *(split_path(a.data, *s) for s in (("train",), ("val", "solution")))]
+    options.check_output_dir(a.out, a.overwrite, "--out", contents=TRANSFER_OUTPUTS, inputs=inputs)
     with lock_directory(a.out, "report folder"):  # one writer of --out at a time
         r = transfer_study(
             a.data, a.train_selection, a.test_selection, a.out, a.checkpoint, a.preset, a.seed, a.device

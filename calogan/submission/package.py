@@ -31,6 +31,7 @@ from calogan.core.runtime import atomic_write, remove_stale_temps, scratch_dir, 
 from calogan.ecal.data import (
     IMAGE_SIZE,
     KEY_ENERGY,
+    PREDICTION_MANIFEST,
     check_prediction_arrays,
     check_prediction_manifest,
     load_npz,
@@ -191,6 +192,19 @@ def check_zip(
     return reports, images
 
 
+def package_inputs(
+    predictions_dir: str | os.PathLike | None, data_dir: str | os.PathLike | None
+) -> list[Path]:
+    """The files a results zip is built from (prediction pair and manifest, data and solution files)."""
+    found = []
+    if predictions_dir is not None:
+        found += [Path(predictions_dir) / n for n in (*PREDICTION_NAMES, PREDICTION_MANIFEST)]
+    if data_dir is not None:
+        found += [split_path(data_dir, s, kind) for s in PREDICT_SPLITS for kind in ("", "solution")]
+        found.append(Path(data_dir) / DEFAULT_NAME)
+    return found
+
+
 def default_zip_name(source: Path, kind: str) -> Path:
     """submissions/<run>-<date>[-code].zip, the run taken from runs/<run>/checkpoints/x.pt or runs/<run>/predictions."""
     parts = source.resolve().parts
@@ -249,7 +263,7 @@ def build_results_zip(
     mantissa_bits = check_mantissa_bits(mantissa_bits)
     predictions_dir = Path(predictions_dir)
     out = Path(out) if out else default_zip_name(predictions_dir, "results")
-    options.check_output_file(out, overwrite, "--out")
+    options.check_output_file(out, overwrite, "--out", inputs=package_inputs(predictions_dir, data_dir))
     if not predictions_dir.is_dir():
         raise InputError(
             f"{predictions_dir}: not a folder with data_val_prediction.npz and data_test_prediction.npz"
@@ -294,7 +308,7 @@ def build_code_zip(
     """Build a code submission from a checkpoint's EMA generator; see :func:`build_code_zip_from_generator`."""
     checkpoint = Path(checkpoint)
     out = Path(out) if out else default_zip_name(checkpoint, "code")
-    options.check_output_file(out, overwrite, "--out")
+    options.check_output_file(out, overwrite, "--out", inputs=[checkpoint])
     require_file(checkpoint, hint="pass the checkpoint written by `python -m calogan.train`")
     generator, _ = load_generator(checkpoint, device="cpu", ema=True)
     info = {"checkpoint": checkpoint.name, "checkpoint_sha256": sha256_file(checkpoint)}
@@ -444,7 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise InputError("--kind code: needs --checkpoint (the generator is exported into the zip)")
     source = Path(args.checkpoint or args.predictions)
     out = Path(args.out) if args.out else default_zip_name(source, args.kind)
-    options.check_output_file(out, args.overwrite, "--out")
+    inputs = [args.checkpoint, *package_inputs(args.predictions, args.data)]
+    options.check_output_file(out, args.overwrite, "--out", inputs=inputs)
     if args.checkpoint:
         select_device(args.device)  # an unknown or unavailable device is refused before any work
     remove_stale_temps(out)  # what a killed run left while writing this zip
