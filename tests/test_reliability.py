@@ -277,3 +277,54 @@ def test_outputs_that_name_inputs_are_refused(
     )
     _refused(["rich-export", "--checkpoint", str(ckpt), "--out", str(ckpt), "--overwrite"], capsys, ckpt)
     _refused(["codalab-score", str(tmp_path), str(tmp_path / "out")], capsys)
+
+
+# ---------------------------------------------------------------- hostile archives (builders of bench_hostile.py)
+
+
+def _bench_hostile():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_hostile", ROOT / "benchmarks" / "bench_hostile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+hostile = _bench_hostile()
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "\x1b" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("entries", [100, 70_000])  # a classic end record, and a zip64 one
+def test_entry_count_is_refused_from_the_end_record(entries, tmp_path, capsys):
+    from calogan.core.safezip import read_end_record
+
+    path = hostile.entry_flood(tmp_path / "flood.zip", entries)
+    assert read_end_record(path)[0] == entries
+    assert run(["package", "--check", str(path), "--data", str(tmp_path / "none")]) == 2
+    assert f"declares {entries} entries, more than the 64 accepted" in _one_error(capsys)
+
+
+def test_nested_bomb_inside_an_npz_member_is_refused(tmp_path, capsys):
+    members = {name: hostile.zeros_npz(24 << 20) for name in hostile.NAMES}  # 24 MiB of zeros, ~24 KiB each
+    path = hostile.results_zip(tmp_path / "nested.zip", members)
+    assert path.stat().st_size < 1 << 20
+    assert run(["package", "--check", str(path), "--data", str(tmp_path / "none")]) == 2
+    assert "EnergyDeposit.npy' expands" in _one_error(capsys)
+
+
+def test_npy_header_is_checked_before_numpy_allocates(tmp_path, capsys):
+    from calogan.ecal.data import load_prediction
+
+    member = hostile.huge_header_npz((10**9, 30, 30))
+    (tmp_path / "one.npz").write_bytes(member)
+    with pytest.raises(InputError, match=r"declares shape \(1000000000, 30, 30\) of float32"):
+        load_prediction(tmp_path / "one.npz")
+    path = hostile.results_zip(tmp_path / "header.zip", {name: member for name in hostile.NAMES})
+    assert run(["package", "--check", str(path), "--data", str(tmp_path / "none")]) == 2
+    assert "(a corrupt or hostile file)" in _one_error(capsys)

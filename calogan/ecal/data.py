@@ -18,6 +18,7 @@ import numpy as np
 
 from calogan.core.errors import InputError, printable
 from calogan.core.runtime import atomic_write
+from calogan.core.safezip import check_npz
 
 IMAGE_SIZE = 30
 N_CELLS = IMAGE_SIZE * IMAGE_SIZE
@@ -96,6 +97,9 @@ def raw_conditions(point: np.ndarray, momentum: np.ndarray, pdg: np.ndarray) -> 
 
 # --------------------------------------------------------------------------- reading
 
+#: Largest array an npz entry may declare when read from disk (8 GiB; uploads have tighter limits).
+MAX_ARRAY_BYTES = 8 << 30
+
 
 def open_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read every array of an npz file without unpickling; bad files raise InputError."""
@@ -104,6 +108,7 @@ def open_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: file not found")
     if path.is_dir():
         raise InputError(f"{path}: is a directory, expected an .npz file")
+    check_npz(path, MAX_ARRAY_BYTES)  # entry count, bombs and npy headers, before numpy allocates
     try:
         npz = np.load(path, allow_pickle=False)
         if not isinstance(npz, np.lib.npyio.NpzFile):  # a bare .npy array has no context manager

@@ -20,7 +20,7 @@ import torch
 from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write_json, keep_freed_memory, scratch_dir, select_device
-from calogan.core.safezip import check_upload, extract_upload
+from calogan.core.safezip import check_npz, extract_upload
 from calogan.ecal.data import (
     CaloData,
     check_prediction_manifest,
@@ -249,14 +249,13 @@ def read_upload_zip(
 
 
 def check_prediction_file(path: Path, n: int | None, shown: str) -> None:
-    """An uploaded prediction npz is a zip too: its members may hold no more than a prediction can.
+    """An uploaded prediction npz is a zip too: its members get the upload's size and ratio limits and their
+    npy headers are checked before numpy allocates (calogan.core.safezip.check_npz).
 
     Files that are no zip at all are left to the npz reader, which names the problem.
     """
-    if not (path.is_file() and zipfile.is_zipfile(path)):
-        return
     limit = prediction_bytes_limit(n)
-    check_upload(path, None, limit, limit, max_ratio=None, label=shown)
+    check_npz(path, limit, limit, label=shown)
 
 
 def _load_pred(path: Path, n: int, shown: str) -> np.ndarray:
