@@ -145,23 +145,28 @@ PRESETS: dict[str, dict] = {
         checkpoint_every=2, log_every=1, noise_dim=8, latent=16, gen_channels=4, critic_channels=4,
         critic_hidden=16, plots=False, tensorboard=False, eval_embedder=False, threads=1,
     ),
+    # quick: every choice measured on this preset (docs/training.md), and checked on the robustness suite of
+    # benchmarks/bench_robustness.py (six data configurations, docs/results.md)
     "quick": dict(
         steps=3000, batch_size=64, holdout=2000, eval_every=500, eval_clusters=20, eval_runs=10, max_minutes=11.0,
-        n_critic=1, lr_g=2e-4, lr_c=4e-4,  # TTUR, one critic step: best score per CPU-minute (benchmarks/)
+        n_critic=1, lr_g=2e-4, lr_c=4e-4, gp_every=4,  # TTUR, one critic step, lazy penalty
         critic_core=True, response_weight=5.0, stats_weight=5.0, gen_pad=4, noise_modulation=True, cell_gates=True,
-        critic_summary=True,
-    ),  # every choice measured on this preset (docs/training.md, ablations)
-    # long: the quick recipe at batch 128 for up to 110 minutes of a 2-core CPU, without the summary-reading
-    # critic (the form that was measured; docs/results.md)
-    "long": dict(
-        steps=40000, batch_size=128, holdout=5000, eval_every=2500, eval_clusters=50, eval_runs=10,
-        max_minutes=110.0, checkpoint_every=500, n_critic=1, lr_g=2e-4, lr_c=4e-4, ema_decay=0.999,
-        critic_core=True, response_weight=5.0, stats_weight=5.0, gen_pad=4, noise_modulation=True, cell_gates=True,
+        energy_score_weight=2.0, summary_score_weight=2.0,
     ),
+    # long: the quick recipe at batch 128 with EMA 0.999, sized to end within 2 hours of an idle 2-core CPU
+    "long": dict(
+        steps=20000, batch_size=128, holdout=5000, eval_every=2500, eval_clusters=50, eval_runs=10,
+        max_minutes=115.0, checkpoint_every=500, n_critic=1, lr_g=2e-4, lr_c=4e-4, gp_every=4, ema_decay=0.999,
+        critic_core=True, response_weight=5.0, stats_weight=5.0, gen_pad=4, noise_modulation=True, cell_gates=True,
+        energy_score_weight=2.0, summary_score_weight=2.0,
+    ),
+    # full: the quick recipe scaled up for one GPU (batch, widths, steps)
     "full": dict(
-        steps=30000, batch_size=128, holdout=5000, eval_every=2000, eval_clusters=50, eval_runs=20,
-        gen_channels=48, latent=128, critic_channels=32, critic_hidden=256, ema_decay=0.999, checkpoint_every=500,
-        critic_core=True, response_weight=5.0,
+        steps=30000, batch_size=256, holdout=5000, eval_every=2000, eval_clusters=50, eval_runs=20,
+        checkpoint_every=500, n_critic=1, lr_g=2e-4, lr_c=4e-4, gp_every=4, ema_decay=0.999,
+        noise_dim=64, latent=128, gen_channels=32, critic_channels=32, critic_hidden=256,
+        critic_core=True, response_weight=5.0, stats_weight=5.0, gen_pad=4, noise_modulation=True, cell_gates=True,
+        energy_score_weight=2.0, summary_score_weight=2.0,
     ),
 }  # fmt: skip
 
