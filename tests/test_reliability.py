@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from calogan.__main__ import main as calogan_main
@@ -328,3 +329,22 @@ def test_npy_header_is_checked_before_numpy_allocates(tmp_path, capsys):
     path = hostile.results_zip(tmp_path / "header.zip", {name: member for name in hostile.NAMES})
     assert run(["package", "--check", str(path), "--data", str(tmp_path / "none")]) == 2
     assert "(a corrupt or hostile file)" in _one_error(capsys)
+
+
+# ---------------------------------------------------------------- control characters
+
+
+def test_names_from_files_are_escaped(tmp_path, capsys):
+    path = hostile.results_zip(tmp_path / "names.zip", {hostile.NAMES[0]: b"", "evil\n\x1b[31mname": b""})
+    assert run(["package", "--check", str(path), "--data", str(tmp_path / "none")]) == 2
+    assert "evil\\n\\x1b[31mname" in _one_error(capsys)
+    np.savez(tmp_path / "keys.npz", **{"bad\nkey\x1b[2J": np.zeros(3)})
+    assert (
+        run(["evaluate", str(tmp_path / "keys.npz"), "--split", "val", "--solution-dir", str(tmp_path)]) == 2
+    )
+    capsys.readouterr()
+    from calogan.ecal.data import load_prediction
+
+    with pytest.raises(InputError) as info:
+        load_prediction(tmp_path / "keys.npz")
+    assert "bad\\nkey\\x1b[2J" in str(info.value) and "\n" not in str(info.value)

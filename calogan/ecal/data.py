@@ -160,10 +160,12 @@ def load_npz(
     missing = [k for k in CONDITION_KEYS if k not in arrays]
     if require_conditions and missing:
         raise InputError(
-            f"{path}: missing key(s) {', '.join(missing)} (has: {', '.join(sorted(arrays)) or 'none'})"
+            f"{path}: missing key(s) {', '.join(missing)} (has: {printable(', '.join(sorted(arrays)), 200) or 'none'})"
         )
     if require_energy and KEY_ENERGY not in arrays:
-        raise InputError(f"{path}: missing key '{KEY_ENERGY}' (has: {', '.join(sorted(arrays)) or 'none'})")
+        raise InputError(
+            f"{path}: missing key '{KEY_ENERGY}' (has: {printable(', '.join(sorted(arrays)), 200) or 'none'})"
+        )
 
     for key in CONDITION_KEYS:
         _check_numeric(path, key, arrays[key])
@@ -239,7 +241,9 @@ def check_prediction_arrays(
     NaN/Inf, negative energies.
     """
     if KEY_ENERGY not in arrays:
-        raise InputError(f"{label}: missing key '{KEY_ENERGY}' (has: {', '.join(sorted(arrays)) or 'none'})")
+        raise InputError(
+            f"{label}: missing key '{KEY_ENERGY}' (has: {printable(', '.join(sorted(arrays)), 200) or 'none'})"
+        )
     images = as_images(label, arrays[KEY_ENERGY])  # numeric, finite, (N,30,30) or (N,900)
     if n_expected is not None and images.shape[0] != n_expected:
         raise InputError(

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from calogan.core import options
-from calogan.core.errors import InputError
+from calogan.core.errors import InputError, printable
 from calogan.core.runtime import atomic_write, remove_stale_temps, scratch_dir, select_device, temp_dir_for
 from calogan.ecal.data import (
     IMAGE_SIZE,
@@ -135,7 +135,7 @@ def format_notes(arrays: dict[str, np.ndarray]) -> list[str]:
         notes.append(f"shape {raw.shape} (canonical: (N, 30, 30))")
     extra = sorted(set(arrays) - {KEY_ENERGY})
     if extra:
-        notes.append(f"extra keys {extra} (ignored by the scorer)")
+        notes.append(f"extra keys {printable(str(extra), 200)} (ignored by the scorer)")
     return notes
 
 
