@@ -9,6 +9,8 @@ Every score comes with F_8/F_1/8, the spread over the R clusterings and a real-v
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import sys
 import zipfile
 from collections.abc import Sequence
@@ -22,6 +24,7 @@ from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write_json, keep_freed_memory, scratch_dir, select_device
 from calogan.core.safezip import check_npz, extract_upload
 from calogan.ecal.data import (
+    PREDICTION_MANIFEST,
     CaloData,
     check_prediction_manifest,
     load_npz,
@@ -531,7 +534,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "physics" in result:
             print(f"\n{split_name}: conditional physics (generated / real, same conditions)")
             print(format_physics_table(result["physics"]))
+    stopped = training_stop(args.pred)
+    if stopped:  # imported here: the Codalab bundle does not ship the training engine
+        from calogan.core.engine import budget_stop_message
+
+        print(f"note: these predictions come from a training that {budget_stop_message(stopped)}")
     if args.json:
-        atomic_write_json(args.json, results)
+        atomic_write_json(args.json, {**results, "training_stop": stopped} if stopped else results)
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
+
+
+def training_stop(pred: str | os.PathLike) -> dict | None:
+    """The budget stop of the training behind a prediction folder (from its manifest), or None."""
+    folder = Path(pred)
+    manifest = folder / PREDICTION_MANIFEST if folder.is_dir() else None
+    if manifest is None or not manifest.is_file():
+        return None
+    try:
+        stop = json.loads(manifest.read_text()).get("training_stop")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return stop if isinstance(stop, dict) and stop.get("reason") == "budget" else None
