@@ -348,3 +348,44 @@ def test_names_from_files_are_escaped(tmp_path, capsys):
     with pytest.raises(InputError) as info:
         load_prediction(tmp_path / "keys.npz")
     assert "bad\\nkey\\x1b[2J" in str(info.value) and "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- values after conversion
+
+
+@pytest.mark.parametrize(
+    "value, dtype, message",
+    [
+        (1e300, np.float64, "NaN/Inf values (as float32)"),
+        (complex(np.nan, 1), np.complex64, "dtype complex64, expected real numbers"),
+        (1.0, "U3", "expected real numbers"),
+        (1e38, np.float32, "cell energies above 1e+12"),
+    ],
+)
+def test_prediction_values_are_checked_as_float32(value, dtype, message, tmp_path):
+    from calogan.ecal.data import load_prediction
+
+    np.savez(tmp_path / "p.npz", EnergyDeposit=np.full((4, 30, 30), value, dtype))
+    with pytest.raises(InputError, match=message.replace("+", r"\+").replace("(", r"\(").replace(")", r"\)")):
+        load_prediction(tmp_path / "p.npz")
+
+
+def test_conditions_are_checked_after_float32_conversion(small_data, tmp_path):
+    from calogan.ecal.data import load_npz
+
+    arrays = dict(np.load(small_data / "data_val.npz"))
+    arrays["ParticleMomentum"] = arrays["ParticleMomentum"].astype(np.float64)
+    arrays["ParticleMomentum"][0, 0] = 1e300
+    np.savez(tmp_path / "data_val.npz", **arrays)
+    with pytest.raises(InputError, match="ParticleMomentum' holds 1 NaN/Inf values"):
+        load_npz(tmp_path / "data_val.npz")
+
+
+def test_extreme_but_allowed_showers_are_scored(small_data):
+    from calogan.ecal.data import MAX_CELL_ENERGY, load_npz
+    from calogan.metrics.evaluate import score_arrays
+
+    true = load_npz(small_data / "data_val_solution.npz")
+    images = np.full((len(true), 30, 30), MAX_CELL_ENERGY, np.float32)
+    result = score_arrays(images, true, None, clusters=2, runs=1, ceiling=False, standardised=False)
+    assert 0.0 <= result["score"] <= 1.0

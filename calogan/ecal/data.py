@@ -126,11 +126,29 @@ def open_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def _check_numeric(path: Path, key: str, array: np.ndarray) -> None:
-    if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise InputError(f"{path}: key '{key}' has non-numeric dtype {array.dtype}")
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        bad = int((~np.isfinite(array)).sum())
-        raise InputError(f"{path}: key '{key}' holds {bad} NaN/Inf values")
+    """Refuse an array that is not real numbers: complex, strings, objects, dates (bool and ints are fine)."""
+    if array.dtype.kind not in "biuf":
+        raise InputError(
+            f"{path}: key '{printable(key)}' has dtype {array.dtype}, expected real numbers (non-numeric and "
+            "complex arrays are refused)"
+        )
+
+
+def as_float32(path: str | os.PathLike, key: str, array: np.ndarray) -> np.ndarray:
+    """``array`` as contiguous float32, checked *after* the conversion: real numbers only, no NaN/Inf.
+
+    A float64 value beyond float32's range becomes Inf in the conversion and is refused here, so nothing
+    downstream meets it.
+    """
+    _check_numeric(Path(path), key, array)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = np.ascontiguousarray(array, dtype=np.float32)
+    finite = np.isfinite(out)
+    if not finite.all():
+        raise InputError(
+            f"{path}: key '{printable(key)}' holds {int((~finite).sum())} NaN/Inf values (as float32)"
+        )
+    return out
 
 
 def as_images(path: str | os.PathLike, array: np.ndarray, key: str = KEY_ENERGY) -> np.ndarray:
@@ -143,7 +161,7 @@ def as_images(path: str | os.PathLike, array: np.ndarray, key: str = KEY_ENERGY)
         array = array[:, 0]
     if array.ndim != 3 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise InputError(f"{path}: key '{key}' has shape {array.shape}, expected (N, 30, 30) or (N, 900)")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return as_float32(path, key, array)
 
 
 def load_npz(
@@ -167,9 +185,7 @@ def load_npz(
             f"{path}: missing key '{KEY_ENERGY}' (has: {printable(', '.join(sorted(arrays)), 200) or 'none'})"
         )
 
-    for key in CONDITION_KEYS:
-        _check_numeric(path, key, arrays[key])
-    point, momentum, pdg = arrays[KEY_POINT], arrays[KEY_MOMENTUM], arrays[KEY_PDG]
+    point, momentum, pdg = (as_float32(path, key, arrays[key]) for key in CONDITION_KEYS)
     n = point.shape[0] if point.ndim >= 1 else -1
     if point.ndim != 2 or point.shape[1] not in (2, 3):
         raise InputError(f"{path}: key '{KEY_POINT}' has shape {point.shape}, expected (N, 3)")
@@ -201,8 +217,8 @@ def load_npz(
         if (energy < 0).any():
             raise InputError(f"{path}: key '{KEY_ENERGY}' holds negative energies")
     return CaloData(
-        point=np.ascontiguousarray(point, np.float32),
-        momentum=np.ascontiguousarray(momentum, np.float32),
+        point=np.ascontiguousarray(point),
+        momentum=momentum,
         pdg=abs_pdg,
         energy=energy,
         path=str(path),
@@ -227,6 +243,12 @@ def prediction_bytes_limit(n_events: int | None) -> int:
     return int(n_events) * N_CELLS * 8 + PREDICTION_OVERHEAD_BYTES
 
 
+#: Largest cell energy a prediction may hold: 1e12 units, ~1e8 times a 100 GeV shower's whole energy. Far
+#: beyond any shower, yet small enough that every statistic and embedding of the score stays finite in float32
+#: (at 1e38 per cell the embeddings overflow).
+MAX_CELL_ENERGY = 1e12
+
+
 def load_prediction(path: str | os.PathLike, n_expected: int | None = None) -> np.ndarray:
     """Load a prediction file: one array EnergyDeposit, finite, non-negative; returns (N, 30, 30) float32."""
     return check_prediction_arrays(str(path), open_npz(path), n_expected)
@@ -237,8 +259,9 @@ def check_prediction_arrays(
 ) -> np.ndarray:
     """Validate the arrays of one prediction file as the scorer reads them; return (N, 30, 30) float32.
 
-    Errors (InputError naming ``label``): missing EnergyDeposit, non-numeric dtype, wrong shape, wrong N,
-    NaN/Inf, negative energies.
+    Errors (InputError naming ``label``): missing EnergyDeposit, a dtype that is not real numbers (complex,
+    strings, objects), wrong shape, wrong N, NaN/Inf after conversion to float32, negative energies, cell
+    energies above :data:`MAX_CELL_ENERGY`.
     """
     if KEY_ENERGY not in arrays:
         raise InputError(
@@ -251,6 +274,12 @@ def check_prediction_arrays(
         )
     if (images < 0).any():
         raise InputError(f"{label}: key '{KEY_ENERGY}' holds {int((images < 0).sum())} negative energies")
+    too_big = images > MAX_CELL_ENERGY
+    if too_big.any():
+        raise InputError(
+            f"{label}: key '{KEY_ENERGY}' holds {int(too_big.sum())} cell energies above {MAX_CELL_ENERGY:.0e} "
+            f"(largest {float(images.max()):.3g}); energies are about {ENERGY_UNITS_PER_GEV:.0f} units per GeV"
+        )
     return images
 
 
