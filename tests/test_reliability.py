@@ -389,3 +389,85 @@ def test_extreme_but_allowed_showers_are_scored(small_data):
     images = np.full((len(true), 30, 30), MAX_CELL_ENERGY, np.float32)
     result = score_arrays(images, true, None, clusters=2, runs=1, ceiling=False, standardised=False)
     assert 0.0 <= result["score"] <= 1.0
+
+
+# ---------------------------------------------------------------- RICH checkpoint schema
+
+
+@pytest.fixture(scope="module")
+def rich_ckpt(rich_kaon_dir, tmp_path_factory) -> Path:
+    """A 3-step tiny RICH kaon run with tie patterns and momentum scaling (every optional field present)."""
+    from calogan.rich import train as rich_train
+
+    cfg = rich_train.TrainConfig.from_preset(
+        "tiny", particle="kaon", data=str(rich_kaon_dir), run_dir=str(tmp_path_factory.mktemp("rich") / "run"),
+        steps=3, tie_patterns=True, momentum_scaling=True,
+    )  # fmt: skip
+    cfg.progress = False
+    return rich_train.train(cfg) / "checkpoints" / "last.pt"
+
+
+def _break(ckpt: dict, how: str) -> None:
+    """Damage one field of a RICH checkpoint in place."""
+    import torch
+
+    if how == "no qt_in":
+        del ckpt["qt_in"]
+    elif how == "qt_out 4 columns":
+        ckpt["qt_out"]["quantiles"] = ckpt["qt_out"]["quantiles"][:, :4]
+    elif how == "quantiles decrease":
+        ckpt["qt_in"]["quantiles"] = ckpt["qt_in"]["quantiles"].flip(0)
+    elif how == "scaling shape":
+        ckpt["momentum_scaling"]["centre"] = ckpt["momentum_scaling"]["centre"][:, :2]
+    elif how == "scaling missing part":
+        del ckpt["momentum_scaling"]["scale"]
+    elif how == "hidden huge":
+        ckpt["model_config"]["hidden"] = 10**9
+    elif how == "hidden text":
+        ckpt["model_config"]["hidden"] = "wide"
+    elif how == "no tie head":
+        del ckpt["tie_head"]
+    elif how == "weights reshaped":
+        first = next(iter(ckpt["generator_ema"]))
+        ckpt["generator_ema"][first] = torch.zeros(3, 3)
+    elif how == "table out of range":
+        ckpt["no_rich_table"] = ckpt["no_rich_table"] + 2
+    elif how == "particle":
+        ckpt["particle"] = "kaon\x1b[2J"
+    elif how == "patterns":
+        ckpt["model_config"]["tie_patterns"] = [[1, 2]]
+
+
+BROKEN = {
+    "no qt_in": "qt_in/quantiles: missing or not a tensor",
+    "qt_out 4 columns": "qt_out/quantiles: shape",
+    "quantiles decrease": "qt_in/quantiles: values must be non-decreasing",
+    "scaling shape": "momentum_scaling/centre: shape",
+    "scaling missing part": "momentum_scaling/scale: missing",
+    "hidden huge": "model_config/hidden: must be an integer in [1, 4096]",
+    "hidden text": "model_config/hidden: must be an integer",
+    "no tie head": "tie_head: missing",
+    "weights reshaped": "generator_ema: does not fit model_config",
+    "table out of range": "no_rich_table: probabilities must lie in [0, 1]",
+    "particle": "field particle: 'kaon\\x1b[2J' is not one of",
+    "patterns": "model_config/tie_patterns",
+}
+
+
+def test_rich_checkpoint_fields_are_checked_on_load(rich_ckpt, rich_kaon_dir, tmp_path, capsys):
+    import torch
+
+    for how, message in BROKEN.items():
+        ckpt = torch.load(rich_ckpt, weights_only=True)
+        _break(ckpt, how)
+        bad = tmp_path / "bad.pt"
+        torch.save(ckpt, bad)
+        assert (
+            run(["rich-export", "--checkpoint", str(bad), "--out", str(tmp_path / "x.pt"), "--overwrite"])
+            == 2
+        )
+        assert message in _one_error(capsys), how
+        assert run(["rich-evaluate", "--checkpoint", str(bad), "--data", str(rich_kaon_dir), "--out",
+                    str(tmp_path / "ev"), "--overwrite", "--no-plots"]) == 2  # fmt: skip
+        assert message in _one_error(capsys), how
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "ev").exists()

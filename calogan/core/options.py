@@ -24,6 +24,8 @@ from typing import NoReturn
 from calogan.core.errors import InputError, printable
 
 __all__ = [
+    "MAX_DEPTH",
+    "MAX_WIDTH",
     "ArgumentParser",
     "check_clusters",
     "check_float",
@@ -40,6 +42,13 @@ __all__ = [
     "positive_float",
     "seed",
 ]
+
+
+#: Largest network width (hidden units, channels, noise or critic output size) any option accepts: 16x the
+#: widest preset; beyond it a model would not fit in memory, and a typo would end in an allocation failure.
+MAX_WIDTH = 4096
+#: Largest number of hidden layers an option accepts.
+MAX_DEPTH = 64
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -36,14 +36,13 @@ from calogan.core.errors import InputError
 from calogan.core.runtime import (
     atomic_write,
     atomic_write_json,
-    require_finite_tensors,
     run_cli,
     torch_load_safe,
 )
 from calogan.ecal.export import require_onnx, trace_to_onnx
 from calogan.rich import DLL_COLUMNS, INPUT_COLUMNS, SENTINEL
 from calogan.rich.data import _BASIS_PAIRS, NORICH_ETA_EDGES, NORICH_P_EDGES, QuantileNormal, check_dll_basis
-from calogan.rich.models import CHECKPOINT_FORMAT, RichGenerator, RichModel, load_rich_model, n_tie_patterns
+from calogan.rich.models import RichGenerator, RichModel, check_rich_checkpoint, load_rich_model
 from calogan.rich.momentum import MomentumScaling
 from calogan.rich.ties import TieModel, apply_ties
 
@@ -324,19 +323,8 @@ def norich_path(out: str | os.PathLike) -> Path:
 
 
 def check_checkpoint(path: str | os.PathLike) -> None:
-    """Refuse (InputError, one line naming the file) a non-RICH checkpoint or one with NaN/Inf in what is exported."""
-    path = Path(path)
-    ckpt = torch_load_safe(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: not a calogan RICH checkpoint (format != {CHECKPOINT_FORMAT})")
-    for key in ("generator_ema", "qt_in", "qt_out", "no_rich_table"):
-        value = ckpt.get(key)
-        tensors = value.values() if isinstance(value, dict) else [value]
-        if not all(isinstance(t, torch.Tensor) for t in tensors):
-            raise InputError(f"{path}: checkpoint entry {key} is missing or not tensors")
-    require_finite_tensors(path, ckpt, ("generator_ema", "qt_in", "qt_out", "no_rich_table"))
-    if n_tie_patterns(ckpt.get("model_config") or {}):
-        require_finite_tensors(path, ckpt, ("tie_head",))
+    """Refuse (InputError, one line naming the file and the field) a checkpoint that is not a valid RICH one."""
+    check_rich_checkpoint(torch_load_safe(path), path)
 
 
 def example_inputs(model: RichModel, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

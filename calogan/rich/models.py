@@ -6,12 +6,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from calogan.core.errors import InputError
-from calogan.core.runtime import require_finite_tensors, torch_load_safe
-from calogan.rich import SENTINEL
-from calogan.rich.data import QuantileNormal, from_basis, model_inputs, no_rich_probability
+from calogan.core.errors import InputError, printable
+from calogan.core.options import MAX_DEPTH, MAX_WIDTH
+from calogan.core.runtime import one_line, require_finite_tensors, torch_load_safe
+from calogan.rich import PARTICLES, SENTINEL
+from calogan.rich.data import (
+    DLL_BASES,
+    NORICH_ETA_EDGES,
+    NORICH_P_EDGES,
+    QuantileNormal,
+    from_basis,
+    model_inputs,
+    no_rich_probability,
+)
 from calogan.rich.momentum import MomentumScaling
-from calogan.rich.ties import TieModel, apply_ties
+from calogan.rich.ties import TIE_PAIRS, TieModel, apply_ties
 
 N_CONDITIONS = 3
 N_OUTPUTS = 5
@@ -263,22 +272,141 @@ class RichModel:
         return dlls
 
 
-def load_rich_model(path, device="cpu", ema: bool = True) -> RichModel:
-    """Load a calogan.rich.train checkpoint (weights_only) into a RichModel."""
-    ckpt = torch_load_safe(path)
+def _field_problem(path, field: str, problem: str) -> InputError:
+    return InputError(f"{path}: checkpoint field {field}: {problem}")
+
+
+def _tensor(
+    path, ckpt: dict, field: str, name: str | None, shape: tuple, floating: bool = True
+) -> torch.Tensor:
+    """``ckpt[field]`` (or ``ckpt[field][name]``): a finite tensor of ``shape`` (None: any size there)."""
+    where = field if name is None else f"{field}/{name}"
+    value = ckpt.get(field)
+    if name is not None:
+        value = value.get(name) if isinstance(value, dict) else None
+    if not isinstance(value, torch.Tensor):
+        raise _field_problem(path, where, "missing or not a tensor")
+    if len(value.shape) != len(shape) or any(w is not None and w != n for w, n in zip(shape, value.shape)):
+        want = "(" + ", ".join("n" if w is None else str(w) for w in shape) + ")"
+        raise _field_problem(path, where, f"shape {tuple(value.shape)}, expected {want}")
+    if floating and not value.is_floating_point():
+        raise _field_problem(path, where, f"dtype {value.dtype}, expected floating point")
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise _field_problem(path, where, f"{int((~torch.isfinite(value)).sum())} NaN/Inf value(s)")
+    return value
+
+
+def _increasing(path, where: str, values: torch.Tensor, strict: bool) -> None:
+    steps = values[1:] - values[:-1]
+    if bool((steps <= 0).any() if strict else (steps < 0).any()):
+        raise _field_problem(
+            path, where, "values must be " + ("strictly increasing" if strict else "non-decreasing")
+        )
+
+
+def _load_weights(path, field: str, module: nn.Module, state) -> None:
+    """Load ``state`` into ``module`` (strict); a missing, foreign or mis-shaped state names ``field``."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise _field_problem(path, field, "missing or not a dict of tensors")
+    require_finite_tensors(path, {field: state}, (field,))
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise _field_problem(path, field, f"does not fit model_config ({one_line(str(exc), 150)})") from None
+
+
+def check_rich_checkpoint(ckpt: object, path, ema: bool = True) -> tuple[RichGenerator, TieModel | None]:
+    """Validate every field a RICH model is built from; returns (generator, tie model) with weights loaded.
+
+    The one schema of a calogan.rich.train checkpoint: format, particle, model_config (sizes within the option
+    domains, flags, tie patterns), the generator (EMA) weights, qt_in/qt_out (quantiles (n, 3) / (n, 5)
+    non-decreasing, references (n,) increasing in [0, 1]), the no-RICH table (values in [0, 1]), the optional
+    momentum scaling (knots (n,) increasing, centre and scale (n, 5), scale > 0), the tie head when
+    model_config has tie patterns, and config's dll_basis. Anything else is an InputError naming the field.
+    """
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path}: not a calogan RICH checkpoint (format != {CHECKPOINT_FORMAT})")
-    require_finite_tensors(
-        path, ckpt, ("generator_ema" if ema else "generator", "qt_in", "qt_out", "no_rich_table")
+    if ckpt.get("particle") not in PARTICLES:
+        raise _field_problem(
+            path,
+            "particle",
+            f"{printable(repr(ckpt.get('particle')), 60)} is not one of {', '.join(PARTICLES)}",
+        )
+    config = ckpt.get("config", {})
+    if not isinstance(config, dict) or config.get("dll_basis", "raw") not in DLL_BASES:
+        raise _field_problem(path, "config/dll_basis", f"must be one of {', '.join(DLL_BASES)}")
+    mc = ckpt.get("model_config")
+    if not isinstance(mc, dict):
+        raise _field_problem(path, "model_config", "missing or not a dict")
+    for key, high in (
+        ("noise_dim", MAX_WIDTH),
+        ("hidden", MAX_WIDTH),
+        ("depth", MAX_DEPTH),
+        ("critic_out", MAX_WIDTH),
+    ):
+        value = mc.get(key, 1 if key == "critic_out" else None)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise _field_problem(
+                path,
+                f"model_config/{key}",
+                f"must be an integer in [1, {high}], got {printable(repr(value), 40)}",
+            )
+    for key in STRUCTURE_OPTIONS:
+        if not isinstance(mc.get(key, False), bool):
+            raise _field_problem(path, f"model_config/{key}", "must be true or false")
+    patterns = mc.get("tie_patterns") or []
+    try:
+        table = np.asarray(patterns, dtype=object)
+        good = (
+            table.ndim == 2
+            and table.shape[1] == len(TIE_PAIRS)
+            and all(isinstance(b, bool) for b in table.flat)
+        )
+    except ValueError:
+        good = False
+    if patterns and not good:
+        raise _field_problem(
+            path, "model_config/tie_patterns", f"must be a list of {len(TIE_PAIRS)} booleans per pattern"
+        )
+    generator, _ = build_models(mc)
+    _load_weights(
+        path,
+        "generator_ema" if ema else "generator",
+        generator,
+        ckpt.get("generator_ema" if ema else "generator"),
     )
-    g, _ = build_models(ckpt["model_config"])
-    g.load_state_dict(ckpt["generator_ema" if ema else "generator"])
     ties = None
-    if n_tie_patterns(ckpt["model_config"]):
-        require_finite_tensors(path, ckpt, ("tie_head",))
-        patterns = np.asarray(ckpt["model_config"]["tie_patterns"], bool)
-        ties = TieModel(TiePatternHead(len(patterns)), patterns)
-        ties.head.load_state_dict(ckpt["tie_head"])
+    if n_tie_patterns(mc):
+        ties = TieModel(TiePatternHead(len(patterns)), np.asarray(patterns, bool))
+        _load_weights(path, "tie_head", ties.head, ckpt.get("tie_head"))
+    for field, width in (("qt_in", N_CONDITIONS), ("qt_out", N_OUTPUTS)):
+        quantiles = _tensor(path, ckpt, field, "quantiles", (None, width))
+        references = _tensor(path, ckpt, field, "references", (quantiles.shape[0],))
+        if quantiles.shape[0] < 2:
+            raise _field_problem(path, f"{field}/quantiles", "needs at least 2 quantiles")
+        _increasing(path, f"{field}/quantiles", quantiles, strict=False)
+        _increasing(path, f"{field}/references", references, strict=True)
+        if not (0.0 <= float(references[0]) and float(references[-1]) <= 1.0):
+            raise _field_problem(path, f"{field}/references", "values must lie in [0, 1]")
+    table = _tensor(path, ckpt, "no_rich_table", None, (len(NORICH_P_EDGES) - 1, len(NORICH_ETA_EDGES) - 1))
+    if bool(((table < 0) | (table > 1)).any()):
+        raise _field_problem(path, "no_rich_table", "probabilities must lie in [0, 1]")
+    if "momentum_scaling" in ckpt:
+        knots = _tensor(path, ckpt, "momentum_scaling", "knots", (None,))
+        if knots.shape[0] < 2:
+            raise _field_problem(path, "momentum_scaling/knots", "needs at least 2 knots")
+        _increasing(path, "momentum_scaling/knots", knots, strict=True)
+        _tensor(path, ckpt, "momentum_scaling", "centre", (knots.shape[0], N_OUTPUTS))
+        scale = _tensor(path, ckpt, "momentum_scaling", "scale", (knots.shape[0], N_OUTPUTS))
+        if bool((scale <= 0).any()):
+            raise _field_problem(path, "momentum_scaling/scale", "values must be > 0")
+    return generator, ties
+
+
+def load_rich_model(path, device="cpu", ema: bool = True) -> RichModel:
+    """Load a calogan.rich.train checkpoint (weights_only), validated by :func:`check_rich_checkpoint`."""
+    ckpt = torch_load_safe(path)
+    g, ties = check_rich_checkpoint(ckpt, path, ema)
     qt_in = QuantileNormal.from_arrays(
         ckpt["qt_in"]["quantiles"].numpy(), ckpt["qt_in"]["references"].numpy()
     )
@@ -287,8 +415,9 @@ def load_rich_model(path, device="cpu", ema: bool = True) -> RichModel:
     )
     scaling = None
     if "momentum_scaling" in ckpt:
-        require_finite_tensors(path, ckpt, ("momentum_scaling",))
-        scaling = MomentumScaling.from_arrays(**{k: v.numpy() for k, v in ckpt["momentum_scaling"].items()})
+        scaling = MomentumScaling.from_arrays(
+            **{k: ckpt["momentum_scaling"][k].numpy() for k in ("knots", "centre", "scale")}
+        )
     meta = {k: ckpt[k] for k in ("config", "step", "metrics", "data_sha256") if k in ckpt}
     basis = ckpt.get("config", {}).get("dll_basis", "raw")  # checkpoints before the basis option: raw
     return RichModel(

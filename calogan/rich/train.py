@@ -70,6 +70,7 @@ from calogan.rich.models import (
     RichModel,
     TiePatternHead,
     build_models,
+    check_rich_checkpoint,
 )
 from calogan.rich.momentum import MomentumScaling, momentum_sampling
 from calogan.rich.ties import TIE_PAIRS, TieModel, fit_patterns, masked_columns
@@ -385,8 +386,9 @@ def train(config: TrainConfig, overwrite: bool = False, resume: bool = False) ->
     if resume:
         run = RunDirectory.existing(run_path)
         saved = torch_load_safe(run.last)
-        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-            raise InputError(f"{run.last}: not a calogan RICH checkpoint (format != {CHECKPOINT_FORMAT})")
+        check_rich_checkpoint(saved, run.last, ema=False)  # every field, shape and dtype
+        if not isinstance(saved.get("config"), dict):
+            raise InputError(f"{run.last}: checkpoint field config: missing or not a dict")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         stored = {k: (tuple(v) if k == "betas" else v) for k, v in saved["config"].items() if k in known}
         config = dataclasses.replace(TrainConfig(**stored), steps=config.steps, max_minutes=config.max_minutes,
