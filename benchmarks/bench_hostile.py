@@ -4,7 +4,7 @@
 
 Builds each hostile upload in a temp folder, runs ``python -m calogan.codalab.score INPUT_DIR OUTPUT_DIR`` on
 it in its own process (INPUT_DIR/ref holds links to REF's solution files and embedder) and reports the exit
-status, the first stderr line, the wall time and the peak RSS of that process (``os.wait4``). The builders
+status, the first stderr line, the wall time and the peak RSS of that process (its VmHWM). The builders
 are also the fixtures of tests/test_reliability.py, at small sizes.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -106,6 +105,13 @@ def filled_predictions(n: dict[str, int], value, dtype) -> dict[str, bytes]:
             for s, name in zip(("val", "test"), NAMES)}  # fmt: skip
 
 
+def extreme_predictions(n: dict[str, int]) -> dict[str, bytes]:
+    """Both prediction files with finite float32 cells of 1e37 to 1e38 (random, so deflate cannot shrink them)."""
+    rng = np.random.default_rng(0)
+    return {name: npz_bytes({"EnergyDeposit": (rng.random((n[s], 30, 30), np.float32) + 0.1) * np.float32(9e37)})
+            for s, name in zip(("val", "test"), NAMES)}  # fmt: skip
+
+
 def hostile_uploads(folder: Path, n: dict[str, int], scale: float = 1.0) -> dict[str, Callable[[], Path]]:
     """name -> builder of each hostile upload (``scale`` < 1 shrinks the bombs for tests)."""
     gib = int((1 << 30) * scale)
@@ -126,10 +132,23 @@ def hostile_uploads(folder: Path, n: dict[str, int], scale: float = 1.0) -> dict
         "complex values with NaN": lambda: results_zip(
             folder / "complex.zip", filled_predictions(n, complex(np.nan, 1.0), np.complex64)
         ),
-        "finite extreme showers (1e38 per cell)": lambda: results_zip(
-            folder / "extreme.zip", filled_predictions(n, 1e38, np.float32), zipfile.ZIP_DEFLATED
+        "finite extreme showers (1e38 per cell, incompressible)": lambda: results_zip(
+            folder / "extreme.zip", extreme_predictions(n)
         ),
     }
+
+
+#: Runs the scoring program and reports its own peak RSS (VmHWM of the process after exec) on stderr's last
+#: line; a parent's ``ru_maxrss`` would also count the pages the child inherited at fork from this process.
+_RUNNER = (
+    "import atexit, runpy, sys\n"
+    "def peak():\n"
+    "    line = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0]\n"
+    "    sys.stderr.write('PEAK ' + line.split()[1] + '\\n')\n"
+    "atexit.register(peak)\n"
+    "sys.argv = ['score', *sys.argv[1:]]\n"
+    "runpy.run_module('calogan.codalab.score', run_name='__main__')\n"
+)
 
 
 def run_scorer(upload: Path, ref: Path, work: Path) -> dict:
@@ -144,17 +163,16 @@ def run_scorer(upload: Path, ref: Path, work: Path) -> dict:
         old.unlink()
     (inp / "res" / "submission.zip").symlink_to(upload.resolve())
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "calogan.codalab.score", str(inp), str(work / "output")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc = subprocess.run([sys.executable, "-c", _RUNNER, str(inp), str(work / "output")],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lines = proc.stderr.splitlines()
+    peak_kib = int(lines.pop()[len("PEAK ") :]) if lines and lines[-1].startswith("PEAK ") else -1
     return {
         "exit": proc.returncode,
-        "stderr_lines": len(err.splitlines()),
-        "message": (err.splitlines() or [""])[0][:160],
+        "stderr_lines": len(lines),
+        "message": (lines or [""])[0][:160],
         "seconds": round(time.perf_counter() - start, 2),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
+        "peak_rss_mb": round(peak_kib / 1024, 1),
         "upload_mb": round(upload.stat().st_size / 1e6, 2),
     }
 

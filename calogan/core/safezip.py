@@ -35,6 +35,7 @@ __all__ = [
     "check_upload",
     "extract_upload",
     "read_end_record",
+    "read_npy_header",
 ]
 
 #: Per-entry limit when the caller knows no better bound (1 GiB).
@@ -311,22 +312,26 @@ def check_npz(
     return infos
 
 
-def _check_npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> None:
-    """The npy header of ``info`` must declare exactly the bytes that follow it in the entry."""
+def read_npy_header(handle, label: str, key: str) -> tuple[tuple[int, ...], bool, object]:
+    """(shape, fortran order, dtype) from the npy header at ``handle``'s position, which it moves past it."""
     import numpy as np  # here: the zip checks need no numpy
 
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(handle)
+        return np.lib.format.read_array_header_2_0(handle)
+    except ValueError as exc:
+        raise InputError(
+            f"{label}: array '{_shown(key)}' has an unreadable npy header ({printable(str(exc), 120)})"
+        ) from None
+
+
+def _check_npy_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, label: str) -> None:
+    """The npy header of ``info`` must declare exactly the bytes that follow it in the entry."""
     key = _shown(info.filename.removesuffix(".npy"))
     with zf.open(info) as handle:
-        try:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
-            else:
-                shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
-        except ValueError as exc:
-            raise InputError(
-                f"{label}: array '{key}' has an unreadable npy header ({printable(str(exc), 120)})"
-            ) from None
+        shape, _, dtype = read_npy_header(handle, label, info.filename.removesuffix(".npy"))
         header = handle.tell()
     if dtype.hasobject:
         raise InputError(f"{label}: array '{key}' holds Python objects (pickled data is refused)")

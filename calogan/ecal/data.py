@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from calogan.core.errors import InputError, printable
 from calogan.core.runtime import atomic_write
-from calogan.core.safezip import check_npz
+from calogan.core.safezip import check_npz, read_npy_header
 
 IMAGE_SIZE = 30
 N_CELLS = IMAGE_SIZE * IMAGE_SIZE
@@ -101,8 +101,13 @@ def raw_conditions(point: np.ndarray, momentum: np.ndarray, pdg: np.ndarray) -> 
 MAX_ARRAY_BYTES = 8 << 30
 
 
-def open_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read every array of an npz file without unpickling; bad files raise InputError."""
+def open_npz(path: str | os.PathLike, float32_keys: Collection[str] = ()) -> dict[str, np.ndarray]:
+    """Read every array of an npz file without unpickling; bad files raise InputError.
+
+    The arrays named in ``float32_keys`` are converted to float32 while they are read (in chunks of 16 MiB),
+    so a float64 upload never sits in memory at twice the size of what is kept; their dtype is checked from
+    the npy header before anything is allocated (only real numbers, see :func:`as_float32`).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
@@ -114,7 +119,10 @@ def open_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if not isinstance(npz, np.lib.npyio.NpzFile):  # a bare .npy array has no context manager
             raise InputError(f"{path}: not an npz archive (a single .npy array?)")
         with npz:
-            return {key: npz[key] for key in npz.files}
+            return {
+                key: _read_float32(npz.zip, key, path) if key in float32_keys else npz[key]
+                for key in npz.files
+            }
     except InputError:
         raise
     except ValueError as exc:
@@ -123,6 +131,38 @@ def open_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: not a readable npz file ({exc})") from None
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
         raise InputError(f"{path}: not a readable npz file (truncated or corrupt: {exc})") from None
+
+
+def _read_float32(zf: zipfile.ZipFile, key: str, path: Path) -> np.ndarray:
+    """The npz array ``key`` read as float32, converted chunk by chunk (16 MiB) from its stored dtype."""
+    with zf.open(f"{key}.npy") as handle:
+        shape, fortran, dtype = read_npy_header(handle, str(path), key)
+        _check_numeric(path, key, np.empty(0, dtype))
+        order = "F" if fortran else "C"
+        out = np.empty(shape, np.float32, order=order)
+        flat = out.reshape(-1, order=order)  # a view of ``out`` in the stored order
+        step = max(1, (16 << 20) // max(dtype.itemsize, 1))
+        with np.errstate(over="ignore", invalid="ignore"):  # out-of-range values become Inf, refused later
+            for start in range(0, flat.size, step):  # a loop over chunks of the file, not over events
+                count = min(step, flat.size - start)
+                block = handle.read(count * dtype.itemsize)
+                if len(block) != count * dtype.itemsize:
+                    raise InputError(f"{path}: array '{printable(key)}' is truncated")
+                flat[start : start + count] = np.frombuffer(block, dtype)
+    return out
+
+
+def npz_shape(path: str | os.PathLike, key: str) -> tuple[int, ...]:
+    """The shape of the npz array ``key`` from its npy header, without reading the array."""
+    path = Path(path)
+    check_npz(path, MAX_ARRAY_BYTES)
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as handle:
+            return tuple(read_npy_header(handle, str(path), key)[0])
+    except KeyError:
+        raise InputError(f"{path}: missing key '{printable(key)}'") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise InputError(f"{path}: not a readable npz file ({type(exc).__name__})") from None
 
 
 def _check_numeric(path: Path, key: str, array: np.ndarray) -> None:
@@ -251,7 +291,7 @@ MAX_CELL_ENERGY = 1e12
 
 def load_prediction(path: str | os.PathLike, n_expected: int | None = None) -> np.ndarray:
     """Load a prediction file: one array EnergyDeposit, finite, non-negative; returns (N, 30, 30) float32."""
-    return check_prediction_arrays(str(path), open_npz(path), n_expected)
+    return check_prediction_arrays(str(path), open_npz(path, float32_keys=(KEY_ENERGY,)), n_expected)
 
 
 def check_prediction_arrays(

@@ -24,11 +24,13 @@ from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write_json, keep_freed_memory, scratch_dir, select_device
 from calogan.core.safezip import check_npz, extract_upload
 from calogan.ecal.data import (
+    KEY_PDG,
     PREDICTION_MANIFEST,
     CaloData,
     check_prediction_manifest,
     load_npz,
     load_prediction,
+    npz_shape,
     prediction_bytes_limit,
     split_path,
 )
@@ -319,9 +321,10 @@ def evaluate_predictions(
     for p in sol_paths.values():
         if not p.is_file():
             raise InputError(f"{p}: solution file not found")
-    truths = {s: load_npz(p, require_energy=True) for s, p in sol_paths.items()}
+    # N from the solutions' headers: the upload is checked and read before the solutions take memory
+    n_events = {s: npz_shape(p, KEY_PDG)[0] for s, p in sol_paths.items()}
     for s in splits:  # the cluster count fits the events scored: checked before any embedding or scoring
-        options.check_clusters(clusters, min(len(truths[s]), sample_size or len(truths[s])))
+        options.check_clusters(clusters, min(n_events[s], sample_size or n_events[s]))
     options.check_int("--runs", runs, 1)
     dev = select_device("auto") if device is None else torch.device(device)
     results: dict = {}
@@ -329,7 +332,7 @@ def evaluate_predictions(
         if pred.is_file() and (
             pred.suffix.lower() == ".zip" or (pred.suffix != ".npz" and zipfile.is_zipfile(pred))
         ):
-            files = read_upload_zip(pred, splits, tmpdir, {s: len(truths[s]) for s in splits})
+            files = read_upload_zip(pred, splits, tmpdir, n_events)
             shown = {s: f"{pred}:{PREDICTION_NAMES[s]}" for s in splits}
         elif pred.is_dir():
             files = {s: pred / PREDICTION_NAMES[s] for s in splits}
@@ -343,7 +346,8 @@ def evaluate_predictions(
             check_prediction_manifest(pred.parent, [pred.name])
         else:
             raise InputError(f"{pred}: expected a submission .zip, a folder or a prediction .npz")
-        images = {s: _load_pred(files[s], len(truths[s]), shown[s]) for s in splits}
+        images = {s: _load_pred(files[s], n_events[s], shown[s]) for s in splits}
+    truths = {s: load_npz(p, require_energy=True) for s, p in sol_paths.items()}
     if embedder is None and embedder_loader is not None:
         embedder = embedder_loader()
     if embedder is None:
