@@ -51,8 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] in (["-h"], ["--help"]):
         print(usage())
         return 0
-    if not args:
-        print(usage(), file=sys.stderr)
+    if not args:  # the usage goes to stdout (it is what was asked for), the status says no command ran
+        print(usage())
         return 2
     name, rest = args[0], args[1:]
     if name not in COMMANDS:

@@ -197,8 +197,8 @@ def test_killed_run_keeps_its_checkpoint_and_resumes(rich_dir, tmp_path, how):
         if proc.poll() is None:
             proc.kill()
     reached = torch.load(last, weights_only=True)["step"]
-    if how == signal.SIGTERM:  # a clean stop: exit 130 and a checkpoint at the step reached
-        assert proc.returncode == 130, proc.stderr.read()
+    if how == signal.SIGTERM:  # a clean stop: exit 143 and a checkpoint at the step reached
+        assert proc.returncode == 143, proc.stderr.read()
         assert reached >= rich_train.CHECKPOINT_INTERVAL
     else:
         assert reached % rich_train.CHECKPOINT_INTERVAL == 0

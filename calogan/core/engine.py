@@ -11,7 +11,8 @@ Guarantees, the same for every trainer:
 - ``last.pt`` is rewritten atomically every ``checkpoint_every`` steps: kill -9 loses at most that many;
 - resuming from ``last.pt`` continues exactly (optimisers, EMA, schedules, RNG states, metrics log);
 - a NaN/Inf loss stops the run with :class:`TrainingDiverged` before the bad step is saved;
-- Ctrl-C or SIGTERM finishes the current step, writes ``last.pt`` and raises KeyboardInterrupt (exit 130);
+- Ctrl-C or SIGTERM finishes the current step, writes ``last.pt`` and raises Interrupted, a KeyboardInterrupt
+  (exit 130 or 143);
 - the caller's config is never modified.
 """
 
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from calogan.core.errors import InputError
+from calogan.core.errors import InputError, Interrupted
 from calogan.core.gan import EMA, gradient_penalty
 from calogan.core.locks import LOCK_NAME, DirectoryLock
 from calogan.core.runtime import atomic_torch_save, atomic_write_json, progress_disabled
@@ -551,7 +552,7 @@ class AdversarialEngine:
                     break
                 if interrupted:
                     bar.close()
-                    raise KeyboardInterrupt(f"stopped at step {self.step}; resume from {run.last}")
+                    raise Interrupted(f"stopped at step {self.step}; resume from {run.last}", stop.signal)
         bar.close()
         if self.world > 1:
             torch.distributed.barrier()

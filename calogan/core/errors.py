@@ -10,6 +10,14 @@ class InputError(Exception):
     """
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop by signal (Ctrl-C or SIGTERM); ``signum`` gives the CLI's exit status, 128 + signum."""
+
+    def __init__(self, message: str = "", signum: int = 2):
+        super().__init__(message)
+        self.signum = int(signum)
+
+
 def printable(text: str, limit: int | None = None) -> str:
     """``text`` with every control or invisible character written as an escape (``\\n``, ``\\x1b``, ``\\u2028``).
 

@@ -1,20 +1,25 @@
 """Runtime helpers shared by every command: the CLI wrapper, device choice, seeding, allocator tuning,
 the progress-bar switch, atomic file writes and checkpoint loading.
 
-CLI convention (docs/cli.md): exit 0 on success, 2 on bad user input (one clear line on stderr, no
-traceback), 1 on anything else, 130 when interrupted.
+CLI convention (docs/cli.md): exit 0 on success, 2 on bad user input or an output that cannot be written
+(one clear line on stderr, no traceback), 1 on anything else, 130 on Ctrl-C, 143 on SIGTERM, 141 (silently)
+when the reader of stdout went away (``| head``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import random
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,33 +28,92 @@ from typing import Any
 import numpy as np
 import torch
 
-from calogan.core.errors import InputError
+from calogan.core.errors import InputError, Interrupted, printable
+
+#: OSError numbers that mean "this output cannot be written here" (bad input of the user's environment).
+WRITE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
 
 
 def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
-    """Run a CLI ``main(argv)``; map InputError to exit 2 and other failures to exit 1.
+    """Run a CLI ``main(argv)`` and map every way it can end to one exit status and at most one stderr line.
 
-    ``main`` may return None (success) or an int exit status. Every command runs with freed CPU memory
-    kept for reuse (:func:`keep_freed_memory`). ``CALOGAN_DEBUG=1`` re-raises unexpected failures.
+    InputError -> 2; an OSError of :data:`WRITE_ERRNOS` (a read-only file system, a full disk) -> 2 naming the
+    file; Ctrl-C -> 130 and SIGTERM -> 143 (``interrupted``/``terminated``: the trainers write last.pt first);
+    a closed stdout (``| head``) -> 141 without a message; anything else -> 1. Messages are one line with
+    control characters escaped; Python warnings print as one ``warning:`` line each. ``main`` may return None
+    (success) or an int exit status. Every command runs with freed CPU memory kept for reuse
+    (:func:`keep_freed_memory`). ``CALOGAN_DEBUG=1`` re-raises unexpected failures.
     """
     keep_freed_memory()
     try:
-        result = main(argv)
+        with _terminate_as_interrupt(), warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            result = main(argv)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # a trainer says where its final checkpoint is
-        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
-        return 130
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        word = "terminated" if signum == signal.SIGTERM else "interrupted"
+        print(f"{word}: {printable(str(exc))}" if str(exc) else word, file=sys.stderr)
+        return 128 + int(signum)
     except SystemExit as exc:  # argparse exits 2 on bad options; keep its code
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    except BrokenPipeError:
+        _silence_stdout()
+        return 128 + int(signal.SIGPIPE)
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            return _unexpected(exc)
+        where = exc.filename if exc.filename is not None else "output"
+        print(f"error: {printable(str(where))}: cannot write ({exc.strerror or errno.errorcode.get(exc.errno)})",
+              file=sys.stderr)  # fmt: skip
+        return 2
     except Exception as exc:  # noqa: BLE001 - the last-resort handler of a CLI
-        print(f"error: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
-        if os.environ.get("CALOGAN_DEBUG", "") not in ("", "0"):
-            raise
-        return 1
+        return _unexpected(exc)
     return int(result) if isinstance(result, int) else 0
+
+
+def _unexpected(exc: BaseException) -> int:
+    """The last-resort report of a CLI: one line on stderr, exit 1 (``CALOGAN_DEBUG=1``: the traceback)."""
+    print(f"error: unexpected failure: {type(exc).__name__}: {one_line(str(exc))}", file=sys.stderr)
+    if os.environ.get("CALOGAN_DEBUG", "") not in ("", "0"):
+        raise exc
+    return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush after a broken pipe stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Interrupted` (like Ctrl-C), so cleanup runs and the exit status is 143."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise Interrupted("", signum=signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
+    """warnings.showwarning for commands: ``warning: <category>: <first line>`` without the source line."""
+    print(f"warning: {category.__name__}: {one_line(str(message))}", file=sys.stderr)
 
 
 def progress_disabled(progress: bool = True) -> bool | None:
@@ -353,7 +417,9 @@ def torch_load_safe(path: str | os.PathLike, map_location="cpu") -> Any:
     if not path.exists():
         raise InputError(f"{path}: file not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings (a TorchScript archive, ...): the error says it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means a bad file
         raise InputError(
             f"{path}: not a readable calogan checkpoint ({type(exc).__name__}: {one_line(str(exc))})"
