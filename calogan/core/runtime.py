@@ -383,19 +383,30 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Any], None], mode: s
     The temp file follows the calogan temp naming (:func:`make_temp_file`), so a run killed while writing
     leaves a file that the next writer of ``path`` removes.
     """
+    with atomic_path(path) as tmp, open(tmp, mode) as handle:
+        writer(handle)
+    return Path(path)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp file next to ``path`` for a writer that needs a file name (and may close its own handle).
+
+    When the block ends normally the temp file is synced and renamed to ``path`` (usual file mode); when it
+    raises, the temp file is removed, so ``path`` is either the complete new file or untouched.
+    """
     path = Path(path)
     fd, tmp = make_temp_file(path)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as handle:
-            writer(handle)
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -60,31 +60,38 @@ def require_sample(path: str | os.PathLike) -> Path:
 def load_sample(path: str | os.PathLike) -> RichSample:
     """Load and validate one sample file: required columns, equal lengths, finite values, usable weights."""
     path = require_sample(path)
-    arrays = open_npz(path)
+    return sample_from_arrays(open_npz(path), path)
+
+
+def sample_from_arrays(arrays: dict[str, np.ndarray], path: Path, label: str | None = None) -> RichSample:
+    """Validate contract-named columns (P in GeV) read from ``path`` into a RichSample; ``label`` names the
+    source in messages (default: the path; e.g. FILE:TREE for a ROOT tree)."""
+    path = Path(path)
+    where = label or str(path)
     needed = INPUT_COLUMNS + DLL_COLUMNS + (WEIGHT_COLUMN,)
     missing = [c for c in needed if c not in arrays]
     if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+        raise InputError(f"{where}: missing column(s) {', '.join(missing)}")
     cols = {}
     for c in needed:
         a = arrays[c]
         if a.ndim != 1 or not np.issubdtype(a.dtype, np.number):
-            raise InputError(f"{path}: column '{c}' must be a 1-D numeric array, got {a.dtype} {a.shape}")
+            raise InputError(f"{where}: column '{c}' must be a 1-D numeric array, got {a.dtype} {a.shape}")
         if not np.isfinite(a).all():
-            raise InputError(f"{path}: column '{c}' holds {int((~np.isfinite(a)).sum())} NaN/Inf values")
+            raise InputError(f"{where}: column '{c}' holds {int((~np.isfinite(a)).sum())} NaN/Inf values")
         cols[c] = a.astype(np.float32)
     lengths = {len(a) for a in cols.values()}
     if len(lengths) != 1:
-        raise InputError(f"{path}: columns have different lengths {sorted(lengths)}")
+        raise InputError(f"{where}: columns have different lengths {sorted(lengths)}")
     if len(cols[WEIGHT_COLUMN]) < 10:
-        raise InputError(f"{path}: only {len(cols[WEIGHT_COLUMN])} rows, need at least 10")
+        raise InputError(f"{where}: only {len(cols[WEIGHT_COLUMN])} rows, need at least 10")
     w = cols[WEIGHT_COLUMN]
     if not np.any(w != 0):
-        raise InputError(f"{path}: all sWeights are zero")
+        raise InputError(f"{where}: all sWeights are zero")
     if w.sum() <= 0:
-        raise InputError(f"{path}: sum of sWeights is {w.sum():.3g} (must be positive)")
+        raise InputError(f"{where}: sum of sWeights is {w.sum():.3g} (must be positive)")
     if (cols["P"] <= 0).any():
-        raise InputError(f"{path}: column 'P' must be positive")
+        raise InputError(f"{where}: column 'P' must be positive")
     inputs = np.stack([cols[c] for c in INPUT_COLUMNS], 1)
     dlls = np.stack([cols[c] for c in DLL_COLUMNS], 1)
     return RichSample(inputs, dlls, w, path)

@@ -30,7 +30,8 @@ from calogan.core.runtime import atomic_write_json, atomic_write_text, run_cli, 
 from calogan.metrics.plots import save_png, subplots
 from calogan.metrics.two_sample import binned_efficiency, classifier_scores, weighted_auc
 from calogan.rich import DLL_COLUMNS, PARTICLES, SAMPLES
-from calogan.rich.data import RichSample, load_sample, model_inputs, require_sample, sample_path
+from calogan.rich.data import RichSample, model_inputs
+from calogan.rich.io import SampleSource, add_source_options, as_source, require_per, source_from_args
 from calogan.rich.models import RichModel, load_rich_model
 from calogan.rich.weights import expected_sweights, n_effective
 
@@ -276,7 +277,7 @@ def report_markdown(report: dict, title: str) -> str:
 
 def evaluate_checkpoint(
     checkpoint: str | Path,
-    data_dir: str | Path,
+    data_dir: str | Path | SampleSource,
     out_dir: str | Path,
     sample: str = "test",
     seed: int = 0,
@@ -286,7 +287,7 @@ def evaluate_checkpoint(
 ) -> dict:
     """Load a checkpoint, evaluate it on DIR/rich_{particle}_{sample}.npz, write report.json/.md and plots."""
     model = load_rich_model(checkpoint, device=select_device(device))
-    real = load_sample(sample_path(data_dir, model.particle, sample))
+    real = as_source(data_dir).load(model.particle, sample)
     report = evaluate_model(model, real, seed=seed, classifier_iters=classifier_iters)
     gen = report.pop("_gen")
     out_dir = Path(out_dir)
@@ -332,11 +333,11 @@ def run_checkpoints(run_dir: str | Path, particle: str = "all") -> dict[str, Pat
     return found
 
 
-def require_samples(data_dir: str | Path, particles, samples: Sequence[str]) -> None:
+def require_samples(data_dir: str | Path | SampleSource, particles, samples: Sequence[str]) -> None:
     """Every DIR/rich_{particle}_{sample}.npz exists (InputError naming the first missing one)."""
     for particle in particles:
         for sample in samples:
-            require_sample(sample_path(data_dir, particle, sample))
+            as_source(data_dir).require(particle, sample)
 
 
 def _fmt(value, spec: str = ".3f") -> str:
@@ -364,7 +365,7 @@ def write_summary(out_dir: Path, summary: dict, title: str, columns: Sequence[tu
 
 def evaluate_trained(
     run_dir: str | Path,
-    data_dir: str | Path,
+    data_dir: str | Path | SampleSource,
     particle: str,
     samples: Sequence[str],
     evaluate_one: Callable[[str, Path], dict],
@@ -385,7 +386,7 @@ def evaluate_trained(
 
 def evaluate_all(
     run_dir: str | Path,
-    data_dir: str | Path,
+    data_dir: str | Path | SampleSource,
     out_dir: str | Path,
     particle: str = "all",
     sample: str = "test",
@@ -425,6 +426,10 @@ def evaluate_all(
     return summary
 
 
+#: --data of the evaluation commands (calogan.rich.io.SampleSource)
+DATA_HELP = "folder with rich_{particle}_{sample}.npz (or .root), or a .npz/.root file (may hold {particle}, {sample})"
+
+
 def evaluation_parser(prog: str, description: str, data_help: str | None = None) -> argparse.ArgumentParser:
     """The options shared by the RICH evaluation commands (checkpoint, data, output, seed, device, plots)."""
     ap = options.ArgumentParser(prog=prog, description=description)
@@ -439,7 +444,8 @@ def evaluation_parser(prog: str, description: str, data_help: str | None = None)
         "--run-dir",
         help="with --particle: the folder of `python -m calogan.rich.train --particle all --run-dir`",
     )
-    ap.add_argument("--data", required=True, help=data_help)
+    ap.add_argument("--data", required=True, help=data_help or DATA_HELP)
+    add_source_options(ap)
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=options.seed, default=0)
     ap.add_argument("--device", default="auto")
@@ -459,9 +465,13 @@ def parse_evaluation_args(
 ) -> argparse.Namespace:
     """Parse ``argv`` with a parser of :func:`evaluation_parser`; check --out for ``outputs`` before any work.
 
-    With ``--particle`` the outputs are OUT/summary.{json,md} and one folder per particle.
+    With ``--particle`` the outputs are OUT/summary.{json,md} and one folder per particle. ``args.data``
+    becomes the SampleSource of --data, --tree, --columns and --p-unit.
     """
     args = ap.parse_args(argv)
+    args.data = source_from_args(args)
+    if args.particle == "all":
+        require_per(args.data, "{particle}", "--particle all reads each particle's own sample")
     if args.particle and not args.run_dir:
         raise InputError(
             "--particle: needs --run-dir DIR (the folder holding DIR/{particle}/checkpoints/best.pt or last.pt)"

@@ -39,9 +39,17 @@ from tqdm import tqdm
 from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write_json, progress_disabled, run_cli
-from calogan.ecal.data import save_npz
 from calogan.rich import DLL_COLUMNS, PARTICLES, SAMPLES, SENTINEL
 from calogan.rich.data import sample_path
+from calogan.rich.io import (
+    DEFAULT_TREE,
+    FORMATS,
+    ColumnMap,
+    add_column_options,
+    require_uproot,
+    save_columns,
+    to_file_names,
+)
 
 MASS_GEV = {"electron": 0.000511, "muon": 0.10566, "pion": 0.13957, "kaon": 0.49368, "proton": 0.93827}
 HYPOTHESES = ("electron", "muon", "kaon", "proton")  # DLL_h = logL_h - logL_pion, in DLL_COLUMNS order
@@ -208,8 +216,15 @@ def write_samples(
     n_transfer: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    fmt: str = "npz",
+    tree: str = DEFAULT_TREE,
+    columns: ColumnMap | None = None,
 ) -> dict:
-    """Write train/test/transfer samples per particle (test and transfer default to n // 2) plus a manifest."""
+    """Write train/test/transfer samples per particle (test and transfer default to n // 2) plus a manifest.
+
+    ``fmt`` 'root' writes rich_{particle}_{sample}.root files holding the TTree ``tree``; ``columns`` names
+    the written contract columns and the unit of P (default: contract names, GeV).
+    """
     sizes = {
         "train": options.check_int("--n", n, MIN_SAMPLE),
         "test": n // 2 if n_test is None else options.check_int("--n-test", n_test, MIN_SAMPLE),
@@ -219,15 +234,25 @@ def write_samples(
     }
     options.check_int("--seed", seed, 0)
     out_dir = options.check_output_dir(out_dir, True, "--out", contents=())
+    if fmt not in FORMATS:
+        raise InputError(f"--format: unknown format '{fmt}' (use {' or '.join(FORMATS)})")
+    columns = columns or ColumnMap()
+    if fmt == "root":
+        require_uproot()
     jobs = [(p, s) for p in particles for s in SAMPLES]
-    existing = [sample_path(out_dir, p, s) for p, s in jobs if sample_path(out_dir, p, s).exists()]
+    paths = {job: sample_path(out_dir, *job).with_suffix(f".{fmt}") for job in jobs}
+    existing = [path for path in paths.values() if path.exists()]
     if existing and not overwrite:
         raise InputError(f"{existing[0]}: already exists (pass --overwrite to replace)")
     manifest: dict = {"seed": seed, "sizes": sizes, "files": {}}
+    if fmt == "root":
+        manifest["tree"] = tree
+    if columns.renamed or columns.p_unit != "GeV":
+        manifest |= {"columns": columns.spec(), "p_unit": columns.p_unit}
     for p, s in tqdm(jobs, desc="rich samples", disable=progress_disabled(progress)):
         rng = np.random.default_rng([seed, PARTICLES.index(p), SAMPLES.index(s)])
         cols = simulate_sample(p, sizes[s], rng, transfer=(s == "transfer"))
-        path = save_npz(sample_path(out_dir, p, s), cols)
+        path = save_columns(paths[(p, s)], to_file_names(cols, columns), tree)
         w = cols["sWeight"]
         manifest["files"][path.name] = {
             "n": int(len(w)),
@@ -255,10 +280,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=options.seed, default=0)
     ap.add_argument("--particles", nargs="+", default=list(PARTICLES), choices=PARTICLES)
     ap.add_argument("--overwrite", action="store_true")
-    args = ap.parse_args(argv)
-    manifest = write_samples(
-        args.out, args.n, args.seed, args.particles, args.n_test, args.n_transfer, args.overwrite
+    ap.add_argument(
+        "--format",
+        type=options.choice(*FORMATS),
+        default="npz",
+        help="npz (default) or root: rich_{particle}_{sample}.root files, one TTree each (root extra)",
     )
+    ap.add_argument(
+        "--tree", default=None, help=f"with --format root: the tree name (default {DEFAULT_TREE})"
+    )
+    add_column_options(ap, "the written")
+    args = ap.parse_args(argv)
+    if args.tree and args.format != "root":
+        raise InputError("--tree: goes with --format root")
+    manifest = write_samples(
+        args.out, args.n, args.seed, args.particles, args.n_test, args.n_transfer, args.overwrite,
+        fmt=args.format, tree=args.tree or DEFAULT_TREE, columns=ColumnMap.parse(args.columns, args.p_unit),
+    )  # fmt: skip
     for name, info in manifest["files"].items():
         print(f"{name}: n={info['n']} sum(sW)={info['sum_sweight']:.0f} true signal={info['n_signal_true']}")
     return 0

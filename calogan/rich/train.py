@@ -55,14 +55,12 @@ from calogan.rich.data import (
     check_dll_basis,
     check_particle,
     fit_no_rich_table,
-    load_sample,
     model_inputs,
     normal_from_uniform,
-    require_sample,
-    sample_path,
     to_basis,
 )
 from calogan.rich.evaluate import classifier_test
+from calogan.rich.io import add_source_options, make_source, require_per
 from calogan.rich.models import (
     CHECKPOINT_FORMAT,
     N_CONDITIONS,
@@ -123,6 +121,11 @@ class TrainConfig:
 
     particle: str = "pion"
     data: str = "data/rich"
+    # the training sample in a file with other column names or P in MeV (calogan.rich.io): the ROOT tree,
+    # the --columns mapping (contract column=name,...) and the unit of P
+    tree: str | None = None
+    columns: str = ""
+    p_unit: str = "GeV"
     preset: str = "quick"
     run_dir: str | None = None
     seed: int = 0
@@ -183,8 +186,8 @@ class RichTask(AdversarialTask):
 
     def __init__(self, config: TrainConfig, device: torch.device):
         self.config, self.device = config, device
-        self.path = sample_path(config.data, config.particle, "train")
-        sample = load_sample(self.path)
+        sample = training_source(config).load(config.particle, "train")
+        self.path = sample.path
         rich = sample.subset(sample.has_rich)
         if len(rich) < 10 + config.holdout or rich.weights.sum() <= 0:
             raise InputError(
@@ -349,9 +352,14 @@ def _deadline(config: TrainConfig, start: float) -> float:
     return start + 60.0 * config.max_minutes if config.max_minutes > 0 else math.inf
 
 
+def training_source(config: TrainConfig):
+    """Where the run's training sample is read (calogan.rich.io.SampleSource)."""
+    return make_source(config.data, config.tree, config.columns, config.p_unit)
+
+
 def validate_config(config: TrainConfig) -> None:
     """Reject impossible settings with one line naming the option."""
-    require_sample(sample_path(config.data, check_particle(config.particle), "train"))
+    training_source(config).require(check_particle(config.particle), "train")
     check_dll_basis(config.dll_basis)
     if config.weights not in WEIGHT_MODES:
         raise InputError(f"--weights: unknown mode '{config.weights}' (use one of {', '.join(WEIGHT_MODES)})")
@@ -425,7 +433,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--particle", required=True, help=f"one of {', '.join(PARTICLES)}, or all (one after another)"
     )
-    ap.add_argument("--data", required=True, help="folder with rich_{particle}_train.npz")
+    ap.add_argument(
+        "--data",
+        required=True,
+        help="folder with rich_{particle}_train.npz (or .root), or a .npz/.root file (may hold {particle})",
+    )
+    add_source_options(ap)
     ap.add_argument("--preset", default="quick", help="tiny | quick | standard | full")
     ap.add_argument(
         "--run-dir", default=None, help="run directory (with --particle all: one folder per particle in it)"
@@ -535,6 +548,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
     particles = list(PARTICLES) if args.particle == "all" else [check_particle(args.particle)]
+    source = make_source(args.data, args.tree, args.columns, args.p_unit)
+    if len(particles) > 1:
+        require_per(source, "{particle}", "--particle all trains each particle on its own sample")
     configs = []
     for particle in particles:
         run_dir = args.run_dir
@@ -542,6 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_dir = str(Path(run_dir) / particle)
         configs.append(TrainConfig.from_preset(
             args.preset, particle=particle, data=args.data, run_dir=run_dir, seed=args.seed, device=args.device,
+            tree=source.tree, columns=source.columns.spec(), p_unit=source.columns.p_unit,
             steps=args.steps, batch_size=args.batch_size, dll_basis=args.dll_basis, weights=args.weights,
             lr_decay=args.lr_decay, residual=args.residual, cond_every_layer=args.cond_every_layer,
             critic_features=args.critic_features, objective=args.objective, critic_dim=args.critic_dim,

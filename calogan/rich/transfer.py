@@ -25,11 +25,12 @@ from calogan.rich.evaluate import (
     parse_evaluation_args,
     write_summary,
 )
+from calogan.rich.io import SampleSource, require_per
 
 
 def transfer_test(
     checkpoint: str | Path,
-    data_dir: str | Path,
+    data_dir: str | Path | SampleSource,
     out_dir: str | Path,
     seed: int = 0,
     device: str = "auto",
@@ -84,7 +85,7 @@ def transfer_test(
 
 def transfer_all(
     run_dir: str | Path,
-    data_dir: str | Path,
+    data_dir: str | Path | SampleSource,
     out_dir: str | Path,
     particle: str = "all",
     seed: int = 0,
@@ -128,9 +129,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = evaluation_parser(
         "python -m calogan.rich.transfer",
         __doc__.splitlines()[0],
-        data_help="folder with rich_{particle}_{test,transfer}.npz",
+        data_help="folder with rich_{particle}_{test,transfer}.npz (or .root), or a .npz/.root file holding {sample}",
     )
     args = parse_evaluation_args(ap, argv, outputs=("test", "transfer", "transfer.json", "transfer.md"))
+    require_per(args.data, "{sample}", "the transfer test reads two samples, test and transfer")
     if args.particle:
         summary = transfer_all(
             args.run_dir,
