@@ -538,3 +538,130 @@ def test_warnings_are_one_line_and_foreign_checkpoints_add_none(tmp_path, capsys
         run(["export", "--checkpoint", str(tmp_path / "scripted.pt"), "--out", str(tmp_path / "x.pt")]) == 2
     )
     assert "not a readable calogan checkpoint" in _one_error(capsys)
+
+
+# ---------------------------------------------------------------- option domains, resume settings, --particle all
+
+
+def test_width_and_ema_domains_are_bounded(rich_kaon_dir, capsys):
+    base = ["rich-train", "--particle", "kaon", "--data", str(rich_kaon_dir)]
+    assert run([*base, "--ema-decay", "1"]) == 2
+    assert "--ema-decay: must be a finite number >= 0 and < 1, got 1" in _one_error(capsys)
+    assert run([*base, "--critic-dim", "1000000000"]) == 2
+    assert "--critic-dim: must be an integer in [1, 4096]" in _one_error(capsys)
+    assert run(["train", "--preset", "tiny", "--set", "critic_hidden=1000000000"]) == 2
+    assert "critic_hidden: must be an integer in [1, 4096], got 1000000000" in _one_error(capsys)
+
+
+def test_resume_refuses_settings_that_differ(rich_ckpt, rich_kaon_dir, capsys):
+    run_dir = rich_ckpt.parents[1]
+    before = rich_ckpt.read_bytes()
+    args = [
+        "rich-train",
+        "--particle",
+        "kaon",
+        "--data",
+        str(rich_kaon_dir),
+        "--run-dir",
+        str(run_dir),
+        "--resume",
+    ]
+    assert run([*args, "--objective", "cramer"]) == 2
+    err = _one_error(capsys)
+    assert "--objective: the run in" in err and "objective = 'wgan-gp'" in err and "got 'cramer'" in err
+    assert run([*args, "--no-tie-patterns"]) == 2
+    assert "--tie-patterns" in _one_error(capsys)
+    assert rich_ckpt.read_bytes() == before
+
+
+def test_ecal_resume_refuses_other_settings(tmp_path, capsys):
+    run_dir = _fake_run(tmp_path / "run")
+    assert run(["train", "--resume", str(run_dir), "--set", "lr_g=0.5"]) == 2
+    assert "lr_g: a resumed run keeps its settings" in _one_error(capsys)
+    assert run(["train", "--resume", str(run_dir), "--seed", "3"]) == 2
+    assert "seed: a resumed run keeps its settings" in _one_error(capsys)
+
+
+@pytest.fixture(scope="module")
+def five_samples(tmp_path_factory) -> Path:
+    """Tiny RICH samples of all five particles (300 tracks each)."""
+    from calogan.rich import simulate as rich_sim
+
+    out = tmp_path_factory.mktemp("rich5")
+    rich_sim.write_samples(out, n=300, seed=3, progress=False)
+    return out
+
+
+def test_particle_all_checks_every_sample_before_training(five_samples, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(five_samples, data)
+    (data / "rich_proton_train.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    runs = tmp_path / "runs"
+    code = run(
+        ["rich-train", "--particle", "all", "--data", str(data), "--run-dir", str(runs), "--preset", "tiny"]
+    )
+    assert code == 2 and "rich_proton_train.npz" in _one_error(capsys)
+    assert not runs.exists()  # nothing trained, nothing written
+
+
+def test_particle_all_reports_what_finished(five_samples, tmp_path, capsys, monkeypatch):
+    from calogan.rich import train as rich_train
+
+    def fake_train(config, overwrite=False, resume=False, requested=None):
+        if config.particle == "pion":
+            raise InputError("pion: something went wrong")
+        folder = Path(config.run_dir)
+        (folder / "checkpoints").mkdir(parents=True)
+        return folder
+
+    monkeypatch.setattr(rich_train, "train", fake_train)
+    args = [
+        "rich-train",
+        "--particle",
+        "all",
+        "--data",
+        str(five_samples),
+        "--run-dir",
+        str(tmp_path / "runs"),
+    ]
+    assert run([*args, "--preset", "tiny"]) == 2
+    err = _one_error(capsys)
+    assert "finished and kept: electron, muon; not finished: pion, kaon, proton" in err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["electron", "muon"]
+
+
+def test_report_folder_of_all_particles_appears_whole_or_not_at_all(
+    rich_ckpt, rich_kaon_dir, tmp_path, capsys
+):
+    import shutil
+
+    import torch
+
+    runs, data, out = tmp_path / "runs", tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    for particle in ("pion", "kaon"):  # the kaon model serves as both; pion is evaluated first
+        (runs / particle / "checkpoints").mkdir(parents=True)
+        ckpt = torch.load(rich_ckpt, weights_only=True)
+        ckpt["particle"] = particle
+        torch.save(ckpt, runs / particle / "checkpoints" / "last.pt")
+        for sample in ("test", "transfer"):
+            shutil.copy(rich_kaon_dir / f"rich_kaon_{sample}.npz", data / f"rich_{particle}_{sample}.npz")
+    arrays = dict(np.load(data / "rich_kaon_transfer.npz"))
+    arrays["RichDLLk"] = arrays["RichDLLk"][:10]  # a broken kaon transfer sample: found only when it is read
+    np.savez(data / "rich_kaon_transfer.npz", **arrays)
+    args = [
+        "rich-transfer",
+        "--particle",
+        "all",
+        "--run-dir",
+        str(runs),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+    ]
+    assert run([*args, "--no-plots", "--classifier-iters", "5"]) == 2
+    assert "rich_kaon_transfer.npz" in _one_error(capsys)
+    assert not out.exists() or not any(out.iterdir())  # not pion's reports alone, nor a staging folder

@@ -223,8 +223,12 @@ def parse_set(items: Sequence[str]) -> dict:
 #: declared domains of the numeric config fields: name -> (kind, minimum, minimum inclusive, maximum, max inclusive)
 FIELD_DOMAINS: dict[str, tuple] = {
     **{name: ("int", 1, True, None, True) for name in (
-        "steps", "batch_size", "n_critic", "eval_every", "checkpoint_every", "log_every", "noise_dim", "latent",
-        "gen_channels", "critic_channels", "critic_hidden", "response_bins", "eval_runs", "gp_every",
+        "steps", "batch_size", "n_critic", "eval_every", "checkpoint_every", "log_every", "response_bins",
+        "eval_runs", "gp_every",
+    )},
+    # network widths: bounded, so that a typo is one line, not an allocation failure
+    **{name: ("int", 1, True, options.MAX_WIDTH, True) for name in (
+        "noise_dim", "latent", "gen_channels", "critic_channels", "critic_hidden",
     )},
     **{name: ("int", 0, True, None, True) for name in ("max_train", "gen_pad", "seed", "threads")},
     "holdout": ("int", 10, True, None, True),
@@ -600,6 +604,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides[key] = getattr(args, key)
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
+    fixed = sorted(set(overrides) - {"steps", "device", "data"})
+    if args.resume and fixed:  # silently ignoring them would train with other settings than asked
+        raise InputError(
+            f"{fixed[0]}: a resumed run keeps its settings (with --resume only --steps, --device and --data "
+            "may be given)"
+        )
     try:
         if args.resume:
             requested = TrainConfig(steps=overrides.get("steps", 0), device=overrides.get("device", "auto"),

@@ -26,13 +26,21 @@ import numpy as np
 from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.locks import lock_directory
-from calogan.core.runtime import atomic_write_json, atomic_write_text, run_cli, select_device, torch_load_safe
+from calogan.core.runtime import (
+    atomic_write_json,
+    atomic_write_text,
+    publish,
+    run_cli,
+    select_device,
+    temp_dir_for,
+    torch_load_safe,
+)
 from calogan.metrics.plots import save_png, subplots
 from calogan.metrics.two_sample import binned_efficiency, classifier_scores, weighted_auc
 from calogan.rich import DLL_COLUMNS, PARTICLES, SAMPLES
 from calogan.rich.data import RichSample, model_inputs
 from calogan.rich.io import SampleSource, add_source_options, as_source, require_per, source_from_args
-from calogan.rich.models import RichModel, load_rich_model
+from calogan.rich.models import RichModel, check_rich_checkpoint, load_rich_model
 from calogan.rich.weights import expected_sweights, n_effective
 
 P_EDGES = np.array([3.0, 6.0, 10.0, 20.0, 40.0, 200.0])
@@ -292,7 +300,10 @@ def evaluate_checkpoint(
     gen = report.pop("_gen")
     out_dir = Path(out_dir)
     if plots:
-        report["plots"] = [str(p) for p in make_plots(report, real, gen, out_dir / "plots")]
+        # relative to the report, so that a report staged elsewhere and moved keeps valid paths
+        report["plots"] = [
+            str(p.relative_to(out_dir)) for p in make_plots(report, real, gen, out_dir / "plots")
+        ]
     report["checkpoint"] = str(checkpoint)
     atomic_write_json(out_dir / "report.json", report)
     atomic_write_text(
@@ -377,11 +388,24 @@ def evaluate_trained(
     """
     checkpoints = run_checkpoints(run_dir, particle)
     require_samples(data_dir, [p for p, c in checkpoints.items() if c], samples)
+    for checkpoint in filter(None, checkpoints.values()):  # every checkpoint's fields before any evaluation
+        check_rich_checkpoint(torch_load_safe(checkpoint), checkpoint)
     return {
         name: {"status": NOT_TRAINED} if checkpoint is None
         else {"status": "evaluated", "checkpoint": str(checkpoint), **evaluate_one(name, checkpoint)}
         for name, checkpoint in checkpoints.items()
     }  # fmt: skip
+
+
+#: The files that mark a report folder complete: moved into place after everything else.
+REPORT_MARKERS = ("report.json", "report.md", "transfer.json", "transfer.md", "summary.json", "summary.md")
+
+
+def publish_report(staging: Path, out_dir: Path) -> None:
+    """Move a staged report folder's entries into ``out_dir`` (replacing earlier ones), the markers last."""
+    names = sorted(p.name for p in staging.iterdir())
+    rest = [n for n in names if n not in REPORT_MARKERS]
+    publish(staging, out_dir, rest + [n for n in REPORT_MARKERS if n in names])
 
 
 def evaluate_all(
@@ -397,32 +421,34 @@ def evaluate_all(
 ) -> dict:
     """Evaluate each trained particle of a ``--particle all`` run directory; write OUT/{particle}/ and the summary."""
     out_dir = Path(out_dir)
+    with temp_dir_for(out_dir / "summary.md") as staging:  # the folder appears whole, or not at all
 
-    def evaluate_one(name: str, checkpoint: Path) -> dict:
-        rep = evaluate_checkpoint(
-            checkpoint, data_dir, out_dir / name, sample, seed, device, plots, classifier_iters
-        )
-        return {"report": str(out_dir / name / "report.md"), **rep["summary"]}
+        def evaluate_one(name: str, checkpoint: Path) -> dict:
+            rep = evaluate_checkpoint(
+                checkpoint, data_dir, staging / name, sample, seed, device, plots, classifier_iters
+            )
+            return {"report": str(out_dir / name / "report.md"), **rep["summary"]}
 
-    summary: dict = {"run_dir": str(run_dir), "data": str(data_dir), "samples": sample,
-                     "particles": evaluate_trained(run_dir, data_dir, particle, [sample], evaluate_one)}  # fmt: skip
+        summary: dict = {"run_dir": str(run_dir), "data": str(data_dir), "samples": sample,
+                         "particles": evaluate_trained(run_dir, data_dir, particle, [sample], evaluate_one)}  # fmt: skip
 
-    def ratio(key: str):
-        return lambda r: f"{r[key]}/{r['bins_checked']}"
+        def ratio(key: str):
+            return lambda r: f"{r[key]}/{r['bins_checked']}"
 
-    columns = [
-        ("classifier AUC", lambda r: _fmt(r["auc"])),
-        ("stricter AUC", lambda r: _fmt(r.get("auc_strict"))),
-        ("eff. ratios within 5 %", ratio("bins_within_5pct")),
-        ("within 2σ", ratio("bins_within_2sigma")),
-        ("within max(5 %, 2σ)", ratio("bins_within_tolerance")),
-        (
-            "no-RICH fraction real / gen",
-            lambda r: f"{r['no_rich_fraction_real']:.3f} / {r['no_rich_fraction_gen']:.3f}",
-        ),
-        ("report", lambda r: f"{Path(r['report']).relative_to(out_dir)}"),
-    ]
-    write_summary(out_dir, summary, f"RICH GANs vs the {sample} sample, all particles", columns)
+        columns = [
+            ("classifier AUC", lambda r: _fmt(r["auc"])),
+            ("stricter AUC", lambda r: _fmt(r.get("auc_strict"))),
+            ("eff. ratios within 5 %", ratio("bins_within_5pct")),
+            ("within 2σ", ratio("bins_within_2sigma")),
+            ("within max(5 %, 2σ)", ratio("bins_within_tolerance")),
+            (
+                "no-RICH fraction real / gen",
+                lambda r: f"{r['no_rich_fraction_real']:.3f} / {r['no_rich_fraction_gen']:.3f}",
+            ),
+            ("report", lambda r: f"{Path(r['report']).relative_to(out_dir)}"),
+        ]
+        write_summary(staging, summary, f"RICH GANs vs the {sample} sample, all particles", columns)
+        publish_report(staging, out_dir)
     return summary
 
 

@@ -45,7 +45,7 @@ from calogan.core.engine import (
     RunDirectory,
     check_objective,
 )
-from calogan.core.errors import InputError
+from calogan.core.errors import InputError, Interrupted
 from calogan.core.runtime import run_cli, seed_everything, select_device, torch_load_safe
 from calogan.ecal.data import sha256_file
 from calogan.rich import PARTICLES
@@ -367,9 +367,14 @@ def validate_config(config: TrainConfig) -> None:
         raise InputError(f"--max-minutes must be a number >= 0, got {config.max_minutes}")
     check_objective(config.objective, "--objective")
     counts = ("steps", "batch_size", "hidden", "depth", "noise_dim", "n_critic", "log_every", "critic_dim")
+    widths = {"hidden": options.MAX_WIDTH, "noise_dim": options.MAX_WIDTH, "critic_dim": options.MAX_WIDTH,
+              "depth": options.MAX_DEPTH}  # fmt: skip
     for name in counts:
-        if getattr(config, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+        value, high = getattr(config, name), widths.get(name)
+        if value < 1 or (high is not None and value > high):
+            want = f"an integer in [1, {high}]" if high else ">= 1"
+            raise InputError(f"--{name.replace('_', '-')} must be {want}, got {value}")
+    options.check_float("--ema-decay", config.ema_decay, 0.0, True, 1.0, False)  # 1 would never move
     for name in ("checkpoint_every", "holdout", "eval_every"):
         if getattr(config, name) < 0:
             raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
@@ -382,11 +387,15 @@ def validate_config(config: TrainConfig) -> None:
             raise InputError(f"--lr must be a finite number > 0, got {getattr(config, name)}")
 
 
-def train(config: TrainConfig, overwrite: bool = False, resume: bool = False) -> Path:
+def train(
+    config: TrainConfig, overwrite: bool = False, resume: bool = False, requested: dict | None = None
+) -> Path:
     """Train one particle's GAN into run_dir/{config.json, metrics.jsonl, checkpoints/last.pt (+ best.pt)}; returns run_dir.
 
     ``resume`` continues the run in ``config.run_dir`` from its last.pt (its saved config wins, except the
     total steps and the time budget); an existing run directory is replaced only with ``overwrite``.
+    ``requested`` ({option: (field, value)}, the options given on the command line) is refused on resume
+    where it differs from the saved run: a resumed run cannot change its settings.
     """
     start = time.perf_counter()
     run_path = default_run_dir(config)
@@ -399,6 +408,12 @@ def train(config: TrainConfig, overwrite: bool = False, resume: bool = False) ->
             raise InputError(f"{run.last}: checkpoint field config: missing or not a dict")
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         stored = {k: (tuple(v) if k == "betas" else v) for k, v in saved["config"].items() if k in known}
+        for option, (field, value) in (requested or {}).items():
+            if field in stored and stored[field] != value:
+                raise InputError(
+                    f"{option}: the run in {run_path} was trained with {field} = {stored[field]!r}, and a resumed "
+                    f"run keeps its settings (only --steps, --max-minutes and --device may change); got {value!r}"
+                )
         config = dataclasses.replace(TrainConfig(**stored), steps=config.steps, max_minutes=config.max_minutes,
                                      progress=config.progress, device=config.device)  # fmt: skip
     validate_config(config)
@@ -511,7 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument(
         "--ema-decay",
-        type=options.fraction,
+        type=options.finite_float(0.0, maximum=1.0, max_inclusive=False),
         default=None,
         help="decay of the generator's moving average, used for evaluation and export (quick 0.995, standard 0.999)",
     )
@@ -540,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument(
         "--critic-dim",
-        type=options.count(1),
+        type=options.count(1, options.MAX_WIDTH),
         default=None,
         help="the Cramér critic's output size (default 64)",
     )
@@ -575,11 +590,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             default_run_dir(config), True, "--run-dir", contents=(), inputs=[config.data]
         )
         validate_config(config)
+        if len(configs) > 1:  # every particle's sample is read and checked before the first one trains
+            training_source(config).load(config.particle, "train")
+    # the options given: a resumed run refuses those that differ from its saved settings
+    given = {f"--{name.replace('_', '-')}": (name, getattr(args, name)) for name in RESUME_FIXED}
+    given["--lr"] = ("lr_g", args.lr)
+    requested = {option: item for option, item in given.items() if item[1] is not None}
+    finished: list[str] = []
     for config in configs:
         resume = args.resume and (Path(default_run_dir(config)) / "checkpoints" / "last.pt").exists()
-        run_dir = train(config, overwrite=args.overwrite, resume=resume)
+        try:
+            run_dir = train(config, overwrite=args.overwrite, resume=resume, requested=requested)
+        except (InputError, KeyboardInterrupt) as exc:
+            if len(configs) == 1:
+                raise
+            left = [c.particle for c in configs[len(finished) :]]
+            note = f" (finished and kept: {', '.join(finished) or 'none'}; not finished: {', '.join(left)})"
+            if isinstance(exc, InputError):
+                raise InputError(f"{exc}{note}") from None
+            raise Interrupted(f"{exc}{note}", getattr(exc, "signum", 2)) from None
+        finished.append(config.particle)
         print(f"checkpoint: {run_dir / 'checkpoints' / 'last.pt'}")
     return 0
+
+
+#: Options that a resumed run cannot change (the TrainConfig fields of the same name).
+RESUME_FIXED = (
+    "batch_size", "dll_basis", "weights", "lr_decay", "residual", "cond_every_layer", "critic_features",
+    "objective", "critic_dim", "ema_decay", "holdout", "eval_every", "tie_patterns", "momentum_balance",
+    "momentum_scaling", "checkpoint_every",
+)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ last.pt) and writes one table, OUT/summary.{md,json}, with each particle's repor
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from calogan.rich.evaluate import (
     evaluate_trained,
     evaluation_parser,
     parse_evaluation_args,
+    publish_report,
     write_summary,
 )
 from calogan.rich.io import SampleSource, require_per
@@ -39,47 +38,39 @@ def transfer_test(
 ) -> dict:
     """Evaluate on test and transfer samples; write out_dir/{test,transfer}/ reports and transfer.json/.md."""
     out_dir = Path(out_dir)
-    with temp_dir_for(
-        out_dir / "transfer.md"
-    ) as staging:  # both samples evaluated before either report lands
+    with temp_dir_for(out_dir / "transfer.md") as staging:  # every report made before any lands
         reports = {
             s: evaluate_checkpoint(
                 checkpoint, data_dir, staging / s, s, seed, device, plots, classifier_iters
             )
             for s in ("test", "transfer")
         }
-        for s, rep in reports.items():  # the plot paths name the folders the reports end up in
-            rep["plots"] = [str(out_dir / s / "plots" / Path(p).name) for p in rep.get("plots", [])]
-            atomic_write_json(staging / s / "report.json", rep)
-        for s in reports:
-            if (out_dir / s).exists():
-                shutil.rmtree(out_dir / s)
-            os.replace(staging / s, out_dir / s)
-    result: dict = {"checkpoint": str(checkpoint), "samples": {}}
-    for s, rep in reports.items():
-        result["samples"][s] = rep["summary"]
-    tr = reports["transfer"]["summary"]
-    n = tr["bins_checked"]
-    # consistent: each well-populated ratio within max(5 %, 2 sigma) of 1
-    consistent = n > 0 and tr["bins_within_tolerance"] == n
-    result["consistent"] = consistent
-    atomic_write_json(out_dir / "transfer.json", result)
-    lines = [
-        "# RICH transfer test",
-        "",
-        "| sample | AUC | ratios within 5 % | within 2 sigma | max abs(ratio-1) |",
-        "|---|---|---|---|---|",
-    ]
-    for s, m in result["samples"].items():
-        lines.append(
-            f"| {s} | {m['auc']:.3f} | {m['bins_within_5pct']}/{m['bins_checked']} | {m['bins_within_2sigma']}/{m['bins_checked']}"
-            f" | {m['max_abs_ratio_deviation']} |"
-        )
-    lines += [
-        "",
-        f"efficiencies consistent on the transfer sample (each well-populated ratio within max(5 %, 2 sigma) of 1): **{consistent}**",
-    ]
-    atomic_write_text(out_dir / "transfer.md", "\n".join(lines) + "\n")
+        result: dict = {"checkpoint": str(checkpoint), "samples": {}}
+        for s, rep in reports.items():
+            result["samples"][s] = rep["summary"]
+        tr = reports["transfer"]["summary"]
+        n = tr["bins_checked"]
+        # consistent: each well-populated ratio within max(5 %, 2 sigma) of 1
+        consistent = n > 0 and tr["bins_within_tolerance"] == n
+        result["consistent"] = consistent
+        atomic_write_json(staging / "transfer.json", result)
+        lines = [
+            "# RICH transfer test",
+            "",
+            "| sample | AUC | ratios within 5 % | within 2 sigma | max abs(ratio-1) |",
+            "|---|---|---|---|---|",
+        ]
+        for s, m in result["samples"].items():
+            lines.append(
+                f"| {s} | {m['auc']:.3f} | {m['bins_within_5pct']}/{m['bins_checked']} | {m['bins_within_2sigma']}/{m['bins_checked']}"
+                f" | {m['max_abs_ratio_deviation']} |"
+            )
+        lines += [
+            "",
+            f"efficiencies consistent on the transfer sample (each well-populated ratio within max(5 %, 2 sigma) of 1): **{consistent}**",
+        ]
+        atomic_write_text(staging / "transfer.md", "\n".join(lines) + "\n")
+        publish_report(staging, out_dir)
     return result
 
 
@@ -95,32 +86,34 @@ def transfer_all(
 ) -> dict:
     """Transfer-test each trained particle of a ``--particle all`` run directory; OUT/{particle}/ and the summary."""
     out_dir = Path(out_dir)
+    with temp_dir_for(out_dir / "summary.md") as staging:  # the folder appears whole, or not at all
 
-    def transfer_one(name: str, checkpoint: Path) -> dict:
-        res = transfer_test(checkpoint, data_dir, out_dir / name, seed, device, plots, classifier_iters)
-        return {
-            "report": str(out_dir / name / "transfer.md"),
-            "consistent": res["consistent"],
-            **res["samples"],
-        }
+        def transfer_one(name: str, checkpoint: Path) -> dict:
+            res = transfer_test(checkpoint, data_dir, staging / name, seed, device, plots, classifier_iters)
+            return {
+                "report": str(out_dir / name / "transfer.md"),
+                "consistent": res["consistent"],
+                **res["samples"],
+            }
 
-    summary: dict = {"run_dir": str(run_dir), "data": str(data_dir), "samples": "test, transfer",
-                     "particles": evaluate_trained(run_dir, data_dir, particle, ("test", "transfer"), transfer_one)}  # fmt: skip
+        summary: dict = {"run_dir": str(run_dir), "data": str(data_dir), "samples": "test, transfer",
+                         "particles": evaluate_trained(run_dir, data_dir, particle, ("test", "transfer"), transfer_one)}  # fmt: skip
 
-    def ratio(sample: str, key: str):
-        return lambda r: f"{r[sample][key]}/{r[sample]['bins_checked']}"
+        def ratio(sample: str, key: str):
+            return lambda r: f"{r[sample][key]}/{r[sample]['bins_checked']}"
 
-    columns = [
-        ("classifier AUC, test", lambda r: f"{r['test']['auc']:.3f}"),
-        ("AUC, transfer", lambda r: f"{r['transfer']['auc']:.3f}"),
-        ("eff. ratios within 5 %, test", ratio("test", "bins_within_5pct")),
-        ("within 2σ, test", ratio("test", "bins_within_2sigma")),
-        ("within 5 %, transfer", ratio("transfer", "bins_within_5pct")),
-        ("within 2σ, transfer", ratio("transfer", "bins_within_2sigma")),
-        ("transfer verdict", lambda r: "consistent" if r["consistent"] else "not consistent"),
-        ("report", lambda r: f"{Path(r['report']).relative_to(out_dir)}"),
-    ]
-    write_summary(out_dir, summary, "RICH transfer test, all particles", columns)
+        columns = [
+            ("classifier AUC, test", lambda r: f"{r['test']['auc']:.3f}"),
+            ("AUC, transfer", lambda r: f"{r['transfer']['auc']:.3f}"),
+            ("eff. ratios within 5 %, test", ratio("test", "bins_within_5pct")),
+            ("within 2σ, test", ratio("test", "bins_within_2sigma")),
+            ("within 5 %, transfer", ratio("transfer", "bins_within_5pct")),
+            ("within 2σ, transfer", ratio("transfer", "bins_within_2sigma")),
+            ("transfer verdict", lambda r: "consistent" if r["consistent"] else "not consistent"),
+            ("report", lambda r: f"{Path(r['report']).relative_to(out_dir)}"),
+        ]
+        write_summary(staging, summary, "RICH transfer test, all particles", columns)
+        publish_report(staging, out_dir)
     return summary
 
 
