@@ -393,6 +393,71 @@ def test_extreme_but_allowed_showers_are_scored(small_data):
     assert 0.0 <= result["score"] <= 1.0
 
 
+# ---------------------------------------------------------------- exit statuses
+
+
+def test_no_command_prints_usage_to_stdout(capsys):
+    assert run([]) == 2
+    out = capsys.readouterr()
+    assert out.out.startswith("usage: calogan <command>") and out.err == ""
+
+
+def test_broken_pipe_is_silent_141():
+    code = "from calogan.core.runtime import run_cli\nraise SystemExit(run_cli(lambda a: [print('x' * 99) for _ in range(10**5)]))"
+    script = f'set -o pipefail; {sys.executable} -c "{code}" | head -c 10; echo " $?"'
+    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert proc.stdout == "x" * 10 + " 141\n" and proc.stderr == ""
+
+
+def test_sigterm_is_143_with_one_line():
+    code = textwrap.dedent(
+        """
+        import time
+        from calogan.core.runtime import run_cli
+        def main(argv):
+            print("ready", flush=True)
+            time.sleep(60)
+        raise SystemExit(run_cli(main))
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)  # fmt: skip
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    assert proc.stderr.read() == "terminated\n"
+
+
+def test_unwritable_output_mid_run_is_exit_2(capsys):
+    import errno
+
+    def main(argv):
+        raise OSError(errno.EROFS, "Read-only file system", "runs/x/metrics.jsonl")
+
+    assert run_cli(main, []) == 2
+    assert _one_error(capsys) == "error: runs/x/metrics.jsonl: cannot write (Read-only file system)\n"
+
+
+def test_warnings_are_one_line_and_foreign_checkpoints_add_none(tmp_path, capsys):
+    import warnings
+
+    import torch
+
+    def main(argv):
+        warnings.warn("first line\nsecond line", UserWarning, stacklevel=1)
+
+    assert run_cli(main, []) == 0
+    assert capsys.readouterr().err == "warning: UserWarning: first line\n"
+    with warnings.catch_warnings():  # torch's own deprecation notice of tracing
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2))
+    scripted.save(str(tmp_path / "scripted.pt"))
+    assert (
+        run(["export", "--checkpoint", str(tmp_path / "scripted.pt"), "--out", str(tmp_path / "x.pt")]) == 2
+    )
+    assert "not a readable calogan checkpoint" in _one_error(capsys)
+
+
 # ---------------------------------------------------------------- RICH checkpoint schema
 
 
@@ -473,71 +538,6 @@ def test_rich_checkpoint_fields_are_checked_on_load(rich_ckpt, rich_kaon_dir, tm
                     str(tmp_path / "ev"), "--overwrite", "--no-plots"]) == 2  # fmt: skip
         assert message in _one_error(capsys), how
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "ev").exists()
-
-
-# ---------------------------------------------------------------- exit statuses
-
-
-def test_no_command_prints_usage_to_stdout(capsys):
-    assert run([]) == 2
-    out = capsys.readouterr()
-    assert out.out.startswith("usage: calogan <command>") and out.err == ""
-
-
-def test_broken_pipe_is_silent_141():
-    code = "from calogan.core.runtime import run_cli\nraise SystemExit(run_cli(lambda a: [print('x' * 99) for _ in range(10**5)]))"
-    script = f'set -o pipefail; {sys.executable} -c "{code}" | head -c 10; echo " $?"'
-    proc = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=ROOT)
-    assert proc.stdout == "x" * 10 + " 141\n" and proc.stderr == ""
-
-
-def test_sigterm_is_143_with_one_line():
-    code = textwrap.dedent(
-        """
-        import time
-        from calogan.core.runtime import run_cli
-        def main(argv):
-            print("ready", flush=True)
-            time.sleep(60)
-        raise SystemExit(run_cli(main))
-        """
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=ROOT)  # fmt: skip
-    assert proc.stdout.readline().strip() == "ready"
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 143
-    assert proc.stderr.read() == "terminated\n"
-
-
-def test_unwritable_output_mid_run_is_exit_2(capsys):
-    import errno
-
-    def main(argv):
-        raise OSError(errno.EROFS, "Read-only file system", "runs/x/metrics.jsonl")
-
-    assert run_cli(main, []) == 2
-    assert _one_error(capsys) == "error: runs/x/metrics.jsonl: cannot write (Read-only file system)\n"
-
-
-def test_warnings_are_one_line_and_foreign_checkpoints_add_none(tmp_path, capsys):
-    import warnings
-
-    import torch
-
-    def main(argv):
-        warnings.warn("first line\nsecond line", UserWarning, stacklevel=1)
-
-    assert run_cli(main, []) == 0
-    assert capsys.readouterr().err == "warning: UserWarning: first line\n"
-    with warnings.catch_warnings():  # torch's own deprecation notice of tracing
-        warnings.simplefilter("ignore")
-        scripted = torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2))
-    scripted.save(str(tmp_path / "scripted.pt"))
-    assert (
-        run(["export", "--checkpoint", str(tmp_path / "scripted.pt"), "--out", str(tmp_path / "x.pt")]) == 2
-    )
-    assert "not a readable calogan checkpoint" in _one_error(capsys)
 
 
 # ---------------------------------------------------------------- option domains, resume settings, --particle all
