@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+from calogan.ecal.data import N_CELLS
 from calogan.ecal.physics import _reference_statistics_one, physical_statistics
 from calogan.ecal.simulate import simulate_dataset
 from calogan.metrics.prd import compute_prd, compute_prd_sklearn
@@ -25,7 +26,7 @@ from calogan.metrics.prd import compute_prd, compute_prd_sklearn
 
 def embed_stand_in(images: np.ndarray, dim: int = 64, seed: int = 0) -> np.ndarray:
     """Fixed random 64-d projection of log1p(images) through tanh (an embedding-shaped feature set)."""
-    proj = np.random.default_rng(seed).normal(0, 1 / 30, (900, dim)).astype(np.float32)
+    proj = np.random.default_rng(seed).normal(0, 1 / np.sqrt(N_CELLS), (N_CELLS, dim)).astype(np.float32)
     return np.tanh(np.log1p(images.reshape(len(images), -1)) @ proj)
 
 

@@ -23,7 +23,7 @@ import torch
 from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.runtime import temp_dir_for
-from calogan.ecal.data import require_file
+from calogan.ecal.data import IMAGE_SIZE, require_file
 from calogan.ecal.models import load_generator
 
 FORMATS = ("torchscript", "onnx")
@@ -47,7 +47,7 @@ class RawInputGenerator(torch.nn.Module):
         is_photon = ((pdg.reshape(-1).abs() - 22.0).abs() < 0.5).to(point.dtype).unsqueeze(1)
         conditions = torch.cat([point[:, :2], momentum, is_photon], dim=1)
         images = self.generator(noise, conditions)
-        return images.reshape(-1, 30, 30).clamp_min(0.0)
+        return images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE).clamp_min(0.0)
 
 
 def example_inputs(n: int, noise_dim: int, seed: int = 0) -> tuple:

@@ -337,12 +337,15 @@ def shower_profiles(
 def cluster_3x3(images: np.ndarray) -> np.ndarray:
     """Energy (N,) in the 3×3 cells around each image's hottest cell (clipped at the border)."""
     n = len(images)
-    padded = np.pad(np.asarray(images, np.float64).reshape(n, 30, 30), ((0, 0), (1, 1), (1, 1)))
+    padded = np.pad(
+        np.asarray(images, np.float64).reshape(n, IMAGE_SIZE, IMAGE_SIZE), ((0, 0), (1, 1), (1, 1))
+    )
+    side = IMAGE_SIZE + 2  # the padded grid
     arg = padded.reshape(n, -1).argmax(1)
-    r, c = np.divmod(arg, 32)
+    r, c = np.divmod(arg, side)
     offs = np.arange(-1, 2)
-    rows = (r[:, None, None] + offs[None, :, None]).clip(0, 31)
-    cols = (c[:, None, None] + offs[None, None, :]).clip(0, 31)
+    rows = (r[:, None, None] + offs[None, :, None]).clip(0, side - 1)
+    cols = (c[:, None, None] + offs[None, None, :]).clip(0, side - 1)
     return padded[np.arange(n)[:, None, None], rows, cols].sum((1, 2))
 
 

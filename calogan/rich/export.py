@@ -172,8 +172,8 @@ def interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     return torch.where(count == 0, fp[:, :1], out)
 
 
-class QuantileToNormal(nn.Module):
-    """``QuantileNormal.transform`` in torch: (B, d) float64 -> (B, d) float64 standard-normal values."""
+class _QuantileTable(nn.Module):
+    """A fitted quantile transform's tables as float64 buffers: ``q`` (d, n) quantiles, ``r`` (d, n) references."""
 
     def __init__(self, quantiles: np.ndarray, references: np.ndarray):
         super().__init__()
@@ -181,9 +181,16 @@ class QuantileToNormal(nn.Module):
         r = torch.as_tensor(np.asarray(references, np.float64)).expand_as(q).contiguous()
         self.register_buffer("q", q)
         self.register_buffer("r", r)
+
+
+class QuantileToNormal(_QuantileTable):
+    """``QuantileNormal.transform`` in torch: (B, d) float64 -> (B, d) float64 standard-normal values."""
+
+    def __init__(self, quantiles: np.ndarray, references: np.ndarray):
+        super().__init__(quantiles, references)
         # sklearn averages an upward and a downward interpolation, so a tied value maps to its step's middle
-        self.register_buffer("q_down", -q.flip(1))
-        self.register_buffer("r_down", -r.flip(1))
+        self.register_buffer("q_down", -self.q.flip(1))
+        self.register_buffer("r_down", -self.r.flip(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xt = x.t()
@@ -194,15 +201,8 @@ class QuantileToNormal(nn.Module):
         return z.t()
 
 
-class NormalToQuantile(nn.Module):
+class NormalToQuantile(_QuantileTable):
     """``QuantileNormal.inverse_transform`` in torch: (B, d) float64 normal values -> (B, d) float64."""
-
-    def __init__(self, quantiles: np.ndarray, references: np.ndarray):
-        super().__init__()
-        q = torch.as_tensor(np.asarray(quantiles, np.float64).T.copy())  # (d, n)
-        r = torch.as_tensor(np.asarray(references, np.float64)).expand_as(q).contiguous()
-        self.register_buffer("q", q)
-        self.register_buffer("r", r)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         u = ndtr(z.t())

@@ -36,13 +36,11 @@ SURROGATE_TARGETS = (
 )
 DIRECT_TARGETS = ("energy_response",)
 TARGET_NAMES = SURROGATE_TARGETS + DIRECT_TARGETS
-#: Columns of calogan.ecal.physics.physical_statistics for each surrogate target.
+#: Columns of calogan.ecal.physics.physical_statistics for each surrogate target, read from STAT_NAMES: the
+#: statistic of that name, or every ``sparsity_*`` level for ``sparsity``.
 TARGET_COLUMNS = {
-    "longitudinal_asymmetry": [0],
-    "transverse_asymmetry": [1],
-    "longitudinal_width": [2],
-    "transverse_width": [3],
-    "sparsity": list(range(4, 24)),
+    name: [i for i, stat in enumerate(STAT_NAMES) if stat == name or stat.startswith(f"{name}_")]
+    for name in SURROGATE_TARGETS
 }
 #: Widths have a heavy tail (the sqrt(1 + (py/px)^2) factor): the surrogate learns log1p(width).
 LOG_TARGETS = ("longitudinal_width", "transverse_width")
