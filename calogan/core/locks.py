@@ -163,6 +163,13 @@ class DirectoryLock:
         self.release()
 
 
+def release_all() -> None:
+    """Give back every lock this process holds (a command's end: none outlives it, whatever still refers to it)."""
+    for key in list(_HELD):
+        _HELD[key][1] = 1
+        _release(key)
+
+
 def _release(key: str) -> None:
     """Count one release of the folder lock ``key``; the last one unlinks the lock file and closes it."""
     entry = _HELD.get(key)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from calogan.core.errors import InputError, Interrupted, printable
+from calogan.core.locks import release_all
 
 #: OSError numbers that mean "this output cannot be written here" (bad input of the user's environment).
 WRITE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT}
@@ -73,6 +74,8 @@ def run_cli(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] 
         return 2
     except Exception as exc:  # noqa: BLE001 - the last-resort handler of a CLI
         return _unexpected(exc)
+    finally:
+        release_all()  # the command's folder locks end with it (a traceback may still refer to them)
     return int(result) if isinstance(result, int) else 0
 
 
