@@ -19,6 +19,7 @@ install: $(PY)
 
 install-dev: install
 	$(PY) -m pip install --quiet -e ".[dev,onnx]"
+	$(PY) -m pip install --quiet --no-deps jetnet==0.2.5  # the FPD/KPD convention tests compare with its source
 
 simulate: install
 	@if ls $(DATA)/data_train.npz >/dev/null 2>&1; then \

@@ -30,7 +30,7 @@ from calogan.ecal.predict import generate
 from calogan.metrics.embedder import load_or_train_embedder
 from calogan.metrics.evaluate import format_physics_table, real_vs_real, score_arrays
 from calogan.metrics.response import particle_type_switch, physics_checks
-from calogan.metrics.two_sample import cls_metric, fpd_metric, prdc_metric, sep_metric
+from calogan.metrics.two_sample import cls_cc_metric, cls_metric, fpd_metric, prdc_metric, sep_metric
 
 
 def fidelity_summary(fraction: float, strict: dict, physics: dict) -> dict:
@@ -41,6 +41,8 @@ def fidelity_summary(fraction: float, strict: dict, physics: dict) -> dict:
         "fraction_of_ceiling": round(fraction, 4),
         "auc_high": round(strict["cls"]["auc_high"], 4), "auc_high_ref": round(strict["cls"]["auc_high_ref"], 4),
         "auc_low": round(strict["cls"]["auc_low"], 4), "auc_low_ref": round(strict["cls"]["auc_low_ref"], 4),
+        "auc_cc_high": round(strict["cls_cc"]["auc_high"], 4),
+        "auc_cc_high_ref": round(strict["cls_cc"]["auc_high_ref"], 4),
         "sep_max": round(strict["sep"]["sep_max"], 4), "sep_max_observable": strict["sep"]["sep_max_observable"],
         "fpd": round(strict["fpd"]["fpd"], 3), "fpd_ref": round(strict["fpd"]["fpd_ref"], 3),
         "coverage": round(strict["prdc"]["coverage"], 3), "coverage_ref": round(strict["prdc"]["coverage_ref"], 3),
@@ -98,12 +100,17 @@ def evaluate_checkpoints(
             "fpd": fpd_metric(images, true, stats_gen, stats_true),
             "sep": sep_metric(images, true, stats_gen, stats_true),
             "prdc": prdc_metric(images, true, emb_gen=embedder.embed(images), emb_true=emb_true),
+            "cls_cc": cls_cc_metric(images, true, kinds=("high",)),
         }  # fmt: skip
         summary = fidelity_summary(score["score"] / ceiling["score"], strict, physics)
         out["models"][name] = {
             "summary": summary,
             "strict": {
-                k: ({kk: vv for kk, vv in v.items() if kk != "table"} if k == "sep" else v)
+                k: (
+                    {kk: vv for kk, vv in v.items() if kk not in ("table", "high", "high_ref")}
+                    if k in ("sep", "cls_cc")
+                    else v
+                )
                 for k, v in strict.items()
             },
             "checkpoint": path,

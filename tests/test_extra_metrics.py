@@ -10,8 +10,11 @@ import torch
 from scipy.ndimage import uniform_filter
 
 from calogan.core.errors import InputError
-from calogan.ecal.physics import physical_statistics
+from calogan.ecal.data import CELL_CENTRES
+from calogan.ecal.physics import expected_centre, physical_statistics
 from calogan.ecal.simulate import simulate_dataset, simulate_showers
+from calogan.metrics import calochallenge as cc
+from calogan.metrics import distances as dist
 from calogan.metrics import two_sample as xm
 
 N_EVENTS = 1200  # 600 per half: enough to separate every broken generator, small enough for CI
@@ -23,17 +26,17 @@ N_EVENTS = 1200  # 600 per half: enough to separate every broken generator, smal
 def test_cubic_mmd_feature_map_equals_gram_matrix_form():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(300, 7)), rng.normal(0.3, 1.2, size=(250, 7))
-    assert xm.mmd_poly_unbiased(x, y) == pytest.approx(xm._mmd_poly_direct(x, y), rel=1e-9, abs=1e-12)
-    same = [xm.mmd_poly_unbiased(rng.normal(size=(400, 7)), rng.normal(size=(400, 7))) for _ in range(20)]
+    assert dist.mmd_poly_unbiased(x, y) == pytest.approx(dist.mmd_poly_gram(x, y, 3), rel=1e-9, abs=1e-12)
+    same = [dist.mmd_poly_unbiased(rng.normal(size=(400, 7)), rng.normal(size=(400, 7))) for _ in range(20)]
     assert abs(np.mean(same)) < 3 * np.std(same) / np.sqrt(20) + 1e-3  # unbiased: mean zero for equal laws
-    assert xm.mmd_poly_unbiased(x, y) > 10 * np.std(same)
+    assert dist.mmd_poly_unbiased(x, y) > 10 * np.std(same)
 
 
 def test_frechet_distance_of_shifted_gaussians_is_squared_shift():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(20000, 3)), rng.normal(size=(20000, 3)) + np.array([1.0, 0.0, 2.0])
-    assert xm.frechet_distance(x, y) == pytest.approx(5.0, abs=0.1)
-    res = xm.fpd_extrapolated(rng.normal(size=(4000, 3)), rng.normal(size=(4000, 3)), seed=0)
+    assert dist.frechet_distance(x, y) == pytest.approx(5.0, abs=0.1)
+    res = dist.fpd_extrapolated(rng.normal(size=(4000, 3)), rng.normal(size=(4000, 3)), seed=0)
     assert abs(res["value"]) < 5 * res["error"] + 0.01  # the 1/N bias is removed by the extrapolation
     assert res["at_full_n"] > 0
 
@@ -163,3 +166,77 @@ def test_classifier_tests_separate_broken_generators(samples, tmp_path):
     both = {**high["resim"], **{k: v for k, v in low.items() if k.startswith("low")}}
     assert [p.name for p in xm.make_plots({"cls": both}, tmp_path)] == ["classifier_roc.png"]
     json.dumps(both)
+
+
+# --------------------------------------------------------------------------- CaloChallenge classifier protocol
+
+CC_SMALL = cc.CCSettings(width=64, epochs=8, batch_size=100)  # the protocol at test size (600 per class)
+
+
+def test_cc_high_level_features_of_a_single_cell():
+    true = simulate_dataset(3, seed=0)
+    images = np.zeros((3, 30, 30), np.float32)
+    images[:, 4, 20] = (
+        10.0 * cc.UNITS_PER_MEV
+    )  # 10 MeV in the cell at x = CELL_CENTRES[20], y = CELL_CENTRES[4]
+    images[:, 0, 0] = 0.5 * cc.UNITS_PER_MEV  # below the 1 MeV readout threshold: zeroed
+    feats = cc.high_level_features(images, true)
+    names = cc.HIGH_LEVEL_NAMES
+    centre = expected_centre(true.point, true.momentum)
+    dx, dy = CELL_CENTRES[20] - centre[:, 0], CELL_CENTRES[4] - centre[:, 1]
+    col = {n: feats[:, i].astype(np.float64) for i, n in enumerate(names)}
+    np.testing.assert_allclose(col["log10 E_tot"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(col["log10 E_inc"], np.log10(true.p_abs * 1000), rtol=1e-6)
+    np.testing.assert_allclose(col["centre_x"], dx / 10, atol=1e-5)
+    np.testing.assert_allclose(col["centre_y"], dy / 10, atol=1e-5)
+    np.testing.assert_allclose(col["centre_r"], np.hypot(dx, dy) / 10, atol=1e-5)
+    np.testing.assert_allclose([col["width_x"], col["width_y"], col["width_r"]], 0.0, atol=1e-3)
+    np.testing.assert_allclose(col["sparsity"], 1 - 1 / 900, atol=1e-6)
+    low = cc.low_level_features(images, true)
+    assert low.shape == (3, 1 + 900 + len(cc.CONDITION_NAMES))
+    np.testing.assert_allclose(low[:, 1 + 4 * 30 + 20], 10.0 / (true.p_abs * 1000), rtol=1e-5)
+    assert (low[:, 1] == 0).all()  # the sub-threshold cell
+
+
+def test_cc_dnn_is_the_published_architecture():
+    net = cc.dnn(14, cc.PUBLISHED)
+    linear = [m for m in net if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [
+        (14, 2048),
+        (2048, 2048),
+        (2048, 2048),
+        (2048, 1),
+    ]
+    assert sum(isinstance(m, torch.nn.LeakyReLU) for m in net) == 3
+    assert (cc.PUBLISHED.lr, cc.PUBLISHED.batch_size, cc.PUBLISHED.epochs) == (2e-4, 1000, 50)
+
+
+def test_cls_cc_protocol(samples):
+    true, gens, _, _ = samples
+    resim = xm.cls_cc_metric(gens["resim"], true, seed=7, settings=CC_SMALL)
+    for kind in ("high", "low"):
+        assert abs(resim[f"auc_{kind}"] - resim[f"auc_{kind}_ref"]) < 0.1, kind
+        assert resim[kind]["n_validation"] == 2 * 120  # 20 % of each class of 600
+    assert "CaloChallenge" in resim["convention"] and resim["settings"]["width"] == 64
+    const = xm.cls_cc_metric(
+        gens["constant"], true, seed=7, settings=CC_SMALL, kinds=("high",), reference=False
+    )
+    assert const["auc_high"] > 0.95 and const["jsd_high"] > 0.5 and "auc_high_ref" not in const
+    again = xm.field_protocol_auc(gens["constant"], true, kind="high", seed=7, settings=CC_SMALL)
+    assert again == const["auc_high"]  # seeded, and the public function is the metric's value
+    json.dumps(resim)
+
+
+def test_fit_loop_selects_the_best_epoch():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.float64)
+    rows = np.arange(400)
+    model = xm.seeded_model(lambda: cc.dnn(3, cc.CCSettings(width=16, layers=1)), 0)
+    logits, best = xm.fit_binary_classifier(model, x, y, rows[:300], rows[300:], 0, torch.device("cpu"), 30,
+                                            50, lr=1e-2, select_by="accuracy")  # fmt: skip
+    assert 1 <= best <= 30 and ((logits[300:] > 0) == (y[300:] > 0)).mean() > 0.9
+    with pytest.raises(ValueError, match="select_by"):
+        xm.fit_binary_classifier(
+            model, x, y, rows, rows, 0, torch.device("cpu"), 1, 50, lr=1e-3, select_by="auc"
+        )

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import csv
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from scipy import linalg, stats
+from scipy import stats
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -39,6 +38,8 @@ from calogan.ecal.physics import (
     physical_statistics,
     standardise_statistics,
 )
+from calogan.metrics import calochallenge as cc
+from calogan.metrics import distances as dist
 from calogan.metrics.plots import subplots
 from calogan.metrics.response import core_fractions, physics_metric
 
@@ -101,11 +102,16 @@ def _check_inputs(gen_images: np.ndarray, true: CaloData) -> None:
 # --------------------------------------------------------------------------- classifier tests
 
 
-def _jsd_bits(p_true: np.ndarray, labels: np.ndarray) -> float:
-    """JSD (bits, in [0, 1]) from calibrated P(true | x): log2 + ½E_true[log D] + ½E_gen[log(1 − D)], in units of log 2."""
+def _jsd_bits(p_true: np.ndarray, labels: np.ndarray, clip: bool = True) -> float:
+    """JSD (bits) from calibrated P(true | x): log2 + ½E_true[log D] + ½E_gen[log(1 − D)], in units of log 2.
+
+    ``clip`` bounds it to [0, 1]; CaloChallenge reports it unclipped (slightly negative for equal samples).
+    """
     p = np.clip(p_true, 1e-6, 1 - 1e-6)
-    value = math.log(2.0) + 0.5 * np.log(p[labels == 1]).mean() + 0.5 * np.log(1 - p[labels == 0]).mean()
-    return float(np.clip(value / math.log(2.0), 0.0, 1.0))
+    value = (
+        math.log(2.0) + 0.5 * np.log(p[labels == 1]).mean() + 0.5 * np.log(1 - p[labels == 0]).mean()
+    ) / math.log(2.0)
+    return float(np.clip(value, 0.0, 1.0)) if clip else float(value)
 
 
 def _roc_summary(labels: np.ndarray, scores: np.ndarray, points: int = 101) -> dict[str, Any]:
@@ -136,36 +142,47 @@ def _calibrated_report(
     return out
 
 
-def _train_mlp(
+def seeded_model(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
+    """``build()`` under torch.manual_seed(seed) without touching the global RNG: the same seed, the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def fit_binary_classifier(
+    model: torch.nn.Module,
     x: np.ndarray,
     y: np.ndarray,
     train: np.ndarray,
-    cal: np.ndarray,
+    select: np.ndarray,
     seed: int,
     device: torch.device,
     epochs: int,
-    batch_size: int | None = None,
-    patience: int = 3,
-) -> np.ndarray:
-    """Small torch MLP classifier with early stopping on the calibration split; returns logits for all rows."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = torch.nn.Sequential(
-            torch.nn.Linear(x.shape[1], 256), torch.nn.LeakyReLU(0.2),
-            torch.nn.Linear(256, 128), torch.nn.LeakyReLU(0.2),
-            torch.nn.Linear(128, 1),
-        )  # fmt: skip
+    batch_size: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    select_by: str = "loss",
+    patience: int | None = None,
+) -> tuple[np.ndarray, int]:
+    """Train ``model`` (one logit out) with BCE-with-logits and Adam on the ``train`` rows; keep the best epoch.
+
+    After each epoch the ``select`` rows judge the model: ``select_by`` "loss" keeps the lowest loss (an
+    improvement must exceed 1e-4), "accuracy" the highest accuracy (logit > 0, strictly better; training
+    stops at accuracy 1). ``patience`` epochs without improvement stop early (None: all ``epochs``). The
+    mini-batch order comes from a generator seeded with ``seed``. Returns (logits of every row, best epoch, 1-based).
+    """
+    if select_by not in ("loss", "accuracy"):
+        raise ValueError(f"fit_binary_classifier: select_by must be loss or accuracy, not {select_by!r}")
     model = model.to(device)
     xt = torch.as_tensor(x, dtype=torch.float32, device=device)
     yt = torch.as_tensor(y, dtype=torch.float32, device=device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-5)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     gen = torch.Generator().manual_seed(seed)
     tr = torch.as_tensor(train, device=device)
-    ca = torch.as_tensor(cal, device=device)
-    batch_size = batch_size or min(256, max(32, len(train) // 40))  # enough steps per epoch on small samples
-    best, best_state, bad = float("inf"), None, 0
-    for _ in range(epochs):
+    sel = torch.as_tensor(select, device=device)
+    best, best_state, best_epoch, bad = float("inf"), None, 0, 0
+    for epoch in range(epochs):
         model.train()
         order = tr[torch.randperm(len(tr), generator=gen).to(device)]
         for start in range(0, len(order), batch_size):
@@ -175,19 +192,35 @@ def _train_mlp(
             opt.step()
         model.eval()
         with torch.no_grad():
-            val = float(loss_fn(model(xt[ca]).squeeze(1), yt[ca]))
-        if val < best - 1e-4:
-            best, bad = val, 0
+            out = model(xt[sel]).squeeze(1)
+            if select_by == "loss":
+                value = float(loss_fn(out, yt[sel]))
+                better = value < best - 1e-4
+            else:  # minimise the error rate: strictly better accuracy
+                value = 1.0 - float(((out > 0).float() == yt[sel]).float().mean())
+                better = value < best
+        if better:
+            best, best_epoch, bad = value, epoch + 1, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             bad += 1
-            if bad >= patience:
-                break
+        if (patience is not None and bad >= patience) or (select_by == "accuracy" and best == 0.0):
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     with torch.no_grad():
-        return torch.cat([model(xt[s : s + 8192]).squeeze(1) for s in range(0, len(xt), 8192)]).cpu().numpy()
+        logits = torch.cat([model(xt[s : s + 8192]).squeeze(1) for s in range(0, len(xt), 8192)])
+    return logits.cpu().numpy(), best_epoch
+
+
+def _two_sample_mlp(n_inputs: int) -> torch.nn.Sequential:
+    """The low-level classifier of the ``cls`` test: 256-128 LeakyReLU(0.2) MLP, one logit."""
+    return torch.nn.Sequential(
+        torch.nn.Linear(n_inputs, 256), torch.nn.LeakyReLU(0.2),
+        torch.nn.Linear(256, 128), torch.nn.LeakyReLU(0.2),
+        torch.nn.Linear(128, 1),
+    )  # fmt: skip
 
 
 def _low_level_inputs(images: np.ndarray, cond: np.ndarray) -> np.ndarray:
@@ -230,9 +263,13 @@ def classifier_scores(
     if kind == "low":
         if weights is not None:
             raise ValueError("classifier_scores: the low-level MLP takes no sample weights")
-        return y, _train_mlp(
-            x.astype(np.float32), y, train, stop, seed, device or torch.device("cpu"), epochs
-        )
+        batch_size = min(256, max(32, len(train) // 40))  # enough steps per epoch on small samples
+        model = seeded_model(lambda: _two_sample_mlp(x.shape[1]), seed)
+        logits, _ = fit_binary_classifier(
+            model, x.astype(np.float32), y, train, stop, seed, device or torch.device("cpu"), epochs,
+            batch_size, lr=1e-3, weight_decay=1e-5, select_by="loss", patience=3,
+        )  # fmt: skip
+        return y, logits
     clf = HistGradientBoostingClassifier(
         max_iter=hgb_iter, learning_rate=0.1, early_stopping=early_stopping, random_state=seed
     )
@@ -257,6 +294,49 @@ def classifier_test(
     )
     out = _calibrated_report(y, raw, cal, test)
     out["n_test"] = int(len(test))
+    return out
+
+
+def _class_split(labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """60/20/20 split of each class separately (CaloChallenge's ttv_split), merged: train, test, validation rows."""
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for cls in (0, 1):
+        rows = np.flatnonzero(labels == cls)
+        for part, idx in zip(parts, _three_way_split(len(rows), rng)):
+            part.append(rows[idx])
+    train, test, val = (np.sort(np.concatenate(p)) for p in parts)
+    return train, test, val
+
+
+def cc_classifier_test(
+    x_real: np.ndarray,
+    x_gen: np.ndarray,
+    seed: int,
+    device: torch.device | None = None,
+    settings: cc.CCSettings = cc.DEFAULT,
+) -> dict[str, Any]:
+    """CaloChallenge's classifier protocol on given features: real (label 1) vs generated (label 0).
+
+    Each class split 60/20/20 into train/test/validation; the DNN (:func:`calogan.metrics.calochallenge.dnn`)
+    trained with BCE-with-logits and Adam, the epoch with the best test accuracy kept; isotonic regression on
+    the test part calibrates P(real); ROC AUC and JSD (bits, unclipped) of the calibrated output on the
+    validation part. No feature scaling beyond the feature set's own (log10, lengths / 10 cm).
+    """
+    x = np.concatenate([x_gen, x_real]).astype(np.float32)
+    y = np.concatenate([np.zeros(len(x_gen)), np.ones(len(x_real))])
+    train, test, val = _class_split(y, np.random.default_rng(seed))
+    model = seeded_model(lambda: cc.dnn(x.shape[1], settings), seed)
+    logits, best_epoch = fit_binary_classifier(
+        model, x, y, train, test, seed, device or torch.device("cpu"), settings.epochs, settings.batch_size,
+        lr=settings.lr, select_by="accuracy",
+    )  # fmt: skip
+    prob = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    iso = IsotonicRegression(y_min=1e-6, y_max=1 - 1e-6, out_of_bounds="clip").fit(prob[test], y[test])
+    calibrated = iso.predict(prob[val])
+    out = _roc_summary(y[val], calibrated)
+    out["jsd"] = _jsd_bits(calibrated, y[val], clip=False)
+    out["auc_uncalibrated"] = float(roc_auc_score(y[val], prob[val]))
+    out.update(n_validation=int(len(val)), best_epoch=int(best_epoch))
     return out
 
 
@@ -350,49 +430,83 @@ def cls_metric(
     return result
 
 
-# --------------------------------------------------------------------------- FPD / KPD
+CC_CONVENTION = (
+    "CaloChallenge 2022 classifier protocol (code/evaluate.py): DNN of Linear+LeakyReLU blocks, BCE with logits, "
+    "Adam, batch 1000, each class split 60/20/20, epoch of best test accuracy kept, isotonic calibration on "
+    "the test part, AUC and JSD on the last part; features of one 30x30 layer, cells below 1 MeV zeroed, "
+    "centres from the expected impact point, conditions appended (calogan.metrics.calochallenge)"
+)
 
 
-def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to x and y: |μx − μy|² + Tr(Σx + Σy − 2(ΣxΣy)^½)."""
-    mu1, mu2 = x.mean(axis=0), y.mean(axis=0)
-    s1, s2 = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
-    with (
-        warnings.catch_warnings()
-    ):  # a degenerate sample (e.g. a constant generator) has a singular covariance
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(s1 @ s2)
-        if not np.isfinite(covmean).all():  # regularise, as common FID code does
-            eps = np.eye(len(s1)) * 1e-6
-            covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
-    covmean = np.real(covmean)
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+def _cc_features(kind: str, images: np.ndarray, true: CaloData, rows: np.ndarray) -> np.ndarray:
+    """CaloChallenge feature set ``kind`` ("high" or "low") of ``images[rows]`` under their conditions."""
+    return cc.FEATURE_SETS[kind](images[rows], true.subset(rows))
 
 
-def fpd_extrapolated(
-    x: np.ndarray, y: np.ndarray, seed: int, num_points: int = 8, min_fraction: float = 0.2
-) -> dict[str, float]:
-    """FPD at growing subsample sizes N, fitted linearly in 1/N; value = intercept (N → ∞), error from the fit."""
-    n = min(len(x), len(y))
-    rng = np.random.default_rng(seed)
-    sizes = np.unique(np.linspace(max(int(min_fraction * n), 50), n, num_points).astype(int))
-    vals = np.array(
-        [
-            frechet_distance(x[rng.choice(len(x), s, replace=False)], y[rng.choice(len(y), s, replace=False)])
-            for s in sizes
-        ]
-    )
-    coef, cov = (
-        np.polyfit(1.0 / sizes, vals, 1, cov=True)
-        if len(sizes) > 2
-        else (np.polyfit(1.0 / sizes, vals, 1), np.zeros((2, 2)))
-    )
-    return {
-        "value": float(coef[1]),
-        "error": float(np.sqrt(max(cov[1, 1], 0.0))),
-        "at_full_n": float(vals[-1]),
-        "n": int(n),
+def cls_cc_metric(
+    gen_images: np.ndarray,
+    true: CaloData,
+    seed: int = 1337,
+    device: torch.device | None = None,
+    settings: cc.CCSettings = cc.DEFAULT,
+    kinds: Sequence[str] = ("low", "high"),
+    reference: bool = True,
+    **_: Any,
+) -> dict[str, Any]:
+    """Field-protocol classifier tests (CaloChallenge, :func:`cc_classifier_test`), generated[A] vs true[B], with references.
+
+    Keys ``auc_{kind}``, ``jsd_{kind}`` and their real-vs-real ``auc_{kind}_ref``, ``jsd_{kind}_ref`` for kind
+    "high" (CaloChallenge's high-level features) and "low" (cells / incident energy); full reports (ROC,
+    best epoch) under ``{kind}`` and ``{kind}_ref``.
+    """
+    _check_inputs(gen_images, true)
+    a, b = split_halves(len(true), seed)
+    result: dict[str, Any] = {
+        "convention": CC_CONVENTION,
+        "settings": settings.describe(),
+        "published_settings": cc.PUBLISHED.describe(),
+        "n_per_class": int(len(a)),
+        "split": "generated[A] vs true[B]; reference true[A] vs true[B]",
+        "features_high": list(cc.HIGH_LEVEL_NAMES),
     }
+    jobs = [(kind, which) for kind in kinds for which in (("gen", "ref") if reference else ("gen",))]
+    real: dict[str, np.ndarray] = {}
+    for kind, which in tqdm(jobs, desc="cls_cc", leave=False, disable=progress_disabled()):
+        if kind not in real:
+            real[kind] = _cc_features(kind, true.energy, true, b)
+        other = _cc_features(kind, gen_images if which == "gen" else true.energy, true, a)
+        result[kind if which == "gen" else f"{kind}_ref"] = cc_classifier_test(
+            real[kind], other, seed, device, settings
+        )
+    for kind in kinds:
+        for suffix in ("", "_ref") if reference else ("",):
+            result[f"auc_{kind}{suffix}"] = result[kind + suffix]["auc"]
+            result[f"jsd_{kind}{suffix}"] = result[kind + suffix]["jsd"]
+    return result
+
+
+def field_protocol_auc(
+    gen_images: np.ndarray,
+    true: CaloData,
+    kind: str = "high",
+    seed: int = 1337,
+    device: torch.device | str | None = None,
+    settings: cc.CCSettings = cc.DEFAULT,
+) -> float:
+    """The CaloChallenge-protocol classifier AUC of generated vs real showers (``cls_cc``'s ``auc_{kind}``).
+
+    ``gen_images`` (N, 30, 30) were generated for the conditions of ``true`` (same order, with images). The
+    events are split into halves A, B as in every stricter test; the AUC is generated[A] vs true[B], so it
+    equals ``evaluate --metrics cls_cc``'s ``auc_high`` (or ``auc_low``) for the same seed and settings.
+    """
+    if kind not in cc.FEATURE_SETS:
+        raise ValueError(f"field_protocol_auc: kind must be high or low, not {kind!r}")
+    dev = torch.device(device) if device is not None else None
+    res = cls_cc_metric(np.asarray(gen_images), true, seed, dev, settings, kinds=(kind,), reference=False)
+    return float(res[f"auc_{kind}"])
+
+
+# --------------------------------------------------------------------------- FPD / KPD
 
 
 def _high_level_pair(gen_images: np.ndarray, true: CaloData, stats_gen, stats_true, seed: int):
@@ -404,65 +518,41 @@ def _high_level_pair(gen_images: np.ndarray, true: CaloData, stats_gen, stats_tr
     return gaussianise(hg[a], ref), gaussianise(ht[a], ref), gaussianise(ref, ref)
 
 
+def _high_level_raw(gen_images: np.ndarray, true: CaloData, stats_gen, stats_true, seed: int):
+    """High-level features (not Gaussianised) of generated[A], true[A] and true[B], for the jetnet convention."""
+    a, b = split_halves(len(true), seed)
+    hg = high_level_features(gen_images, true, stats_gen)
+    ht = high_level_features(true.energy, true, stats_true)
+    return hg[a], ht[a], ht[b]
+
+
 def fpd_metric(
     gen_images: np.ndarray,
     true: CaloData,
     stats_gen: np.ndarray | None = None,
     stats_true: np.ndarray | None = None,
     seed: int = 1337,
+    convention: str = "calogan",
     **_: Any,
 ) -> dict[str, Any]:
-    """Fréchet physics distance on the 29 Gaussianised high-level features, 1/N-extrapolated, with reference."""
+    """Fréchet physics distance on the 29 high-level features with its reference (calogan.metrics.distances).
+
+    ``convention`` "calogan": Gaussianised features, error of the value and of value − reference
+    (``fpd_diff_err``, the pull's denominator); "jetnet": jetnet 0.2.5's procedure (no ``fpd_diff_err``).
+    """
     _check_inputs(gen_images, true)
-    g, ta, tb = _high_level_pair(gen_images, true, stats_gen, stats_true, seed)
-    gen = fpd_extrapolated(g, tb, seed)
-    ref = fpd_extrapolated(ta, tb, seed)
-    return {"fpd": gen["value"], "fpd_err": gen["error"], "fpd_ref": ref["value"], "fpd_ref_err": ref["error"],
-            "fpd_at_n": gen["at_full_n"], "fpd_ref_at_n": ref["at_full_n"], "n": gen["n"],
-            "features": list(HIGH_LEVEL_NAMES)}  # fmt: skip
-
-
-def _cubic_features(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sum of a⊗a⊗a with a = (x/√d, 1), and the diagonal kernel values: (x·y/d + 1)³ = <a_x⊗a_x⊗a_x, a_y⊗a_y⊗a_y>."""
-    a = np.concatenate([x / math.sqrt(x.shape[1]), np.ones((len(x), 1))], axis=1)
-    outer = (a[:, :, None] * a[:, None, :]).reshape(len(a), -1)  # (n, (d+1)²)
-    return outer.T @ a, (a * a).sum(axis=1) ** 3
-
-
-def mmd_poly_unbiased(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD² with the cubic kernel k(a, b) = (a·b / d + 1)³ (Kansal et al. 2022), in O(N·d³) via its feature map."""
-    sx, dx = _cubic_features(np.asarray(x, np.float64))
-    sy, dy = _cubic_features(np.asarray(y, np.float64))
-    m, n = len(x), len(y)
-    kxx = (float((sx * sx).sum()) - dx.sum()) / (m * (m - 1))
-    kyy = (float((sy * sy).sum()) - dy.sum()) / (n * (n - 1))
-    return float(kxx + kyy - 2.0 * float((sx * sy).sum()) / (m * n))
-
-
-def _mmd_poly_direct(x: np.ndarray, y: np.ndarray) -> float:
-    """Quadratic-cost reference of :func:`mmd_poly_unbiased` from the full Gram matrices (tests only)."""
-    d = x.shape[1]
-    kxx, kyy, kxy = ((u @ v.T / d + 1.0) ** 3 for u, v in ((x, x), (y, y), (x, y)))
-    m, n = len(x), len(y)
-    return float(
-        (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-        + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-        - 2 * kxy.mean()
-    )
-
-
-def kpd_batches(
-    x: np.ndarray, y: np.ndarray, seed: int, batch_size: int = 5000, num_batches: int = 10
-) -> dict[str, float]:
-    """KPD over random batches: median and half the 16–84 % interquantile range (arXiv:2211.10295)."""
-    rng = np.random.default_rng(seed)
-    bs = min(batch_size, len(x) // 2, len(y) // 2)  # at most half, so batches differ
-    vals = np.array(
-        [mmd_poly_unbiased(x[rng.choice(len(x), bs, replace=False)], y[rng.choice(len(y), bs, replace=False)])
-         for _ in range(num_batches)]
-    )  # fmt: skip
-    lo, hi = np.percentile(vals, [16.275, 83.725])
-    return {"value": float(np.median(vals)), "error": float((hi - lo) / 2.0), "batch_size": int(bs)}
+    out: dict[str, Any] = {"convention": dist.CONVENTIONS[dist.check_convention(convention)]}
+    if convention == "jetnet":
+        g, ta, tb = _high_level_raw(gen_images, true, stats_gen, stats_true, seed)
+        gen, ref = dist.fpd_jetnet(tb, g, seed=seed), dist.fpd_jetnet(tb, ta, seed=seed)
+        out.update(fpd=gen["value"], fpd_err=gen["error"], fpd_ref=ref["value"], fpd_ref_err=ref["error"])
+    else:
+        g, ta, tb = _high_level_pair(gen_images, true, stats_gen, stats_true, seed)
+        r = dist.fpd_with_reference(g, ta, tb, seed)
+        out.update(fpd=r["value"], fpd_err=r["error"], fpd_ref=r["ref"], fpd_ref_err=r["ref_error"],
+                   fpd_diff_err=r["diff_error"], fpd_at_n=r["at_full_n"], fpd_ref_at_n=r["ref_at_full_n"])  # fmt: skip
+    out.update(n=int(len(g)), features=list(HIGH_LEVEL_NAMES))
+    return out
 
 
 def kpd_metric(
@@ -473,15 +563,21 @@ def kpd_metric(
     seed: int = 1337,
     batch_size: int = 5000,
     num_batches: int = 10,
+    convention: str = "calogan",
     **_: Any,
 ) -> dict[str, Any]:
-    """Kernel physics distance (unbiased cubic-kernel MMD²) on the Gaussianised high-level features, with reference."""
+    """Kernel physics distance on the high-level features, with reference (``convention`` as :func:`fpd_metric`)."""
     _check_inputs(gen_images, true)
-    g, ta, tb = _high_level_pair(gen_images, true, stats_gen, stats_true, seed)
-    gen = kpd_batches(g, tb, seed, batch_size, num_batches)
-    ref = kpd_batches(ta, tb, seed, batch_size, num_batches)
+    if dist.check_convention(convention) == "jetnet":
+        g, ta, tb = _high_level_raw(gen_images, true, stats_gen, stats_true, seed)
+        gen, ref = dist.kpd_jetnet(tb, g, seed=seed), dist.kpd_jetnet(tb, ta, seed=seed)
+    else:
+        g, ta, tb = _high_level_pair(gen_images, true, stats_gen, stats_true, seed)
+        gen = dist.kpd_batches(g, tb, seed, batch_size, num_batches)
+        ref = dist.kpd_batches(ta, tb, seed, batch_size, num_batches)
     return {"kpd": gen["value"], "kpd_err": gen["error"], "kpd_ref": ref["value"], "kpd_ref_err": ref["error"],
-            "batch_size": gen["batch_size"], "num_batches": int(num_batches)}  # fmt: skip
+            "batch_size": gen["batch_size"], "num_batches": int(num_batches),
+            "convention": dist.CONVENTIONS[convention]}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- separation power / W1
@@ -627,6 +723,7 @@ def fidelity_metric(
     stats_true: np.ndarray | None = None,
     seed: int = 1337,
     device: torch.device | None = None,
+    convention: str = "calogan",
     **_: Any,
 ) -> dict[str, Any]:
     """The cheap part of the stricter tests, shown by default beside the competition score.
@@ -635,11 +732,13 @@ def fidelity_metric(
     the worst-separated observable, each with its real-vs-real reference at the same sample sizes.
     """
     cls = cls_metric(gen_images, true, stats_gen, stats_true, seed=seed, device=device, kinds=("high",))
-    fpd = fpd_metric(gen_images, true, stats_gen, stats_true, seed=seed)
+    fpd = fpd_metric(gen_images, true, stats_gen, stats_true, seed=seed, convention=convention)
     sep = sep_metric(gen_images, true, stats_gen, stats_true, seed=seed)
     return {
         "auc_high": cls["auc_high"], "auc_high_ref": cls["auc_high_ref"],
-        "fpd": fpd["fpd"], "fpd_err": fpd["fpd_err"], "fpd_ref": fpd["fpd_ref"],
+        "fpd": fpd["fpd"], "fpd_err": fpd["fpd_err"], "fpd_ref": fpd["fpd_ref"], "fpd_ref_err": fpd["fpd_ref_err"],
+        **({"fpd_diff_err": fpd["fpd_diff_err"]} if "fpd_diff_err" in fpd else {}),
+        "fpd_convention": fpd["convention"],
         "sep_max": sep["sep_max"], "sep_max_ref": sep["sep_max_ref"], "sep_max_observable": sep["sep_max_observable"],
         "n_per_class": cls["n_per_class"],
     }  # fmt: skip
@@ -670,6 +769,7 @@ def holdout_distance(
 EXTRA_METRICS: dict[str, Callable[..., dict[str, Any]]] = {
     "fidelity": fidelity_metric,  # the default summary: high-level AUC, FPD, worst separation, with references
     "cls": cls_metric,
+    "cls_cc": cls_cc_metric,  # the CaloChallenge classifier protocol, comparable with published AUCs
     "fpd": fpd_metric,
     "kpd": kpd_metric,
     "sep": sep_metric,
