@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rich-evaluate": ("calogan.rich.evaluate", "evaluate a RICH GAN against a calibration sample"),
     "rich-transfer": ("calogan.rich.transfer", "RICH transfer test: calibration test sample vs transfer sample"),
     "rich-export": ("calogan.rich.export", "export a RICH generator with its transforms to TorchScript or ONNX"),
+    "rich-generate": ("calogan.rich.generate", "add generated RICH DLLs to a file of tracks (npz or ROOT)"),
 }  # fmt: skip
 
 

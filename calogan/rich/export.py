@@ -442,19 +442,26 @@ def export_checkpoint(
         require_onnx()
     check_checkpoint(checkpoint)
     model = load_rich_model(checkpoint, device="cpu")
+    data, meta, err = export_model(model, fmt, Path(checkpoint).name, str(out))
+    atomic_write(out, lambda handle: handle.write(data))
+    atomic_write_json(table_path, meta["no_rich"])
+    return out, table_path, err
+
+
+def export_model(model: RichModel, fmt: str, checkpoint_name: str, label: str) -> tuple[bytes, dict, float]:
+    """(serialised export, its metadata, parity error) of a loaded model; RuntimeError naming ``label`` when
+    the export differs from the eager model by more than PARITY_RTOL."""
     module = ExportedRichGenerator.from_model(model)
-    info = {"checkpoint": Path(checkpoint).name, "ema": True}
+    info = {"checkpoint": checkpoint_name, "ema": True}
     info |= {k: model.meta[k] for k in ("step", "data_sha256") if k in model.meta}
     meta = export_metadata(model, info)
     data = onnx_bytes(module, meta) if fmt == "onnx" else torchscript_bytes(module, meta)
     err = check_parity(model, data, fmt)
     if not err <= PARITY_RTOL:
         raise RuntimeError(
-            f"{out}: exported {fmt} model differs from the eager model by {err:.2e} (relative)"
+            f"{label}: exported {fmt} model differs from the eager model by {err:.2e} (relative)"
         )
-    atomic_write(out, lambda handle: handle.write(data))
-    atomic_write_json(table_path, meta["no_rich"])
-    return out, table_path, err
+    return data, meta, err
 
 
 def onnx_tracks_per_second(
