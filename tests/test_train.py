@@ -257,3 +257,23 @@ def test_periodic_score_without_embedder_is_named_phys_only(tiny_checkpoint):
     evals = [r for r in rows if "eval_score" in r]
     assert evals and all("eval_fraction_of_ceiling" not in r for r in evals)
     assert all("eval_fraction_of_ceiling_phys_only" in r for r in evals)
+
+
+def test_budget_stop_reaches_the_prediction_manifest_and_score_json(tiny_data_dir, tmp_path, capsys):
+    from calogan.ecal.predict import main as predict_main
+    from calogan.metrics.evaluate import main as evaluate_main
+
+    run_dir = tmp_path / "run"
+    assert main(["--preset", "tiny", "--data", str(tiny_data_dir), "--run-dir", str(run_dir), "--set",
+                 "max_minutes=1e-6"]) == 0  # fmt: skip
+    pred = tmp_path / "pred"
+    assert predict_main(["--checkpoint", str(run_dir / "checkpoints" / "last.pt"), "--data", str(tiny_data_dir),
+                         "--out", str(pred)]) == 0  # fmt: skip
+    manifest = json.loads((pred / "prediction_manifest.json").read_text())
+    assert manifest["training_stop"] == {"reason": "budget", "step": 1, "steps": 6}
+    capsys.readouterr()
+    score = tmp_path / "score.json"
+    assert evaluate_main([str(pred), "--solution-dir", str(tiny_data_dir), "--split", "val", "--clusters", "5",
+                          "--runs", "2", "--json", str(score)]) == 0  # fmt: skip
+    assert "stopped at step 1 of 6 by the time budget" in capsys.readouterr().out
+    assert json.loads(score.read_text())["training_stop"]["step"] == 1
