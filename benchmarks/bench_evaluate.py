@@ -1,6 +1,6 @@
 """Benchmark: scoring one split (N generated vs N true, both metrics) against a per-run sklearn baseline.
 
-Times each stage of calogan.metrics.evaluate.score_arrays (24 statistics, embeddings, PRD over embeddings, PRD over
+Times each stage of calogan.metrics.scoring.score_arrays (24 statistics, embeddings, PRD over embeddings, PRD over
 statistics; ceiling and standardised variant off, as the competition score needs neither) and the same two
 PRDs with calogan.metrics.prd.compute_prd_sklearn (one MiniBatchKMeans(n_init=10) per run, the 2019 approach),
 timed on --baseline-runs runs and scaled linearly to --runs. Speed is reported as a ratio in the same run.
@@ -36,7 +36,7 @@ def main() -> None:
         "--allocator",
         choices=("keep", "default"),
         default="keep",
-        help="keep: calogan.core.runtime.keep_freed_memory() as calogan.metrics.evaluate does (for both sides); default: glibc as is",
+        help="keep: calogan.core.runtime.keep_freed_memory() as calogan.metrics.scoring does (for both sides); default: glibc as is",
     )
     args = parser.parse_args()
 

@@ -28,8 +28,9 @@ from calogan.ecal.models import count_parameters, load_generator
 from calogan.ecal.physics import physical_statistics
 from calogan.ecal.predict import generate
 from calogan.metrics.embedder import load_or_train_embedder
-from calogan.metrics.evaluate import format_physics_table, real_vs_real, score_arrays
 from calogan.metrics.response import particle_type_switch, physics_checks
+from calogan.metrics.scoring import real_vs_real, score_arrays
+from calogan.metrics.tables import format_physics_table
 from calogan.metrics.two_sample import cls_cc_metric, cls_metric, fpd_metric, prdc_metric, sep_metric
 
 

@@ -57,7 +57,13 @@ def test_bundle_unzipped_scores_a_submission(tiny_data_dir, embedder_file, tmp_p
     zpath = build_bundle(embedder_file, tmp_path / "program.zip")
     with zipfile.ZipFile(zpath) as zf:
         names = set(zf.namelist())
-        assert {"metadata", "score.py", "embedder.safetensors", "calogan/metrics/evaluate.py"} <= names
+        assert {
+            "metadata",
+            "score.py",
+            "embedder.safetensors",
+            "calogan/metrics/scoring.py",
+            "calogan/metrics/inputs.py",
+        } <= names
         assert "$program/score.py $input $output" in zf.read("metadata").decode()
         zf.extractall(tmp_path / "program")
     inp = _input_dir(tmp_path, tiny_data_dir)

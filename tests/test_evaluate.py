@@ -16,7 +16,8 @@ from calogan.core.runtime import run_cli
 from calogan.ecal.data import load_npz, save_npz, save_prediction, split_path
 from calogan.ecal.simulate import simulate_showers
 from calogan.metrics.embedder import load_embedder, train_embedder
-from calogan.metrics.evaluate import main, parse_metrics, score_arrays
+from calogan.metrics.evaluate import main
+from calogan.metrics.scoring import parse_metrics, score_arrays
 
 K, R = 20, 5  # reduced clusters / runs for CI time; N = 600 events per split
 
@@ -279,4 +280,4 @@ def test_extra_metrics_hook(monkeypatch, resim, true_val, embedder):
     assert r["dummy"] == {"n": len(resim)}
     assert seen["stats_gen"].shape == (len(resim), 24) and seen["emb_true"].shape == (len(resim), 64)
     assert set(seen) == {"gen_images", "true_images", "true", "stats_gen", "stats_true", "emb_gen", "emb_true",
-                         "seed", "device"}  # fmt: skip
+                         "seed", "device", "convention"}  # fmt: skip

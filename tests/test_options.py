@@ -17,7 +17,7 @@ from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write_text, one_line, run_cli, torch_load_safe
 from calogan.ecal.data import load_npz, save_prediction, split_path
-from calogan.metrics.evaluate import score_arrays
+from calogan.metrics.scoring import score_arrays
 
 # ---------------------------------------------------------------- validators
 

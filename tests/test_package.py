@@ -19,7 +19,7 @@ from calogan.core.runtime import run_cli
 from calogan.ecal.data import load_npz, load_prediction, split_path
 from calogan.ecal.physics import physical_statistics
 from calogan.ecal.predict import predict_with_generator
-from calogan.metrics.evaluate import score_arrays
+from calogan.metrics.scoring import score_arrays
 from calogan.submission.package import (
     PREDICTION_NAMES,
     build_code_zip_from_generator,

@@ -385,7 +385,7 @@ def test_conditions_are_checked_after_float32_conversion(small_data, tmp_path):
 
 def test_extreme_but_allowed_showers_are_scored(small_data):
     from calogan.ecal.data import MAX_CELL_ENERGY, load_npz
-    from calogan.metrics.evaluate import score_arrays
+    from calogan.metrics.scoring import score_arrays
 
     true = load_npz(small_data / "data_val_solution.npz")
     images = np.full((len(true), 30, 30), MAX_CELL_ENERGY, np.float32)

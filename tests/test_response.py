@@ -10,7 +10,6 @@ from torch import nn
 from calogan.core.errors import InputError
 from calogan.ecal.data import PDG_ELECTRON
 from calogan.ecal.simulate import simulate_dataset, simulate_showers
-from calogan.metrics.evaluate import format_physics_table, parse_metrics
 from calogan.metrics.response import (
     core_fractions,
     core_resolution,
@@ -18,6 +17,8 @@ from calogan.metrics.response import (
     particle_type_switch,
     physics_checks,
 )
+from calogan.metrics.scoring import parse_metrics
+from calogan.metrics.tables import format_physics_table
 from calogan.metrics.two_sample import EXTRA_METRICS
 
 

@@ -18,7 +18,7 @@ from calogan.core.errors import InputError
 from calogan.core.runtime import run_cli
 from calogan.core.safezip import check_upload, extract_upload
 from calogan.ecal.data import prediction_bytes_limit, split_path
-from calogan.metrics.evaluate import check_prediction_file, read_upload_zip
+from calogan.metrics.inputs import check_prediction_file, read_upload_zip
 from calogan.submission.package import PREDICTION_NAMES, check_zip
 from calogan.submission.package import main as package_main
 

@@ -23,7 +23,7 @@ BUNDLED_MODULES = (
     "__init__.py", "core/__init__.py", "core/errors.py", "core/locks.py", "core/options.py", "core/runtime.py",
     "core/safezip.py",
     "ecal/__init__.py", "ecal/data.py", "ecal/physics.py",
-    "metrics/__init__.py", "metrics/prd.py", "metrics/embedder.py", "metrics/evaluate.py",
+    "metrics/__init__.py", "metrics/prd.py", "metrics/embedder.py", "metrics/inputs.py", "metrics/scoring.py",
     "codalab/__init__.py", "codalab/score.py",
 )  # fmt: skip
 

@@ -14,7 +14,8 @@ from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write_text, run_cli, select_device
 from calogan.metrics.embedder import load_embedder
-from calogan.metrics.evaluate import PREDICTION_NAMES, SPLITS, evaluate_predictions
+from calogan.metrics.inputs import PREDICTION_NAMES, SPLITS
+from calogan.metrics.scoring import EvalSettings, evaluate_predictions
 
 SET_NAMES = {"val": "set1", "test": "set2"}
 EMBEDDER_NAME = "embedder.safetensors"
@@ -57,18 +58,16 @@ def score_submission(
         raise InputError(
             f"{emb}: embedder weights not found (build the program with python -m calogan.codalab.bundle)"
         )
-    results = evaluate_predictions(
+    scored = evaluate_predictions(
         pred,
         ref,
         "both",
+        EvalSettings(clusters=clusters, runs=runs, seed=seed, device=device),
         # loaded once the submission and the options are checked; no training file on Codalab: trusted
         embedder_loader=lambda: load_embedder(emb, device=device),
-        clusters=clusters,
-        runs=runs,
-        seed=seed,
-        device=device,
         progress=False,
     )
+    results = {split: r.summary for split, r in scored.items()}
     lines = []
     for split in SPLITS:
         r, tag = results[split], SET_NAMES[split]

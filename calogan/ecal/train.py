@@ -61,8 +61,8 @@ from calogan.ecal.physics import momentum_bins, momentum_quantile_edges
 from calogan.ecal.predict import generate
 from calogan.ecal.soft_stats import rank_profile, shower_summary
 from calogan.metrics.embedder import load_embedder, train_embedder
-from calogan.metrics.evaluate import score_arrays
 from calogan.metrics.plots import plot_showers, plot_statistics
+from calogan.metrics.scoring import EvalSettings, score_images
 from calogan.metrics.two_sample import holdout_distance
 
 __all__ = ["PRESETS", "TrainConfig", "TrainingDiverged", "make_config", "parse_set", "train", "main"]
@@ -294,16 +294,14 @@ def evaluate_generator(
 ) -> dict:
     """Score the generator on the held-out training events (reduced K/R); optionally write plots."""
     gen = generate(generator, holdout, batch_size=512, seed=cfg.seed, device=device)
-    result, details = score_arrays(gen, holdout, embedder=embedder, clusters=cfg.eval_clusters,
-                                   runs=cfg.eval_runs, seed=1337, ceiling=True, standardised=True,
-                                   return_details=True)  # fmt: skip
+    settings = EvalSettings(clusters=cfg.eval_clusters, runs=cfg.eval_runs, seed=1337)
+    scored = score_images(gen, holdout, embedder, settings)
+    result = scored.summary
     if plots_dir is not None:
         try:
             plots_dir.mkdir(parents=True, exist_ok=True)
             plot_showers(holdout.energy, gen, plots_dir / f"showers_step{step:06d}.png")
-            plot_statistics(
-                details["stats_true"], details["stats_gen"], plots_dir / f"statistics_step{step:06d}.png"
-            )
+            plot_statistics(scored.stats_true, scored.stats_gen, plots_dir / f"statistics_step{step:06d}.png")
         except Exception as exc:  # noqa: BLE001 - plots must never kill a training run
             print(f"warning: plotting failed at step {step}: {exc}", file=sys.stderr)
     out = {k: result.get(k) for k in ("score", "auc_img", "auc_phys", "score_std", "ceiling")}
@@ -312,7 +310,7 @@ def evaluate_generator(
     fraction = out["score"] / ceiling if ceiling > 0 else None
     # without an embedder the score is AUC_phys alone: reported under its own name, never as the fraction
     out["fraction_of_ceiling" if embedder is not None else "fraction_of_ceiling_phys_only"] = fraction
-    out |= holdout_distance(gen, holdout, details["stats_gen"], details["stats_true"])
+    out |= holdout_distance(gen, holdout, scored.stats_gen, scored.stats_true)
     out["selection"] = -out["w1_scaled_mean"]  # best.pt: the smallest mean standardised W1 (docs/training.md)
     return out
 

@@ -112,18 +112,18 @@ def plot_energy_response(true_images, gen_images, momentum, path: Path, bins: in
     return save_png(fig, path)
 
 
-def make_all_plots(details: dict, out_dir: Path) -> list[Path]:
-    """Write every evaluation plot for each split's score details (from score_arrays(return_details=True))."""
+def make_all_plots(results: dict, out_dir: Path) -> list[Path]:
+    """Write every evaluation plot for each split's :class:`calogan.metrics.scoring.ScoreResult`."""
     out_dir = Path(out_dir)
     written = []
-    for split, d in details.items():
-        curves = {"AUC_img (embeddings)": d.get("prd_img"), "AUC_phys (statistics)": d["prd_phys"]}
-        if d.get("prd_phys_standardised") is not None:
-            curves["AUC_phys standardised"] = d["prd_phys_standardised"]
-        true, gen = d["true"], d["gen_images"]
+    for split, r in results.items():
+        curves = {"AUC_img (embeddings)": r.prd_img, "AUC_phys (statistics)": r.prd_phys}
+        if r.prd_phys_standardised is not None:
+            curves["AUC_phys standardised"] = r.prd_phys_standardised
+        true, gen = r.true, r.gen_images
         written += [
             plot_prd(curves, out_dir / f"{split}_prd.png", title=f"PRD, {split} split (generated vs true)"),
-            plot_statistics(d["stats_true"], d["stats_gen"], out_dir / f"{split}_statistics.png"),
+            plot_statistics(r.stats_true, r.stats_gen, out_dir / f"{split}_statistics.png"),
             plot_showers(true.energy, gen, out_dir / f"{split}_showers.png"),
             plot_energy_response(true.energy, gen, true.momentum, out_dir / f"{split}_energy_response.png"),
         ]

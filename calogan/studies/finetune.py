@@ -51,8 +51,8 @@ from calogan.ecal.physics import (
 from calogan.ecal.predict import generate
 from calogan.ecal.soft_stats import energy_response_t
 from calogan.metrics.embedder import load_embedder
-from calogan.metrics.evaluate import score_arrays
 from calogan.metrics.plots import save_png, subplots
+from calogan.metrics.scoring import score_arrays
 from calogan.studies.surrogate import (
     DIRECT_TARGETS,
     LOSSES,
@@ -149,7 +149,7 @@ def plot_histograms(path: Path, title: str, real: np.ndarray, samples: dict[str,
 
 
 def score_images(images: np.ndarray, data: CaloData, embedder, cfg: FinetuneConfig, device) -> dict:
-    """The competition score of images against data (calogan.metrics.evaluate.score_arrays), JSON-safe subset."""
+    """The competition score of images against data (calogan.metrics.scoring.score_arrays), JSON-safe subset."""
     res = score_arrays(images, data, embedder=embedder, clusters=cfg.clusters, runs=cfg.runs, seed=1337,
                        ceiling=True, device=device)  # fmt: skip
     keep = ("score", "auc_img", "auc_phys", "score_std", "ceiling")

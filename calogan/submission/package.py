@@ -45,7 +45,8 @@ from calogan.ecal.export import export_generator
 from calogan.ecal.models import load_generator
 from calogan.ecal.predict import PREDICT_SPLITS, ZIP_EPOCH, predict_dir
 from calogan.metrics.embedder import DEFAULT_NAME, load_or_train_embedder
-from calogan.metrics.evaluate import check_prediction_file, read_upload_zip, score_arrays
+from calogan.metrics.inputs import check_prediction_file, read_upload_zip
+from calogan.metrics.scoring import score_arrays
 from calogan.submission.codesub import METADATA_COMMAND, SOLUTION_SCRIPT
 
 PREDICTION_NAMES = tuple(f"data_{split}_prediction.npz" for split in PREDICT_SPLITS)
@@ -159,7 +160,7 @@ def check_zip(
 ) -> tuple[list[FileReport], dict[str, np.ndarray]]:
     """Validate a results zip as the scoring program reads it; return per-file reports and the images.
 
-    The zip is read as an untrusted upload (calogan.metrics.evaluate.read_upload_zip: the central directory is
+    The zip is read as an untrusted upload (calogan.metrics.inputs.read_upload_zip: the central directory is
     checked before anything is extracted, then the two files are streamed out with a size limit). Refused
     (InputError, one line): not a zip, missing, extra or duplicate files, nested folders or other paths,
     symlinks, sizes beyond what N events can take (1 GiB each when N is unknown), zip bombs, pickled/object

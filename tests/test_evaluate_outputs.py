@@ -1,0 +1,90 @@
+"""The evaluator's outputs beyond the score: the full table on screen, the FPD convention option."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+
+from calogan.core.runtime import run_cli
+from calogan.ecal.data import load_npz, save_prediction, split_path
+from calogan.ecal.simulate import simulate_showers
+from calogan.metrics.embedder import train_embedder
+from calogan.metrics.evaluate import main
+from calogan.metrics.tables import MAX_WIDTH
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_data_dir, tmp_path_factory):
+    """(prediction folder: an independent re-simulation of the val and test events, embedder file)."""
+    root = tmp_path_factory.mktemp("eval_outputs")
+    emb = root / "embedder.safetensors"
+    train_embedder(tiny_data_dir, out=emb, epochs=1, batch_size=128, progress=False)
+    pred = root / "pred"
+    pred.mkdir()
+    for split, seed in (("val", 987), ("test", 988)):
+        t = load_npz(split_path(tiny_data_dir, split, "solution"), require_energy=True)
+        images = simulate_showers(t.point, t.momentum, t.pdg, np.random.default_rng(seed))
+        save_prediction(pred / f"data_{split}_prediction.npz", images)
+    return pred, emb
+
+
+def _run(args, tiny_data_dir, inputs) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of the evaluator on the fixture's predictions with a small K and R."""
+    pred, emb = inputs
+    out, err = io.StringIO(), io.StringIO()
+    base = ["--solution-dir", str(tiny_data_dir), "--embedder", str(emb), "--clusters", "10", "--runs", "2"]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = run_cli(main, [str(pred), *args, *base])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def all_metrics(tiny_data_dir, inputs, tmp_path_factory):
+    """One run of ``--metrics all`` on both splits (300 events each): stdout and the JSON."""
+    out = tmp_path_factory.mktemp("all_metrics")
+    args = ["--metrics", "all", "--sample-size", "300", "--json", str(out / "score.json")]
+    rc, stdout, stderr = _run(args, tiny_data_dir, inputs)
+    assert rc == 0, stderr
+    return {"stdout": stdout, "json": json.loads((out / "score.json").read_text()), "dir": out}
+
+
+def test_all_metrics_table_names_every_metric_with_its_reference(all_metrics):
+    text, res = all_metrics["stdout"], all_metrics["json"]
+    assert max(len(line) for line in text.splitlines()) <= MAX_WIDTH
+    lines = {line.strip().split("  ")[0]: line for line in text.splitlines() if "  " in line.strip()}
+    for label in ("classifier AUC, low-level", "classifier AUC, high-level", "cls_cc AUC, high [CaloChallenge]",
+                  "cls_cc AUC, low [CaloChallenge]", "FPD ± err [calogan]", "KPD ± err [calogan]",
+                  "PRDC precision", "PRDC recall", "PRDC density", "PRDC coverage",
+                  "separation power, max", "ceiling (real vs real)"):  # fmt: skip
+        assert label in lines, label
+    for split in ("val", "test"):  # value (reference) as in the JSON, per split
+        r = res[split]
+        assert (
+            f"{r['cls']['auc_low']:.4f} ({r['cls']['auc_low_ref']:.4f})" in lines["classifier AUC, low-level"]
+        )
+        cc = f"{r['cls_cc']['auc_high']:.4f} ({r['cls_cc']['auc_high_ref']:.4f})"
+        assert cc in lines["cls_cc AUC, high [CaloChallenge]"]
+        fpd = f"{r['fpd']['fpd']:.4f} ± {r['fpd']['fpd_err']:.4f} ({r['fpd']['fpd_ref']:.4f}"
+        assert fpd in lines["FPD ± err [calogan]"]
+        assert f"{r['prdc']['coverage']:.4f} ({r['prdc']['coverage_ref']:.4f})" in lines["PRDC coverage"]
+        worst = sorted(r["sep"]["table"], key=lambda t: -t["sep"])[:5]
+        for i, row in enumerate(worst):  # the five worst-separated observables, worst first
+            assert f"{row['observable']} {row['sep']:.4f}" in lines[f"worst-separated #{i + 1}"]
+    assert "conditional physics" in text
+
+
+def test_fpd_convention_option(tiny_data_dir, inputs, tmp_path):
+    out = tmp_path / "j.json"
+    args = ["--split", "val", "--metrics", "fpd", "--fpd-convention", "jetnet", "--json", str(out)]
+    rc, stdout, stderr = _run(args, tiny_data_dir, inputs)
+    assert rc == 0, stderr
+    res = json.loads(out.read_text())["val"]
+    assert res["fpd"]["convention"].startswith("jetnet 0.2.5")
+    assert "fpd_diff_err" not in res["fpd"]  # the jetnet procedure has no paired error
+    assert "FPD ± err [jetnet 0.2.5]" in stdout  # (KPD takes the same option; slow in this convention)
+    rc, _, stderr = _run(["--split", "val", "--fpd-convention", "nonsense"], tiny_data_dir, inputs)
+    assert rc == 2 and "--fpd-convention" in stderr
