@@ -1,14 +1,18 @@
-"""The evaluator's outputs beyond the score: the full table on screen, the FPD convention option."""
+"""The evaluator's outputs beyond the score: the full table on screen, the FPD convention, the plots folder."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 
+from calogan.core.locks import LOCK_NAME
 from calogan.core.runtime import run_cli
 from calogan.ecal.data import load_npz, save_prediction, split_path
 from calogan.ecal.simulate import simulate_showers
@@ -88,3 +92,53 @@ def test_fpd_convention_option(tiny_data_dir, inputs, tmp_path):
     assert "FPD ± err [jetnet 0.2.5]" in stdout  # (KPD takes the same option; slow in this convention)
     rc, _, stderr = _run(["--split", "val", "--fpd-convention", "nonsense"], tiny_data_dir, inputs)
     assert rc == 2 and "--fpd-convention" in stderr
+
+
+FAST = ["--split", "val", "--metrics", "prd", "--sample-size", "300", "--no-ceiling"]
+
+
+def test_plots_folder_has_one_writer(tiny_data_dir, inputs, tmp_path):
+    """A second writer of a plots folder exits 2 naming the holder, before scoring, and writes nothing."""
+    plots, out = tmp_path / "plots", tmp_path / "r.json"
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from calogan.core.locks import lock_directory
+        lock = lock_directory({str(plots)!r}, "plots folder")
+        print("held", flush=True)
+        sys.stdin.read()
+        """
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        args = [*FAST, "--plots", str(plots), "--json", str(out), "--overwrite"]
+        rc, _, stderr = _run(args, tiny_data_dir, inputs)
+        assert rc == 2 and "in use by another calogan process" in stderr and str(plots) in stderr
+        assert not out.exists() and sorted(p.name for p in plots.iterdir()) == [LOCK_NAME]
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert not plots.exists()  # the holder made it only to lock it
+
+
+def test_interrupted_plots_leave_no_partial_folder(tiny_data_dir, inputs, tmp_path, monkeypatch):
+    """Ctrl-C while the plots are drawn: a new folder does not appear, an existing one keeps its old content."""
+    import calogan.metrics.plots as plots_module
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt  # after the PRD, statistics and shower plots were drawn
+
+    monkeypatch.setattr(plots_module, "plot_energy_response", interrupted)
+    fresh, old, out = tmp_path / "fresh", tmp_path / "old", tmp_path / "r.json"
+    rc, _, _ = _run([*FAST, "--plots", str(fresh), "--json", str(out)], tiny_data_dir, inputs)
+    assert rc == 130 and not fresh.exists() and not out.exists()
+    old.mkdir()
+    (old / "val_prd.png").write_bytes(b"old plot")
+    rc, _, _ = _run([*FAST, "--plots", str(old), "--overwrite"], tiny_data_dir, inputs)
+    assert rc == 130
+    assert [p.name for p in old.iterdir()] == ["val_prd.png"] and (
+        old / "val_prd.png"
+    ).read_bytes() == b"old plot"

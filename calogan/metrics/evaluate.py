@@ -2,20 +2,24 @@
 
 The command line of calogan.metrics.scoring: reads a submission zip, a prediction folder or one prediction
 file (calogan.metrics.inputs), prints the tables (calogan.metrics.tables) and writes the JSON and the
-plots folder.
+plots folder, each atomically.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 from calogan.core import options
 from calogan.core.errors import InputError
+from calogan.core.locks import lock_directory
 from calogan.core.runtime import (
     atomic_write_json,
+    publish,
     select_device,
+    temp_dir_for,
 )
 from calogan.ecal.data import split_path
 from calogan.metrics.distances import CONVENTIONS
@@ -90,7 +94,7 @@ def write_plots(results: dict[str, ScoreResult], folder: Path) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Score, write --plots, print the tables, then write --json."""
+    """Score, print the tables, then write --plots and --json (each whole or not at all)."""
     args = build_parser().parse_args(argv)
     if args.sample_size is not None and args.sample_size < 2 * args.clusters:
         raise InputError(
@@ -115,29 +119,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         fpd_convention=args.fpd_convention,
         device=select_device(args.device),
     )
-    results = evaluate_predictions(
-        args.pred,
-        args.solution_dir,
-        args.split,
-        settings,
-        embedder_path=args.embedder,
-        allow_embedder_mismatch=args.allow_embedder_mismatch,
-    )
-    if args.plots:
-        Path(args.plots).mkdir(parents=True, exist_ok=True)
-        write_plots(results, Path(args.plots))
-    summaries = {s: r.summary for s, r in results.items()}
-    print(format_table(summaries))
-    for split_name, summary in summaries.items():
-        if "physics" in summary:
-            print(f"\n{split_name}: conditional physics (generated / real, same conditions)")
-            print(format_physics_table(summary["physics"]))
-    stopped = training_stop(args.pred)
-    if stopped:  # imported here: the Codalab bundle does not ship the training engine
-        from calogan.core.engine import budget_stop_message
+    with ExitStack() as stack:
+        if args.plots:  # one writer of the plots folder, from before scoring until it is published
+            stack.enter_context(lock_directory(args.plots, "plots folder"))
+        results = evaluate_predictions(
+            args.pred,
+            args.solution_dir,
+            args.split,
+            settings,
+            embedder_path=args.embedder,
+            allow_embedder_mismatch=args.allow_embedder_mismatch,
+        )
+        summaries = {s: r.summary for s, r in results.items()}
+        print(format_table(summaries))
+        for split_name, summary in summaries.items():
+            if "physics" in summary:
+                print(f"\n{split_name}: conditional physics (generated / real, same conditions)")
+                print(format_physics_table(summary["physics"]))
+        stopped = training_stop(args.pred)
+        if stopped:  # imported here: the Codalab bundle does not ship the training engine
+            from calogan.core.engine import budget_stop_message
 
-        print(f"note: these predictions come from a training that {budget_stop_message(stopped)}")
-    output = {**summaries, "training_stop": stopped} if stopped else summaries
+            print(f"note: these predictions come from a training that {budget_stop_message(stopped)}")
+        output = {**summaries, "training_stop": stopped} if stopped else summaries
+        if args.plots:  # staged beside the plots folder, then published whole
+            staging = stack.enter_context(temp_dir_for(Path(args.plots) / "plots"))
+            publish(staging, args.plots, write_plots(results, staging))
     if args.json:
         atomic_write_json(args.json, output)
         print(f"wrote {args.json}", file=sys.stderr)
