@@ -1,13 +1,16 @@
-"""The evaluator's outputs beyond the score: the full table on screen, the FPD convention, the plots folder."""
+"""The evaluator's outputs beyond the score: the full table on screen, the FPD convention, the plots folder and
+the HTML report."""
 
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import json
 import subprocess
 import sys
 import textwrap
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from calogan.ecal.data import load_npz, save_prediction, split_path
 from calogan.ecal.simulate import simulate_showers
 from calogan.metrics.embedder import train_embedder
 from calogan.metrics.evaluate import main
+from calogan.metrics.report import flatten_scalars
 from calogan.metrics.tables import MAX_WIDTH
 
 
@@ -48,9 +52,10 @@ def _run(args, tiny_data_dir, inputs) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def all_metrics(tiny_data_dir, inputs, tmp_path_factory):
-    """One run of ``--metrics all`` on both splits (300 events each): stdout and the JSON."""
+    """One run of ``--metrics all`` on both splits (300 events each): stdout, the JSON, plots and report."""
     out = tmp_path_factory.mktemp("all_metrics")
-    args = ["--metrics", "all", "--sample-size", "300", "--json", str(out / "score.json")]
+    args = ["--metrics", "all", "--sample-size", "300", "--json", str(out / "score.json"),
+            "--plots", str(out / "plots"), "--report", str(out / "report.html")]  # fmt: skip
     rc, stdout, stderr = _run(args, tiny_data_dir, inputs)
     assert rc == 0, stderr
     return {"stdout": stdout, "json": json.loads((out / "score.json").read_text()), "dir": out}
@@ -142,3 +147,81 @@ def test_interrupted_plots_leave_no_partial_folder(tiny_data_dir, inputs, tmp_pa
     assert [p.name for p in old.iterdir()] == ["val_prd.png"] and (
         old / "val_prd.png"
     ).read_bytes() == b"old plot"
+
+
+VOID = {"meta", "img", "br", "hr", "link", "input"}
+
+
+class _Checker(HTMLParser):
+    """Collects tags and their attributes, and checks that every element opened is closed in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack: list[str] = []
+        self.tags: list[tuple[str, dict]] = []
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if not self.stack or self.stack.pop() != tag:
+            self.errors.append(f"unexpected </{tag}>")
+
+
+def test_report_is_one_self_contained_well_formed_page(all_metrics):
+    text = (all_metrics["dir"] / "report.html").read_text()
+    checker = _Checker()
+    checker.feed(text)
+    checker.close()
+    assert text.startswith("<!DOCTYPE html>") and not checker.errors and not checker.stack
+    tags = [t for t, _ in checker.tags]
+    assert "script" not in tags and "link" not in tags and "iframe" not in tags
+    for tag, attrs in checker.tags:
+        for name in ("src", "href"):
+            value = attrs.get(name) or ""
+            assert not value.startswith(("http:", "https:", "//", "file:")), (tag, value)
+    images = [attrs for tag, attrs in checker.tags if tag == "img"]
+    assert all(a["src"].startswith("data:image/png;base64,") for a in images)
+    alts = " ".join(a["alt"] for a in images)
+    for split in ("val", "test"):  # showers, the 24 statistics, response/resolution, PRD, ROC, separation
+        for caption in (
+            "Showers",
+            "24 physical statistics",
+            "response and resolution",
+            "PRD",
+            "ROC",
+            "Separation",
+        ):
+            assert f"({split})" in alts and caption in alts, caption
+    assert len(images) == 12
+
+
+def test_report_names_every_value_of_the_json(all_metrics):
+    text, res = (all_metrics["dir"] / "report.html").read_text(), all_metrics["json"]
+    for split in ("val", "test"):  # the score table
+        for key in ("score", "ceiling", "auc_img", "auc_phys"):
+            assert f"{res[split][key]:.4f}" in text
+    scalars = list(flatten_scalars(res))
+    assert len(scalars) > 300
+    for key, value in scalars:  # each key path with its value as the JSON writes it
+        assert f"<td>{html.escape(key)}</td><td>{html.escape(json.dumps(value))}</td>" in text, key
+    assert "Conditional physics, val" in text and "cls_cc AUC, high [CaloChallenge]" in text
+
+
+def test_report_path_refused_like_json(tiny_data_dir, inputs, tmp_path):
+    pred, _ = inputs
+    existing = tmp_path / "r.html"
+    existing.write_text("keep")
+    cases = [
+        ([str(existing)], "already exists"),
+        ([str(split_path(tiny_data_dir, "val", "solution")), "--overwrite"], "is also an input"),
+        ([str(pred / "report.html"), "--overwrite"], "lies inside the input folder"),
+        ([str(tmp_path / "same"), "--json", str(tmp_path / "same"), "--overwrite"], "is also an input"),
+    ]
+    for args, message in cases:
+        rc, _, stderr = _run([*FAST, "--report", *args], tiny_data_dir, inputs)
+        assert rc == 2 and message in stderr and "--report" in stderr, stderr
+    assert existing.read_text() == "keep" and not (tmp_path / "same").exists()

@@ -416,8 +416,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda h: h.write(text), mode="w")
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as calogan's JSON files hold it: indented, numpy scalars and arrays and paths converted."""
+    return json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return atomic_write_text(path, json_text(obj))
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:

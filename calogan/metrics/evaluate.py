@@ -1,8 +1,8 @@
 """Score generated showers as the competition did, with the 2019 embedding bug fixed, and the stricter tests.
 
 The command line of calogan.metrics.scoring: reads a submission zip, a prediction folder or one prediction
-file (calogan.metrics.inputs), prints the tables (calogan.metrics.tables) and writes the JSON and the
-plots folder, each atomically.
+file (calogan.metrics.inputs), prints the tables (calogan.metrics.tables) and writes the JSON, the plots
+folder and the HTML report (calogan.metrics.report), each atomically.
 """
 
 from __future__ import annotations
@@ -17,13 +17,16 @@ from calogan.core.errors import InputError
 from calogan.core.locks import lock_directory
 from calogan.core.runtime import (
     atomic_write_json,
+    atomic_write_text,
     publish,
+    scratch_dir,
     select_device,
     temp_dir_for,
 )
 from calogan.ecal.data import split_path
 from calogan.metrics.distances import CONVENTIONS
 from calogan.metrics.inputs import SPLITS, training_stop
+from calogan.metrics.report import render_report
 from calogan.metrics.scoring import (
     EvalSettings,
     ScoreResult,
@@ -70,9 +73,12 @@ def build_parser() -> options.ArgumentParser:
     parser.add_argument("--json", default=None, help="write {split: results} here")
     parser.add_argument("--plots", default=None, help="write PNG plots into this folder")
     parser.add_argument(
+        "--report", default=None, help="write one self-contained HTML page (scores, tables, plots) here"
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace an existing --json file or --plots folder",
+        help="replace an existing --json or --report file or --plots folder",
     )
     return parser
 
@@ -94,7 +100,7 @@ def write_plots(results: dict[str, ScoreResult], folder: Path) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Score, print the tables, then write --plots and --json (each whole or not at all)."""
+    """Score, print the tables, then write --plots, --report and --json (each whole or not at all)."""
     args = build_parser().parse_args(argv)
     if args.sample_size is not None and args.sample_size < 2 * args.clusters:
         raise InputError(
@@ -107,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     inputs += [split_path(sol, s, "solution") for s in SPLITS]
     if args.json:
         options.check_output_file(args.json, args.overwrite, "--json", inputs=inputs)
+    if args.report:
+        options.check_output_file(args.report, args.overwrite, "--report", inputs=[*inputs, args.json])
     if args.plots:
         options.check_output_dir(args.plots, args.overwrite, "--plots", inputs=inputs)
     settings = EvalSettings(
@@ -142,9 +150,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(f"note: these predictions come from a training that {budget_stop_message(stopped)}")
         output = {**summaries, "training_stop": stopped} if stopped else summaries
-        if args.plots:  # staged beside the plots folder, then published whole
-            staging = stack.enter_context(temp_dir_for(Path(args.plots) / "plots"))
-            publish(staging, args.plots, write_plots(results, staging))
+        if args.plots or args.report:
+            # staged beside the plots folder (published whole) or in a scratch folder for the report alone
+            staging = stack.enter_context(
+                temp_dir_for(Path(args.plots) / "plots") if args.plots else scratch_dir("evaluate-plots")
+            )
+            names = write_plots(results, staging)
+            if args.report:
+                atomic_write_text(args.report, render_report(output, staging, title=str(args.pred)))
+                print(f"wrote {args.report}", file=sys.stderr)
+            if args.plots:
+                publish(staging, args.plots, names)
     if args.json:
         atomic_write_json(args.json, output)
         print(f"wrote {args.json}", file=sys.stderr)
