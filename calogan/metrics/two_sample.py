@@ -14,6 +14,7 @@ test: real = 1, generated = 0, optional sample weights), :func:`weighted_auc` an
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -387,6 +388,14 @@ def binned_efficiency(
     return {"eff": eff, "err": np.sqrt(np.maximum(var, 0.0)), "n_eff": neff}
 
 
+CLS_CONVENTION = (
+    "calogan classifier test: low-level 256-128 LeakyReLU MLP on log(1 + cell/|p|), log(sum/|p|) and the "
+    "conditions, early stopping on the loss (patience 3); high-level sklearn HistGradientBoosting on the 29 "
+    "high-level features and the conditions; shuffled 60/20/20 split: train, isotonic calibration, AUC and JSD "
+    "(clipped to [0, 1])"
+)
+
+
 def cls_metric(
     gen_images: np.ndarray,
     true: CaloData,
@@ -408,6 +417,7 @@ def cls_metric(
     hl_gen = np.concatenate([high_level_features(gen_images, true, stats_gen), cond], axis=1)
     hl_true = np.concatenate([high_level_features(true.energy, true, stats_true), cond], axis=1)
     result: dict[str, Any] = {
+        "convention": CLS_CONVENTION,
         "n_per_class": int(len(a)),
         "split": "generated[A] vs true[B]; reference true[A] vs true[B]",
     }
@@ -752,7 +762,7 @@ def fidelity_metric(
         "auc_high": cls["auc_high"], "auc_high_ref": cls["auc_high_ref"],
         "fpd": fpd["fpd"], "fpd_err": fpd["fpd_err"], "fpd_ref": fpd["fpd_ref"], "fpd_ref_err": fpd["fpd_ref_err"],
         **({"fpd_diff_err": fpd["fpd_diff_err"]} if "fpd_diff_err" in fpd else {}),
-        "fpd_convention": fpd["convention"],
+        "fpd_convention": fpd["convention"], "cls_convention": cls["convention"], "sep_binning": sep["binning"],
         "sep_max": sep["sep_max"], "sep_max_ref": sep["sep_max_ref"], "sep_max_observable": sep["sep_max_observable"],
         "n_per_class": cls["n_per_class"],
     }  # fmt: skip
@@ -786,6 +796,9 @@ EXTRA_METRICS: dict[str, Callable[..., dict[str, Any]]] = {
     "cls_cc": cls_cc_metric,  # the CaloChallenge classifier protocol, comparable with published AUCs
     "fpd": fpd_metric,
     "kpd": kpd_metric,
+    # FPD and KPD in jetnet 0.2.5's procedure (the one CaloChallenge's results use)
+    "fpd_jetnet": functools.partial(fpd_metric, convention="jetnet"),
+    "kpd_jetnet": functools.partial(kpd_metric, convention="jetnet"),
     "sep": sep_metric,
     "prdc": prdc_metric,
     "physics": physics_metric,  # response/resolution per energy bin, barycentre bias (calogan.metrics.response)
