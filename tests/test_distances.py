@@ -69,7 +69,7 @@ def jetnet_functions() -> dict:
 def _ours(real: np.ndarray, gen: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
     f = dist.fpd_jetnet(real, gen, **FIXED_FPD)
     k = dist.kpd_jetnet(real, gen, **FIXED_KPD)
-    return (f["value"], f["error"]), (k["value"], k["error"])
+    return (f["value"], f["fit_error"]), (k["value"], k["error"])
 
 
 def test_jetnet_convention_matches_recorded_jetnet_values():
@@ -94,3 +94,25 @@ def test_conventions_are_named():
     assert dist.check_convention("jetnet") == "jetnet"
     with pytest.raises(ValueError, match="calogan, jetnet"):
         dist.check_convention("fastjet")
+
+
+def _bench_pull():
+    """benchmarks/bench_fpd_pull.py as a module (its replica generator and pull summary)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_fpd_pull.py"
+    spec = importlib.util.spec_from_file_location("bench_fpd_pull", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("convention", ["calogan", "jetnet"])
+def test_fpd_error_is_a_unit_pull_on_null_replicas(convention):
+    res = _bench_pull().pull_replicas(replicas=100, n=500, dims=10, conventions=(convention,), repeats=5)
+    summary = res["conventions"][convention]
+    pull = summary["value_pull"] if convention == "calogan" else summary["error"]
+    assert 0.8 <= pull["pull_sd"] <= 1.25, pull
+    assert pull["frac_abs_pull_gt_3"] <= 0.03, pull
+    if convention == "calogan":
+        assert 0.8 <= summary["diff_pull"]["pull_sd"] <= 1.25, summary["diff_pull"]
+    else:  # jetnet's own fit error is too small: the reason for the honest one
+        assert summary["fit_error"]["pull_sd"] > 1.4, summary["fit_error"]

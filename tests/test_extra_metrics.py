@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -119,8 +120,20 @@ def test_fpd_kpd_separate_broken_generators(samples):
     for g in ("shuffled", "scale1.3", "blur", "constant"):
         assert fpd[g]["fpd"] > 10 * fpd[g]["fpd_ref"] + 10 * fpd[g]["fpd_err"], g
         assert kpd[g]["kpd"] > kpd[g]["kpd_ref"] + 10 * kpd[g]["kpd_err"], g
+    assert all(fpd[g]["convention"] == kpd[g]["convention"] == dist.CONVENTIONS["calogan"] for g in fpd)
     json.dumps(fpd)
     json.dumps(kpd)
+
+
+def test_jetnet_convention_reports_both_errors(samples, monkeypatch):
+    true, gens, stats_true, stats = samples
+    small = functools.partial(dist.fpd_jetnet, min_samples=300, max_samples=600, num_batches=5, num_points=4)
+    monkeypatch.setattr(dist, "fpd_jetnet", small)  # jetnet's 20,000-50,000-row batches cost seconds
+    res = xm.EXTRA_METRICS["fpd_jetnet"](gen_images=gens["resim"], true=true, stats_gen=stats["resim"],
+                                         stats_true=stats_true, seed=7)  # fmt: skip
+    assert res["convention"] == dist.CONVENTIONS["jetnet"]
+    assert all(res[k] > 0 for k in ("fpd_err", "fpd_fit_err", "fpd_ref_err", "fpd_ref_fit_err"))
+    json.dumps(res)
 
 
 def test_separation_and_density_coverage(samples, tmp_path):
@@ -132,6 +145,7 @@ def test_separation_and_density_coverage(samples, tmp_path):
         assert sep[g]["sep_max"] > 3 * sep[g]["sep_max_ref"], g
         assert prdc[g]["coverage"] < prdc[g]["coverage_ref"] - 0.2, g
     assert sep["scale1.3"]["sep_max_observable"] == "energy_response"
+    assert sep["resim"]["binning"] == xm.SEP_BINNING.format(bins=50)
     written = xm.make_plots({"sep": sep["blur"]}, tmp_path)
     assert {p.name for p in written} == {
         "separation_power.csv",

@@ -14,6 +14,7 @@ test: real = 1, generated = 0, optional sample weights), :func:`weighted_auc` an
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -387,6 +388,14 @@ def binned_efficiency(
     return {"eff": eff, "err": np.sqrt(np.maximum(var, 0.0)), "n_eff": neff}
 
 
+CLS_CONVENTION = (
+    "calogan classifier test: low-level 256-128 LeakyReLU MLP on log(1 + cell/|p|), log(sum/|p|) and the "
+    "conditions, early stopping on the loss (patience 3); high-level sklearn HistGradientBoosting on the 29 "
+    "high-level features and the conditions; shuffled 60/20/20 split: train, isotonic calibration, AUC and JSD "
+    "(clipped to [0, 1])"
+)
+
+
 def cls_metric(
     gen_images: np.ndarray,
     true: CaloData,
@@ -408,6 +417,7 @@ def cls_metric(
     hl_gen = np.concatenate([high_level_features(gen_images, true, stats_gen), cond], axis=1)
     hl_true = np.concatenate([high_level_features(true.energy, true, stats_true), cond], axis=1)
     result: dict[str, Any] = {
+        "convention": CLS_CONVENTION,
         "n_per_class": int(len(a)),
         "split": "generated[A] vs true[B]; reference true[A] vs true[B]",
     }
@@ -538,14 +548,17 @@ def fpd_metric(
     """Fréchet physics distance on the 29 high-level features with its reference (calogan.metrics.distances).
 
     ``convention`` "calogan": Gaussianised features, error of the value and of value − reference
-    (``fpd_diff_err``, the pull's denominator); "jetnet": jetnet 0.2.5's procedure (no ``fpd_diff_err``).
+    (``fpd_diff_err``, the pull's denominator); "jetnet": jetnet 0.2.5's procedure (no ``fpd_diff_err``), with
+    jetnet's own fit errors as ``fpd_fit_err``, ``fpd_ref_fit_err``. The errors are those of
+    :mod:`calogan.metrics.distances`; ``convention`` says which convention produced the numbers.
     """
     _check_inputs(gen_images, true)
     out: dict[str, Any] = {"convention": dist.CONVENTIONS[dist.check_convention(convention)]}
     if convention == "jetnet":
         g, ta, tb = _high_level_raw(gen_images, true, stats_gen, stats_true, seed)
         gen, ref = dist.fpd_jetnet(tb, g, seed=seed), dist.fpd_jetnet(tb, ta, seed=seed)
-        out.update(fpd=gen["value"], fpd_err=gen["error"], fpd_ref=ref["value"], fpd_ref_err=ref["error"])
+        out.update(fpd=gen["value"], fpd_err=gen["error"], fpd_ref=ref["value"], fpd_ref_err=ref["error"],
+                   fpd_fit_err=gen["fit_error"], fpd_ref_fit_err=ref["fit_error"])  # fmt: skip
     else:
         g, ta, tb = _high_level_pair(gen_images, true, stats_gen, stats_true, seed)
         r = dist.fpd_with_reference(g, ta, tb, seed)
@@ -583,8 +596,19 @@ def kpd_metric(
 # --------------------------------------------------------------------------- separation power / W1
 
 
+#: How :func:`separation_power` bins, as named in the JSON (``binning`` key of ``sep``).
+SEP_BINNING = (
+    "{bins} equal-width bins between the 0.5 and 99.5 percentiles of both samples together, per observable, "
+    "values outside clipped into the end bins (CaloChallenge: fixed ranges per observable, e.g. 50 bins over "
+    "+-100 mm for centres, 30 over 0.5-1.5 for E_tot/E_inc, values outside dropped)"
+)
+
+
 def separation_power(a: np.ndarray, b: np.ndarray, bins: int = 50) -> float:
-    """Triangular discrimination ½·Σ(h₁−h₂)²/(h₁+h₂) of normalised histograms on common bins (0 same, 1 disjoint)."""
+    """Triangular discrimination ½·Σ(h₁−h₂)²/(h₁+h₂) of normalised histograms on common bins (0 same, 1 disjoint).
+
+    The bins are :data:`SEP_BINNING`: adapted to the data, so one outlier cannot empty every bin.
+    """
     lo, hi = np.percentile(np.concatenate([a, b]), [0.5, 99.5])
     if not hi > lo:
         lo, hi = lo - 0.5, hi + 0.5
@@ -629,7 +653,7 @@ def sep_metric(
             "sep_max_observable": table[int(seps.argmax())]["observable"],
             "w1_scaled_mean": float(np.mean([r["w1_scaled"] for r in table])),
             "w1_scaled_mean_ref": float(np.mean([r["w1_scaled_ref"] for r in table])),
-            "n_per_sample": int(len(a)), "bins": int(bins)}  # fmt: skip
+            "n_per_sample": int(len(a)), "bins": int(bins), "binning": SEP_BINNING.format(bins=int(bins))}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- density / coverage
@@ -738,7 +762,7 @@ def fidelity_metric(
         "auc_high": cls["auc_high"], "auc_high_ref": cls["auc_high_ref"],
         "fpd": fpd["fpd"], "fpd_err": fpd["fpd_err"], "fpd_ref": fpd["fpd_ref"], "fpd_ref_err": fpd["fpd_ref_err"],
         **({"fpd_diff_err": fpd["fpd_diff_err"]} if "fpd_diff_err" in fpd else {}),
-        "fpd_convention": fpd["convention"],
+        "fpd_convention": fpd["convention"], "cls_convention": cls["convention"], "sep_binning": sep["binning"],
         "sep_max": sep["sep_max"], "sep_max_ref": sep["sep_max_ref"], "sep_max_observable": sep["sep_max_observable"],
         "n_per_class": cls["n_per_class"],
     }  # fmt: skip
@@ -772,6 +796,9 @@ EXTRA_METRICS: dict[str, Callable[..., dict[str, Any]]] = {
     "cls_cc": cls_cc_metric,  # the CaloChallenge classifier protocol, comparable with published AUCs
     "fpd": fpd_metric,
     "kpd": kpd_metric,
+    # FPD and KPD in jetnet 0.2.5's procedure (the one CaloChallenge's results use)
+    "fpd_jetnet": functools.partial(fpd_metric, convention="jetnet"),
+    "kpd_jetnet": functools.partial(kpd_metric, convention="jetnet"),
     "sep": sep_metric,
     "prdc": prdc_metric,
     "physics": physics_metric,  # response/resolution per energy bin, barycentre bias (calogan.metrics.response)
