@@ -129,8 +129,7 @@ def test_jetnet_convention_reports_both_errors(samples, monkeypatch):
     true, gens, stats_true, stats = samples
     small = functools.partial(dist.fpd_jetnet, min_samples=300, max_samples=600, num_batches=5, num_points=4)
     monkeypatch.setattr(dist, "fpd_jetnet", small)  # jetnet's 20,000-50,000-row batches cost seconds
-    res = xm.EXTRA_METRICS["fpd_jetnet"](gen_images=gens["resim"], true=true, stats_gen=stats["resim"],
-                                         stats_true=stats_true, seed=7)  # fmt: skip
+    res = xm.fpd_metric(gens["resim"], true, stats["resim"], stats_true, seed=7, convention="jetnet")
     assert res["convention"] == dist.CONVENTIONS["jetnet"]
     assert all(res[k] > 0 for k in ("fpd_err", "fpd_fit_err", "fpd_ref_err", "fpd_ref_fit_err"))
     json.dumps(res)

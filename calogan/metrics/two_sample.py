@@ -14,7 +14,6 @@ test: real = 1, generated = 0, optional sample weights), :func:`weighted_auc` an
 from __future__ import annotations
 
 import csv
-import functools
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -796,9 +795,6 @@ EXTRA_METRICS: dict[str, Callable[..., dict[str, Any]]] = {
     "cls_cc": cls_cc_metric,  # the CaloChallenge classifier protocol, comparable with published AUCs
     "fpd": fpd_metric,
     "kpd": kpd_metric,
-    # FPD and KPD in jetnet 0.2.5's procedure (the one CaloChallenge's results use)
-    "fpd_jetnet": functools.partial(fpd_metric, convention="jetnet"),
-    "kpd_jetnet": functools.partial(kpd_metric, convention="jetnet"),
     "sep": sep_metric,
     "prdc": prdc_metric,
     "physics": physics_metric,  # response/resolution per energy bin, barycentre bias (calogan.metrics.response)
