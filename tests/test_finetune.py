@@ -130,11 +130,12 @@ def test_finetune_resume_names_the_run_and_keeps_its_settings(
     assert run_cli(main, ["--resume", str(out), *data, "--target", "transverse_width"]) == 2
     err = capsys.readouterr().err
     assert "--target: the run in" in err and "a resumed run keeps its settings" in err
-    assert (
-        run_cli(main, ["--resume", str(out), *data, "--steps", "3"]) == 0
-    )  # checkpoint and targets: the run's
-    step = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
-    assert step == torch.load(tiny_checkpoint, weights_only=True)["step"] + 3
+    # checkpoint, targets and, without --steps, the total steps: the run's
+    assert run_cli(main, ["--resume", str(out), *data]) == 0
+    start = torch.load(tiny_checkpoint, weights_only=True)["step"]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == start + 2
+    assert run_cli(main, ["--resume", str(out), *data, "--steps", "3"]) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == start + 3
 
 
 def test_finetune_bad_inputs_exit_2(tiny_data_dir, tiny_checkpoint, tmp_path, capsys):

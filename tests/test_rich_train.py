@@ -72,6 +72,10 @@ def test_resume_names_the_run_directory(rich_dir, tmp_path, capsys):
     assert run_cli(rich_train.main, [*base, "--resume", str(tmp_path / "r"), "--steps", "3"]) == 0
     assert weights(tmp_path / "r")["step"] == 3
     assert (
+        run_cli(rich_train.main, [*base, "--resume", str(tmp_path / "r")]) == 0
+    )  # no --steps: the run's total
+    assert weights(tmp_path / "r")["step"] == 3
+    assert (
         run_cli(rich_train.main, [*base, "--resume", str(tmp_path / "r"), "--run-dir", str(tmp_path / "q")])
         == 2
     )

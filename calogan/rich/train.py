@@ -411,7 +411,8 @@ def train(
     """Train one particle's GAN into run_dir/{config.json, metrics.jsonl, checkpoints/last.pt (+ best.pt)}; returns run_dir.
 
     ``resume`` continues the run in ``config.run_dir`` from its last.pt (its saved config wins, except the
-    total steps and the time budget); an existing run directory is replaced only with ``overwrite``.
+    total steps, where ``config.steps`` 0 keeps the run's, and the time budget); an existing run directory is
+    replaced only with ``overwrite``.
     ``requested`` ({option: (field, value)}, the options given on the command line) is refused on resume
     where it differs from the saved run: a resumed run cannot change its settings.
     """
@@ -424,9 +425,9 @@ def train(
             saved = setup.resume(_resumable, requested, recorded=current_vocabulary)
             known = {f.name for f in dataclasses.fields(TrainConfig)}
             stored = {k: (tuple(v) if k == "betas" else v) for k, v in saved["config"].items() if k in known}
-            config = dataclasses.replace(TrainConfig(**current_vocabulary(stored)), steps=config.steps,
-                                         max_minutes=config.max_minutes, progress=config.progress,
-                                         device=config.device)  # fmt: skip
+            config = dataclasses.replace(TrainConfig(**current_vocabulary(stored)),
+                                         steps=config.steps or stored["steps"], max_minutes=config.max_minutes,
+                                         progress=config.progress, device=config.device)  # fmt: skip
         validate_config(config)
         device = select_device(config.device)
         seed_everything(config.seed)
@@ -625,6 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # --particle all resumes the particles that have a run and starts the others
         started = (default_run_dir(config) / "checkpoints" / "last.pt").exists()
         resume = bool(args.resume) and (started or len(configs) == 1)
+        if resume and args.steps is None:  # without --steps a resumed run goes on to its own total
+            config = dataclasses.replace(config, steps=0)
         try:
             run_dir = train(config, overwrite=args.overwrite, resume=resume, requested=requested)
         except (InputError, KeyboardInterrupt) as exc:

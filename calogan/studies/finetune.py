@@ -260,7 +260,8 @@ def finetune(
     """Fine-tune the checkpoint's generator on the target statistics; write OUT/{checkpoint.pt, report.md, ...}.
 
     OUT is a run directory (config.json, metrics.jsonl, checkpoints/last.pt): ``resume`` continues an
-    interrupted fine-tuning exactly (its saved checkpoint, targets and settings win, except the total steps;
+    interrupted fine-tuning exactly (its saved checkpoint, targets and settings win, except the total steps,
+    where ``cfg.steps`` 0 keeps the run's;
     ``requested`` options that differ from them are refused); an existing OUT is replaced only with ``overwrite``.
     """
     cfg = cfg or FinetuneConfig()
@@ -271,7 +272,9 @@ def finetune(
             saved = setup.resume(_resumable, requested, recorded=_recorded_settings)
             info = saved["finetune"]
             checkpoint, targets = info["source"], info["targets"]
-            cfg = dataclasses.replace(FinetuneConfig(**info["config"]), steps=cfg.steps)
+            cfg = dataclasses.replace(
+                FinetuneConfig(**info["config"]), steps=cfg.steps or info["config"]["steps"]
+            )
         names = list(targets or [])
         source = load_checked_checkpoint(checkpoint, data_dir)
         train = load_npz(require_file(split_path(data_dir, "train")), require_energy=True)
@@ -463,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in ("weight", "loss", "steps"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
+    if args.resume and args.steps is None:  # without --steps a resumed run goes on to its own total
+        cfg.steps = 0
     # a file or an unwritable folder is refused now; finetune() applies --overwrite and --resume
     inputs = [args.checkpoint, *(split_path(args.data, *s) for s in (("train",), ("val", "solution")))]
     check_run_path(args.out, "--out", inputs)
