@@ -121,6 +121,23 @@ def test_finetune_output_needs_overwrite_and_resumes_exactly(
         assert torch.equal(tensor, b["generator_ema"][name]), name
 
 
+def test_finetune_resume_names_the_run_and_keeps_its_settings(
+    tiny_data_dir, tiny_checkpoint, tmp_path, capsys
+):
+    out, data = tmp_path / "c", ["--data", str(tiny_data_dir), "--device", "cpu"]
+    assert run_cli(main, ["--checkpoint", str(tiny_checkpoint), *data, "--preset", "tiny", "--target",
+                          "energy_response", "--out", str(out), "--steps", "2"]) == 0  # fmt: skip
+    assert run_cli(main, ["--resume", str(out), *data, "--target", "transverse_width"]) == 2
+    err = capsys.readouterr().err
+    assert "--target: the run in" in err and "a resumed run keeps its settings" in err
+    # checkpoint, targets and, without --steps, the total steps: the run's
+    assert run_cli(main, ["--resume", str(out), *data]) == 0
+    start = torch.load(tiny_checkpoint, weights_only=True)["step"]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == start + 2
+    assert run_cli(main, ["--resume", str(out), *data, "--steps", "3"]) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == start + 3
+
+
 def test_finetune_bad_inputs_exit_2(tiny_data_dir, tiny_checkpoint, tmp_path, capsys):
     base = [
         "--checkpoint",

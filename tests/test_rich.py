@@ -41,7 +41,7 @@ def rich_dir(tmp_path_factory):
 def tiny_ckpt(rich_dir, tmp_path_factory):
     run = tmp_path_factory.mktemp("rich_run")
     cfg = rich_train.TrainConfig.from_preset(
-        "tiny", particle="kaon", data=str(rich_dir), run_dir=str(run), steps=15, checkpoint_every=10
+        "tiny", particle="kaon", data=str(rich_dir), run_dir=str(run), steps=15, keep_every=10
     )
     cfg.progress = False
     return rich_train.train(cfg) / "checkpoints" / "last.pt"
@@ -232,7 +232,7 @@ def test_train_evaluate_transfer_end_to_end(tiny_ckpt, rich_dir, tmp_path):
     assert ckpt["format"] == "calogan-rich-checkpoint-v1" and ckpt["particle"] == "kaon"
     assert isinstance(ckpt["qt_out"]["quantiles"], torch.Tensor)
     model = load_rich_model(tiny_ckpt)
-    assert load_rich_model(tiny_ckpt.parent / "step_000010.pt").meta["step"] == 10  # --checkpoint-every
+    assert load_rich_model(tiny_ckpt.parent / "step_000010.pt").meta["step"] == 10  # --keep-every
     assert sorted(p.name for p in tiny_ckpt.parent.iterdir()) == ["last.pt", "step_000010.pt"]
     inputs = load_sample(sample_path(rich_dir, "kaon", "test")).inputs[:500]
     a, b = model.generate(inputs, seed=5), model.generate(inputs, seed=5)

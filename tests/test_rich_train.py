@@ -66,6 +66,33 @@ def test_existing_run_directory_needs_overwrite(rich_dir, tmp_path, capsys):
     assert weights(tmp_path / "r")["step"] == 4
 
 
+def test_resume_names_the_run_directory(rich_dir, tmp_path, capsys):
+    base = ["--particle", "pion", "--data", str(rich_dir), "--preset", "tiny"]
+    assert run_cli(rich_train.main, [*base, "--steps", "2", "--run-dir", str(tmp_path / "r")]) == 0
+    assert run_cli(rich_train.main, [*base, "--resume", str(tmp_path / "r"), "--steps", "3"]) == 0
+    assert weights(tmp_path / "r")["step"] == 3
+    assert (
+        run_cli(rich_train.main, [*base, "--resume", str(tmp_path / "r")]) == 0
+    )  # no --steps: the run's total
+    assert weights(tmp_path / "r")["step"] == 3
+    assert (
+        run_cli(rich_train.main, [*base, "--resume", str(tmp_path / "r"), "--run-dir", str(tmp_path / "q")])
+        == 2
+    )
+    assert "names another folder than --run-dir" in capsys.readouterr().err
+    assert (
+        run_cli(rich_train.main, [*base, "--resume", str(tmp_path / "none")]) == 2
+    )  # one particle: no fresh start
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_checkpoint_vocabulary_of_runs_recorded_before_keep_every():
+    old = {"steps": 10, "checkpoint_every": 500}  # then: keep step_N files every 500 steps, last.pt every 100
+    assert rich_train.current_vocabulary(old) == {"steps": 10, "checkpoint_every": 100, "keep_every": 500}
+    new = {"checkpoint_every": 50, "keep_every": 0}
+    assert rich_train.current_vocabulary(new) == new
+
+
 def test_particle_all_trains_each_available_particle_in_its_own_folder(rich_dir, tmp_path, capsys):
     argv = ["--particle", "all", "--data", str(rich_dir), "--preset", "tiny", "--steps", "2",
             "--run-dir", str(tmp_path / "all")]  # fmt: skip

@@ -37,7 +37,8 @@ from calogan.core.engine import (
 )
 from calogan.core.errors import InputError
 from calogan.core.gan import binned_wasserstein, energy_score
-from calogan.core.runtime import keep_freed_memory, run_cli, seed_everything, select_device, torch_load_safe
+from calogan.core.rundir import Requested, RunSetup, check_run_path, deadline, run_path
+from calogan.core.runtime import keep_freed_memory, run_cli, seed_everything, select_device
 from calogan.ecal.data import (
     ENERGY_UNITS_PER_GEV,
     CaloData,
@@ -126,7 +127,8 @@ class TrainConfig:
     eval_clusters: int = 20
     eval_runs: int = 10
     eval_embedder: bool = True  # use DATA/embedder.safetensors for AUC_img when it exists
-    checkpoint_every: int = 100
+    checkpoint_every: int = 100  # last.pt is rewritten every this many steps
+    keep_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: never)
     log_every: int = 10
     plots: bool = True
     tensorboard: bool = True
@@ -230,7 +232,7 @@ FIELD_DOMAINS: dict[str, tuple] = {
     **{name: ("int", 1, True, options.MAX_WIDTH, True) for name in (
         "noise_dim", "latent", "gen_channels", "critic_channels", "critic_hidden",
     )},
-    **{name: ("int", 0, True, None, True) for name in ("max_train", "gen_pad", "seed", "threads")},
+    **{name: ("int", 0, True, None, True) for name in ("max_train", "gen_pad", "seed", "threads", "keep_every")},
     "holdout": ("int", 10, True, None, True),
     "eval_clusters": ("int", 2, True, None, True),
     "response_power": ("int", 1, True, 2, True),
@@ -247,8 +249,7 @@ def validate_config(cfg: TrainConfig) -> None:
     """Reject impossible settings with one clear line naming the field (before anything is written)."""
     if cfg.model not in MODELS:
         raise InputError(f"--model: unknown model '{cfg.model}' (use {' or '.join(MODELS)})")
-    if cfg.name:
-        options.check_name("--name", cfg.name)
+    run_path(cfg.run_dir, cfg.name or cfg.preset)  # a --name stays under runs/
     for name, (kind, low, low_incl, high, high_incl) in FIELD_DOMAINS.items():
         value = getattr(cfg, name)
         if kind == "int":
@@ -452,77 +453,82 @@ def train(
     overwrite: bool = False,
     resume: str | os.PathLike | None = None,
     progress: bool = True,
+    requested: Requested | None = None,
 ) -> Path:
-    """Train per ``cfg`` (or continue the run in ``resume``); returns the run directory. ``cfg`` is not modified."""
+    """Train per ``cfg`` (or continue the run in ``resume``); returns the run directory. ``cfg`` is not modified.
+
+    ``requested`` ({option: (field, value)}, the options given on the command line) is refused on resume where
+    it differs from the run's recorded settings.
+    """
     keep_freed_memory()
     rank, world = dist_info()
+    path = resume if resume is not None else run_path(cfg.run_dir, cfg.name or cfg.preset)
+    with RunSetup(path, resume=resume is not None, overwrite=overwrite, allowed=RESUME_CHANGES) as setup:
+        # phase 1: configuration (a resumed run takes its saved config)
+        saved = None
+        if setup.resuming:
+            saved = setup.resume(check_checkpoint, requested)
+            cfg = resumed_config(saved["config"], cfg)
+        else:
+            validate_config(cfg)
 
-    # phase 1: configuration (a resumed run takes its saved config)
-    saved = None
-    if resume is not None:
-        run = RunDirectory.existing(resume)
-        saved = check_checkpoint(torch_load_safe(run.last), run.last)
-        cfg = resumed_config(saved["config"], cfg)
-    else:
-        validate_config(cfg)
-        run = RunDirectory(cfg.run_dir or Path("runs") / (cfg.name or cfg.preset))
+        # phase 2: data, hold-out split (deterministic in the seed, identical on every rank), model config
+        train_path = require_file(split_path(cfg.data, "train"))
+        data = load_npz(train_path, require_energy=True)
+        data_sha = sha256_file(train_path)
+        setup.check_same_data(saved, data_sha, train_path)
+        if len(data) < cfg.holdout + cfg.batch_size:
+            raise InputError(
+                f"{train_path}: {len(data)} events, need > holdout ({cfg.holdout}) + batch ({cfg.batch_size})"
+            )
+        perm = np.random.default_rng(cfg.seed).permutation(len(data))
+        holdout = data.subset(np.sort(perm[: cfg.holdout]))
+        train_idx = perm[cfg.holdout :][: cfg.max_train or None]
+        train_data = data.subset(np.sort(train_idx))
+        mcfg = saved["model_config"] if saved is not None else _model_config(cfg, train_data)
 
-    # phase 2: data, hold-out split (deterministic in the seed, identical on every rank), model config
-    train_path = require_file(split_path(cfg.data, "train"))
-    data = load_npz(train_path, require_energy=True)
-    data_sha = sha256_file(train_path)
-    if saved is not None and saved.get("data_sha256") != data_sha:
-        raise InputError(f"{train_path}: differs from the data the run in {run.path} was trained on (sha256)")
-    if len(data) < cfg.holdout + cfg.batch_size:
-        raise InputError(
-            f"{train_path}: {len(data)} events, need > holdout ({cfg.holdout}) + batch ({cfg.batch_size})"
-        )
-    perm = np.random.default_rng(cfg.seed).permutation(len(data))
-    holdout = data.subset(np.sort(perm[: cfg.holdout]))
-    train_idx = perm[cfg.holdout :][: cfg.max_train or None]
-    train_data = data.subset(np.sort(train_idx))
-    mcfg = saved["model_config"] if saved is not None else _model_config(cfg, train_data)
-
-    # phase 3: processes, device, run directory
-    own_group = world > 1 and not torch.distributed.is_initialized()
-    if own_group:
-        torch.distributed.init_process_group(
-            "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
-        )
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    device = select_device(cfg.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    if rank == 0 and saved is None:
-        run = RunDirectory.create(run.path, dataclasses.asdict(cfg), overwrite)
-    if world > 1:
-        torch.distributed.barrier()
-
-    # phase 4: models and engine, then train
-    seed_everything(cfg.seed)
-    task = ShowerTask(cfg, mcfg, train_data, holdout, data_sha, device, run, evaluate=rank == 0)
-    deadline = time.perf_counter() + 60.0 * cfg.max_minutes if cfg.max_minutes > 0 else math.inf
-    settings = EngineSettings(
-        steps=cfg.steps, batch_size=cfg.batch_size, n_critic=cfg.n_critic, gp_weight=cfg.gp_weight,
-        gp_every=cfg.gp_every, lr_g=cfg.lr_g, lr_c=cfg.lr_c, betas=(cfg.beta1, cfg.beta2), ema_decay=cfg.ema_decay,
-        log_every=cfg.log_every, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
-        deadline=deadline, seed=cfg.seed, description="train",
-    )  # fmt: skip
-    engine = AdversarialEngine(task, settings, run, device, progress=progress)
-    if saved is not None:
-        engine.load(saved)
-    try:
-        engine.fit()
-        if own_group:  # every rank has finished before rank 0, which hosts the rendezvous store, shuts down
+        # phase 3: processes, device, run directory
+        own_group = world > 1 and not torch.distributed.is_initialized()
+        if own_group:
+            torch.distributed.init_process_group(
+                "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+            )
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        device = select_device(cfg.device)
+        if device.type == "cuda" and world > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        run = setup.start(dataclasses.asdict(cfg))
+        if world > 1:
             torch.distributed.barrier()
-    finally:
-        run.release()
-        if task.writer is not None:
-            task.writer.close()
-        if own_group:  # an explicit shutdown: a group left to the interpreter's exit can abort a process
-            torch.distributed.destroy_process_group()
+
+        # phase 4: models and engine, then train (the budget counts from here: the training loop)
+        seed_everything(cfg.seed)
+        task = ShowerTask(cfg, mcfg, train_data, holdout, data_sha, device, run, evaluate=rank == 0)
+        settings = EngineSettings(
+            steps=cfg.steps, batch_size=cfg.batch_size, n_critic=cfg.n_critic, gp_weight=cfg.gp_weight,
+            gp_every=cfg.gp_every, lr_g=cfg.lr_g, lr_c=cfg.lr_c, betas=(cfg.beta1, cfg.beta2),
+            ema_decay=cfg.ema_decay, log_every=cfg.log_every, eval_every=cfg.eval_every,
+            checkpoint_every=cfg.checkpoint_every, keep_every=cfg.keep_every,
+            deadline=deadline(cfg.max_minutes, time.perf_counter()), seed=cfg.seed, description="train",
+        )  # fmt: skip
+        engine = AdversarialEngine(task, settings, run, device, progress=progress)
+        if saved is not None:
+            engine.load(saved)
+        try:
+            engine.fit()
+            if own_group:  # every rank finishes before rank 0, which hosts the rendezvous store, shuts down
+                torch.distributed.barrier()
+        finally:
+            if task.writer is not None:
+                task.writer.close()
+            if own_group:  # an explicit shutdown: a group left to the interpreter's exit can abort a process
+                torch.distributed.destroy_process_group()
     return run.path
+
+
+#: The options a resumed run may change (every other setting is the run's own).
+RESUME_CHANGES = "--steps, --device and --data"
 
 
 #: The TrainConfig fields that define the networks (stored in every checkpoint's model config).
@@ -597,31 +603,27 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = parse_set(args.set)
+    labels = {key: key for key in overrides}  # how a refusal names each option: the --set field, or the flag
     for key in ("data", "device", "seed", "steps", "model", "batch_size", "name", "run_dir"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    if args.resume and args.overwrite:
-        raise InputError("--resume and --overwrite exclude each other")
-    fixed = sorted(set(overrides) - {"steps", "device", "data"})
-    if args.resume and fixed:  # silently ignoring them would train with other settings than asked
-        raise InputError(
-            f"{fixed[0]}: a resumed run keeps its settings (with --resume only --steps, --device and --data "
-            "may be given)"
-        )
+            labels[key] = f"--{key.replace('_', '-')}"
     try:
         if args.resume:
+            # every other option given must match the run's settings: ignoring it would train otherwise than asked
+            changeable = ("steps", "device", "data")
+            fixed = {labels[k]: (k, v) for k, v in sorted(overrides.items()) if k not in changeable}
             requested = TrainConfig(steps=overrides.get("steps", 0), device=overrides.get("device", "auto"),
                                     data=overrides.get("data", ""))  # fmt: skip
-            run_dir = train(requested, resume=args.resume)
+            run_dir = train(requested, overwrite=args.overwrite, resume=args.resume, requested=fixed)
         else:
             cfg = make_config(args.preset, **overrides)
             if args.print_config:
                 print(json.dumps(dataclasses.asdict(cfg), indent=2))
                 return 0
-            run_dir = cfg.run_dir or Path("runs") / (cfg.name or cfg.preset)
             # a file or an unwritable folder is refused now; train() applies the reuse rules
             inputs = [split_path(cfg.data, "train"), Path(cfg.data) / "embedder.safetensors"]
-            options.check_output_dir(run_dir, args.overwrite, "--run-dir", contents=(), inputs=inputs)
+            check_run_path(run_path(cfg.run_dir, cfg.name or cfg.preset), "--run-dir", inputs)
             run_dir = train(cfg, overwrite=args.overwrite)
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -29,7 +29,7 @@ import argparse
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +42,11 @@ from calogan.core.engine import (
     AdversarialTask,
     Batch,
     EngineSettings,
-    RunDirectory,
     check_objective,
 )
 from calogan.core.errors import InputError, Interrupted
-from calogan.core.runtime import run_cli, seed_everything, select_device, torch_load_safe
+from calogan.core.rundir import Requested, RunSetup, check_run_path, deadline, run_path
+from calogan.core.runtime import run_cli, seed_everything, select_device
 from calogan.ecal.data import sha256_file
 from calogan.rich import PARTICLES
 from calogan.rich.data import (
@@ -160,7 +160,8 @@ class TrainConfig:
     # standardise each output column by its median and spread in log-P bins before the quantile transform
     # (calogan.rich.momentum.MomentumScaling): the narrow high-momentum responses get their share of the normal range
     momentum_scaling: bool = False
-    checkpoint_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: only last.pt)
+    checkpoint_every: int = 100  # last.pt is rewritten every this many steps (a kill loses at most that many)
+    keep_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: only last.pt)
     # wall-clock budget from the start of train(), data and weights included; 0: none
     max_minutes: float = 0.0
     lr_g: float = 2e-4
@@ -338,18 +339,33 @@ def fit_pattern_head(
     return head.eval()
 
 
-#: last.pt is rewritten every this many steps, so a killed run loses at most that many
+#: the default interval of last.pt (TrainConfig.checkpoint_every), the one of runs recorded before keep_every
 CHECKPOINT_INTERVAL = 100
 
 
 def default_run_dir(config: TrainConfig) -> Path:
     """The run directory: ``config.run_dir``, else runs/rich_{particle}_{preset}."""
-    return Path(config.run_dir or f"runs/rich_{config.particle}_{config.preset}")
+    return run_path(
+        config.run_dir, "" if config.run_dir else f"rich_{config.particle}_{config.preset}", "--particle"
+    )
 
 
-def _deadline(config: TrainConfig, start: float) -> float:
-    """perf_counter() value at which the wall-clock budget (counted from ``start``) is spent."""
-    return start + 60.0 * config.max_minutes if config.max_minutes > 0 else math.inf
+def current_vocabulary(settings: Mapping) -> dict:
+    """Recorded settings in today's checkpoint vocabulary: runs recorded before ``keep_every`` existed used
+    ``checkpoint_every`` for the kept step_N files (now ``keep_every``) and rewrote last.pt every 100 steps."""
+    settings = dict(settings)
+    if "checkpoint_every" in settings and "keep_every" not in settings:
+        settings["keep_every"] = settings["checkpoint_every"]
+        settings["checkpoint_every"] = CHECKPOINT_INTERVAL
+    return settings
+
+
+def _resumable(checkpoint: dict, path: Path) -> dict:
+    """``checkpoint`` when it is a complete RICH training checkpoint with its config (else InputError)."""
+    check_rich_checkpoint(checkpoint, path, ema=False)  # every field, shape and dtype
+    if not isinstance(checkpoint.get("config"), dict):
+        raise InputError(f"{path}: checkpoint field config: missing or not a dict")
+    return checkpoint
 
 
 def training_source(config: TrainConfig):
@@ -375,7 +391,9 @@ def validate_config(config: TrainConfig) -> None:
             want = f"an integer in [1, {high}]" if high else ">= 1"
             raise InputError(f"--{name.replace('_', '-')} must be {want}, got {value}")
     options.check_float("--ema-decay", config.ema_decay, 0.0, True, 1.0, False)  # 1 would never move
-    for name in ("checkpoint_every", "holdout", "eval_every"):
+    if config.checkpoint_every < 1:
+        raise InputError(f"--checkpoint-every must be >= 1, got {config.checkpoint_every}")
+    for name in ("keep_every", "holdout", "eval_every"):
         if getattr(config, name) < 0:
             raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
     if config.eval_every and not config.holdout:
@@ -388,58 +406,51 @@ def validate_config(config: TrainConfig) -> None:
 
 
 def train(
-    config: TrainConfig, overwrite: bool = False, resume: bool = False, requested: dict | None = None
+    config: TrainConfig, overwrite: bool = False, resume: bool = False, requested: Requested | None = None
 ) -> Path:
     """Train one particle's GAN into run_dir/{config.json, metrics.jsonl, checkpoints/last.pt (+ best.pt)}; returns run_dir.
 
     ``resume`` continues the run in ``config.run_dir`` from its last.pt (its saved config wins, except the
-    total steps and the time budget); an existing run directory is replaced only with ``overwrite``.
+    total steps, where ``config.steps`` 0 keeps the run's, and the time budget); an existing run directory is
+    replaced only with ``overwrite``.
     ``requested`` ({option: (field, value)}, the options given on the command line) is refused on resume
     where it differs from the saved run: a resumed run cannot change its settings.
     """
-    start = time.perf_counter()
-    run_path = default_run_dir(config)
-    saved = None
-    if resume:
-        run = RunDirectory.existing(run_path)
-        saved = torch_load_safe(run.last)
-        check_rich_checkpoint(saved, run.last, ema=False)  # every field, shape and dtype
-        if not isinstance(saved.get("config"), dict):
-            raise InputError(f"{run.last}: checkpoint field config: missing or not a dict")
-        known = {f.name for f in dataclasses.fields(TrainConfig)}
-        stored = {k: (tuple(v) if k == "betas" else v) for k, v in saved["config"].items() if k in known}
-        for option, (field, value) in (requested or {}).items():
-            if field in stored and stored[field] != value:
-                raise InputError(
-                    f"{option}: the run in {run_path} was trained with {field} = {stored[field]!r}, and a resumed "
-                    f"run keeps its settings (only --steps, --max-minutes and --device may change); got {value!r}"
-                )
-        config = dataclasses.replace(TrainConfig(**stored), steps=config.steps, max_minutes=config.max_minutes,
-                                     progress=config.progress, device=config.device)  # fmt: skip
-    validate_config(config)
-    device = select_device(config.device)
-    seed_everything(config.seed)
-    task = RichTask(config, device)
-    if saved is not None and saved.get("data_sha256") != task.fixed["data_sha256"]:
-        raise InputError(f"{task.path}: differs from the data the run in {run_path} was trained on (sha256)")
-    if saved is None:
-        run = RunDirectory.create(run_path, dataclasses.asdict(config), overwrite)
-    settings = EngineSettings(
-        steps=config.steps, batch_size=config.batch_size, n_critic=config.n_critic, gp_weight=config.gp_weight,
-        lr_g=config.lr_g, lr_c=config.lr_c, betas=tuple(config.betas), ema_decay=config.ema_decay,
-        lr_decay=config.lr_decay, log_every=config.log_every, eval_every=config.eval_every,
-        checkpoint_every=CHECKPOINT_INTERVAL, keep_every=config.checkpoint_every,
-        deadline=_deadline(config, start), seed=config.seed, description=f"rich {config.particle}",
-        objective=config.objective,
-    )  # fmt: skip
-    engine = AdversarialEngine(task, settings, run, device, progress=config.progress)
-    if saved is not None:
-        engine.load(saved)
-    try:
+    start = time.perf_counter()  # the budget counts from here: data loading and the weight fit included
+    with RunSetup(
+        default_run_dir(config), resume=resume, overwrite=overwrite, allowed=RESUME_CHANGES
+    ) as setup:
+        saved = None
+        if resume:
+            saved = setup.resume(_resumable, requested, recorded=current_vocabulary)
+            known = {f.name for f in dataclasses.fields(TrainConfig)}
+            stored = {k: (tuple(v) if k == "betas" else v) for k, v in saved["config"].items() if k in known}
+            config = dataclasses.replace(TrainConfig(**current_vocabulary(stored)),
+                                         steps=config.steps or stored["steps"], max_minutes=config.max_minutes,
+                                         progress=config.progress, device=config.device)  # fmt: skip
+        validate_config(config)
+        device = select_device(config.device)
+        seed_everything(config.seed)
+        task = RichTask(config, device)
+        setup.check_same_data(saved, task.fixed["data_sha256"], task.path)
+        run = setup.start(dataclasses.asdict(config))
+        settings = EngineSettings(
+            steps=config.steps, batch_size=config.batch_size, n_critic=config.n_critic,
+            gp_weight=config.gp_weight, lr_g=config.lr_g, lr_c=config.lr_c, betas=tuple(config.betas),
+            ema_decay=config.ema_decay, lr_decay=config.lr_decay, log_every=config.log_every,
+            eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
+            keep_every=config.keep_every, deadline=deadline(config.max_minutes, start), seed=config.seed,
+            description=f"rich {config.particle}", objective=config.objective,
+        )  # fmt: skip
+        engine = AdversarialEngine(task, settings, run, device, progress=config.progress)
+        if saved is not None:
+            engine.load(saved)
         engine.fit()
-    finally:
-        run.release()
     return run.path
+
+
+#: The options a resumed run may change (every other setting is the run's own).
+RESUME_CHANGES = "--steps, --max-minutes and --device"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -459,7 +470,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--run-dir", default=None, help="run directory (with --particle all: one folder per particle in it)"
     )
     ap.add_argument(
-        "--resume", action="store_true", help="continue the run(s) in the run directory from last.pt"
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from last.pt (--particle all: RUN_DIR/{particle} each); "
+        "the older --run-dir RUN_DIR --resume is deprecated",
     )
     ap.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     ap.add_argument("--seed", type=options.seed, default=0)
@@ -476,9 +493,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument(
         "--checkpoint-every",
+        type=options.count(1),
+        default=None,
+        help="rewrite checkpoints/last.pt every N steps (default 100)",
+    )
+    ap.add_argument(
+        "--keep-every",
         type=options.count(0),
         default=None,
-        help="also keep checkpoints/step_NNNNNN.pt every N steps",
+        help="also keep checkpoints/step_NNNNNN.pt every N steps (0: never, the default)",
     )
     ap.add_argument(
         "--holdout",
@@ -562,6 +585,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.resume and args.overwrite:
         raise InputError("--resume and --overwrite exclude each other")
+    if isinstance(args.resume, str):  # --resume RUN_DIR; a bare --resume (deprecated) resumes --run-dir
+        if args.run_dir is not None and Path(args.run_dir) != Path(args.resume):
+            raise InputError(f"--resume {args.resume}: names another folder than --run-dir {args.run_dir}")
+        args.run_dir = args.resume
     particles = list(PARTICLES) if args.particle == "all" else [check_particle(args.particle)]
     source = make_source(args.data, args.tree, args.columns, args.p_unit)
     if len(particles) > 1:
@@ -580,15 +607,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             ema_decay=args.ema_decay, holdout=args.holdout, eval_every=args.eval_every,
             tie_patterns=args.tie_patterns, momentum_balance=args.momentum_balance,
             momentum_scaling=args.momentum_scaling,
-            checkpoint_every=args.checkpoint_every, lr_g=args.lr, lr_c=args.lr,
+            checkpoint_every=args.checkpoint_every, keep_every=args.keep_every, lr_g=args.lr, lr_c=args.lr,
             # an explicit --steps means that many steps: the preset's time budget only guards its own step count
             max_minutes=args.max_minutes if args.max_minutes is not None else (0.0 if args.steps else None),
         ))  # fmt: skip
     for config in configs:  # every option and output checked before any training starts
         # train() applies the run-directory reuse rules (--resume, --overwrite)
-        options.check_output_dir(
-            default_run_dir(config), True, "--run-dir", contents=(), inputs=[config.data]
-        )
+        check_run_path(default_run_dir(config), "--run-dir", inputs=[config.data])
         validate_config(config)
         if len(configs) > 1:  # every particle's sample is read and checked before the first one trains
             training_source(config).load(config.particle, "train")
@@ -598,7 +623,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     requested = {option: item for option, item in given.items() if item[1] is not None}
     finished: list[str] = []
     for config in configs:
-        resume = args.resume and (Path(default_run_dir(config)) / "checkpoints" / "last.pt").exists()
+        # --particle all resumes the particles that have a run and starts the others
+        started = (default_run_dir(config) / "checkpoints" / "last.pt").exists()
+        resume = bool(args.resume) and (started or len(configs) == 1)
+        if resume and args.steps is None:  # without --steps a resumed run goes on to its own total
+            config = dataclasses.replace(config, steps=0)
         try:
             run_dir = train(config, overwrite=args.overwrite, resume=resume, requested=requested)
         except (InputError, KeyboardInterrupt) as exc:
@@ -618,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 RESUME_FIXED = (
     "batch_size", "dll_basis", "weights", "lr_decay", "residual", "cond_every_layer", "critic_features",
     "objective", "critic_dim", "ema_decay", "holdout", "eval_every", "tie_patterns", "momentum_balance",
-    "momentum_scaling", "checkpoint_every",
+    "momentum_scaling", "checkpoint_every", "keep_every",
 )  # fmt: skip
 
 

@@ -23,8 +23,9 @@ import torch
 from scipy.stats import ks_2samp, wasserstein_distance
 
 from calogan.core import options
-from calogan.core.engine import AdversarialEngine, AdversarialTask, Batch, EngineSettings, RunDirectory
+from calogan.core.engine import AdversarialEngine, AdversarialTask, Batch, EngineSettings
 from calogan.core.errors import InputError
+from calogan.core.rundir import Requested, RunSetup, check_run_path
 from calogan.core.runtime import (
     atomic_torch_save,
     atomic_write_json,
@@ -86,6 +87,8 @@ class FinetuneConfig:
     clusters: int = 20
     runs: int = 10
     seed: int = 0
+    checkpoint_every: int = 100  # last.pt is rewritten every this many steps
+    keep_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: never)
 
 
 PRESETS: dict[str, dict] = {
@@ -243,70 +246,95 @@ class FinetuneTask(AdversarialTask):
 
 
 def finetune(
-    checkpoint: str | os.PathLike,
+    checkpoint: str | os.PathLike | None,
     data_dir: str | os.PathLike,
-    targets: Sequence[str],
+    targets: Sequence[str] | None,
     out_dir: str | os.PathLike,
     cfg: FinetuneConfig | None = None,
     device: str | None = "auto",
     progress: bool = True,
     overwrite: bool = False,
     resume: bool = False,
+    requested: Requested | None = None,
 ) -> dict:
     """Fine-tune the checkpoint's generator on the target statistics; write OUT/{checkpoint.pt, report.md, ...}.
 
     OUT is a run directory (config.json, metrics.jsonl, checkpoints/last.pt): ``resume`` continues an
-    interrupted fine-tuning exactly (its saved targets and settings win, except the total steps); an existing
-    OUT is replaced only with ``overwrite``.
+    interrupted fine-tuning exactly (its saved checkpoint, targets and settings win, except the total steps,
+    where ``cfg.steps`` 0 keeps the run's;
+    ``requested`` options that differ from them are refused); an existing OUT is replaced only with ``overwrite``.
     """
     cfg = cfg or FinetuneConfig()
-    names, out_dir, saved = list(targets), Path(out_dir), None
-    if resume:
-        run = RunDirectory.existing(out_dir)
-        saved = check_checkpoint(torch_load_safe(run.last), run.last)
-        info = saved.get("finetune") or {}
-        if not info:
-            raise InputError(f"{run.last}: not a fine-tuning checkpoint (no 'finetune' entry)")
-        checkpoint, names = info["source"], list(info["targets"])
-        cfg = dataclasses.replace(FinetuneConfig(**info["config"]), steps=cfg.steps)
-    source = load_checked_checkpoint(checkpoint, data_dir)
-    train = load_npz(require_file(split_path(data_dir, "train")), require_energy=True)
-    val = load_npz(require_file(split_path(data_dir, "val", "solution")), require_energy=True)
-    dev = select_device(device)
-    seed_everything(cfg.seed)
+    out_dir = Path(out_dir)
+    with RunSetup(out_dir, resume=resume, overwrite=overwrite, allowed=RESUME_CHANGES) as setup:
+        saved = None
+        if resume:
+            saved = setup.resume(_resumable, requested, recorded=_recorded_settings)
+            info = saved["finetune"]
+            checkpoint, targets = info["source"], info["targets"]
+            cfg = dataclasses.replace(
+                FinetuneConfig(**info["config"]), steps=cfg.steps or info["config"]["steps"]
+            )
+        names = list(targets or [])
+        source = load_checked_checkpoint(checkpoint, data_dir)
+        train = load_npz(require_file(split_path(data_dir, "train")), require_energy=True)
+        val = load_npz(require_file(split_path(data_dir, "val", "solution")), require_energy=True)
+        dev = select_device(device)
+        seed_everything(cfg.seed)
 
-    # the fine-tuned checkpoint stays a training checkpoint of the same model (predict, export, resume read it)
-    fields = {k: source[k] for k in ("config", "model_config", "normalizer", "data_sha256") if k in source}
-    fields["finetune"] = {"targets": names, "config": asdict(cfg), "source": str(checkpoint)}
-    task = FinetuneTask(source, train, names, cfg, fields, dev, progress)
-    if saved is None:
-        run = RunDirectory.create(out_dir, {"checkpoint": str(checkpoint), "data": str(data_dir), **fields["finetune"]},
-                                  overwrite)  # fmt: skip
-    settings = EngineSettings(
-        steps=cfg.steps, batch_size=cfg.batch_size, n_critic=cfg.n_critic, gp_weight=cfg.gp_weight,
-        lr_g=cfg.lr_g, lr_c=cfg.lr_c, betas=(0.0, 0.9), ema_decay=cfg.ema_decay, log_every=10,
-        checkpoint_every=100, seed=cfg.seed, description="finetune",
-    )  # fmt: skip
-    engine = AdversarialEngine(task, settings, run, dev, progress=progress)
-    try:
-        engine.start_from(source)
-        before = copy.deepcopy(engine.ema.model).eval()
-    except (RuntimeError, KeyError) as exc:
-        raise InputError(f"{checkpoint}: weights do not fit the architecture ({str(exc)[:150]})") from None
-    if saved is not None:
-        engine.load(saved)
-    engine.fit()
+        # the fine-tuned checkpoint stays a training checkpoint of the same model (predict, export, resume read it)
+        fields = {
+            k: source[k] for k in ("config", "model_config", "normalizer", "data_sha256") if k in source
+        }
+        fields["finetune"] = {"targets": names, "config": asdict(cfg), "source": str(checkpoint)}
+        task = FinetuneTask(source, train, names, cfg, fields, dev, progress)
+        run = setup.start({"checkpoint": str(checkpoint), "data": str(data_dir), **fields["finetune"]})
+        settings = EngineSettings(
+            steps=cfg.steps, batch_size=cfg.batch_size, n_critic=cfg.n_critic, gp_weight=cfg.gp_weight,
+            lr_g=cfg.lr_g, lr_c=cfg.lr_c, betas=(0.0, 0.9), ema_decay=cfg.ema_decay, log_every=10,
+            checkpoint_every=cfg.checkpoint_every, keep_every=cfg.keep_every, seed=cfg.seed,
+            description="finetune",
+        )  # fmt: skip
+        engine = AdversarialEngine(task, settings, run, dev, progress=progress)
+        try:
+            engine.start_from(source)
+            before = copy.deepcopy(engine.ema.model).eval()
+        except (RuntimeError, KeyError) as exc:
+            problem = str(exc)[:150]
+            raise InputError(f"{checkpoint}: weights do not fit the architecture ({problem})") from None
+        if saved is not None:
+            engine.load(saved)
+        engine.fit()
 
-    final = engine.checkpoint()
-    final["step"] = int(source["step"]) + engine.step  # generator steps since the start of training
-    result = compare_generators(before, engine.ema.model.eval(), val, names, data_dir, out_dir, cfg, dev)
-    result.update(targets=names, config=asdict(cfg), checkpoint=str(checkpoint),
-                  history_tail=[json.loads(ln) for ln in run.log_path.read_text().splitlines()[-5:]])  # fmt: skip
-    atomic_torch_save(out_dir / "checkpoint.pt", final)
-    atomic_write_json(out_dir / "results.json", result)
-    atomic_write_text(out_dir / "report.md", render_report(result))
-    run.release()
+        final = engine.checkpoint()
+        final["step"] = int(source["step"]) + engine.step  # generator steps since the start of training
+        result = compare_generators(before, engine.ema.model.eval(), val, names, data_dir, out_dir, cfg, dev)
+        result.update(targets=names, config=asdict(cfg), checkpoint=str(checkpoint),
+                      history_tail=[json.loads(ln) for ln in run.log_path.read_text().splitlines()[-5:]])  # fmt: skip
+        atomic_torch_save(out_dir / "checkpoint.pt", final)
+        atomic_write_json(out_dir / "results.json", result)
+        atomic_write_text(out_dir / "report.md", render_report(result))
     return result
+
+
+#: The options a resumed fine-tuning may change (every other setting is the run's own).
+RESUME_CHANGES = "--steps, --device and --data"
+
+
+def _resumable(checkpoint: dict, path: Path) -> dict:
+    """``checkpoint`` when it is a fine-tuning run's last.pt (else InputError)."""
+    checkpoint = check_checkpoint(checkpoint, path)
+    info = checkpoint.get("finetune")
+    if not isinstance(info, dict) or not info:
+        raise InputError(f"{path}: not a fine-tuning checkpoint (no 'finetune' entry)")
+    return checkpoint
+
+
+def _recorded_settings(recorded: dict) -> dict:
+    """A fine-tuning run's config.json as flat settings: its source checkpoint, targets and FinetuneConfig."""
+    config = recorded.get("config")
+    return {**(config if isinstance(config, dict) else {}),
+            **{k: recorded[k] for k in ("checkpoint", "targets") if k in recorded}}  # fmt: skip
 
 
 def compare_generators(
@@ -385,9 +413,9 @@ def render_report(result: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = options.ArgumentParser(prog="python -m calogan.finetune", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="training checkpoint (best.pt / last.pt)")
+    p.add_argument("--checkpoint", default=None, help="training checkpoint (best.pt / last.pt); required")
     p.add_argument("--data", default="data", help="data directory the checkpoint was trained on")
-    p.add_argument("--target", required=True, help="comma list of: " + ", ".join(TARGET_NAMES))
+    p.add_argument("--target", default=None, help="comma list of: " + ", ".join(TARGET_NAMES) + "; required")
     p.add_argument(
         "--weight",
         type=options.nonnegative_float,
@@ -401,29 +429,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--steps", type=options.count(1), default=None, help="generator steps (with --resume: new total)"
     )
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--seed", type=options.seed, default=0)
+    p.add_argument("--out", default=None, help="output directory (a run directory); required")
+    p.add_argument("--seed", type=options.seed, default=None, help="random seed (default 0)")
     p.add_argument("--device", default="auto")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    where.add_argument("--resume", action="store_true", help="continue the interrupted fine-tuning in --out")
+    where.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue the interrupted fine-tuning in RUN_DIR (its checkpoint, targets and settings); "
+        "the older --out RUN_DIR --resume is deprecated",
+    )
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: parse options, validate them, run :func:`finetune` and print a summary."""
-    args = build_parser().parse_args(argv)
-    names = parse_targets(args.target)
-    cfg = FinetuneConfig(**PRESETS[args.preset], seed=args.seed)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if isinstance(args.resume, str):  # --resume RUN_DIR; a bare --resume (deprecated) resumes --out
+        if args.out is not None and Path(args.out) != Path(args.resume):
+            raise InputError(f"--resume {args.resume}: names another folder than --out {args.out}")
+        args.out = args.resume
+    missing = [
+        f"--{k}"
+        for k in (("out",) if args.resume else ("checkpoint", "target", "out"))
+        if getattr(args, k) is None
+    ]
+    if missing:  # a resumed run takes its checkpoint and targets from the run
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
+    names = parse_targets(args.target) if args.target is not None else None
+    cfg = FinetuneConfig(**PRESETS[args.preset], seed=args.seed or 0)
     for key in ("weight", "loss", "steps"):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
+    if args.resume and args.steps is None:  # without --steps a resumed run goes on to its own total
+        cfg.steps = 0
     # a file or an unwritable folder is refused now; finetune() applies --overwrite and --resume
     inputs = [args.checkpoint, *(split_path(args.data, *s) for s in (("train",), ("val", "solution")))]
-    options.check_output_dir(args.out, True, "--out", contents=(), inputs=inputs)
-    require_file(Path(args.checkpoint), hint="pass a checkpoint written by `python -m calogan.train`")
+    check_run_path(args.out, "--out", inputs)
+    if args.checkpoint is not None:
+        require_file(Path(args.checkpoint), hint="pass a checkpoint written by `python -m calogan.train`")
+    # a resumed run refuses the options given that differ from its settings
+    given = {"--checkpoint": ("checkpoint", args.checkpoint), "--target": ("targets", names),
+             "--weight": ("weight", args.weight), "--loss": ("loss", args.loss), "--seed": ("seed", args.seed)}  # fmt: skip
+    requested = {option: item for option, item in given.items() if item[1] is not None}
     result = finetune(args.checkpoint, args.data, names, args.out, cfg, args.device, progress=True,
-                      overwrite=args.overwrite, resume=args.resume)  # fmt: skip
+                      overwrite=args.overwrite, resume=bool(args.resume), requested=requested)  # fmt: skip
     for name, e in result["statistics"].items():
         print(f"{name}: W1 {e['before']['w1']:.4g} -> {e['after']['w1']:.4g}")
     s = result["score"]
