@@ -24,7 +24,7 @@ from calogan.core import options
 from calogan.core.errors import InputError
 from calogan.core.fit import fit, seeded
 from calogan.core.runtime import atomic_write, select_device
-from calogan.ecal.data import ConditionNormalizer, load_npz, require_file, sha256_file, split_path
+from calogan.ecal.data import IMAGE_SIZE, ConditionNormalizer, load_npz, require_file, sha256_file, split_path
 
 FORMAT = "calogan-embedder-v2"
 EMBED_DIM = 64
@@ -79,7 +79,7 @@ class Embedder(nn.Module):
         dev = torch.device(device) if device is not None else next(self.parameters()).device
         self.to(dev).eval()
         net = copy.deepcopy(self).to(memory_format=torch.channels_last)
-        images = np.asarray(images, dtype=np.float32).reshape(-1, 30, 30)
+        images = np.asarray(images, dtype=np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
         out = np.empty((len(images), self.embed_dim), dtype=np.float32)
         for start in range(0, len(images), batch_size):
             batch = torch.from_numpy(images[start : start + batch_size]).to(dev)
