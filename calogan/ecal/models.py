@@ -28,7 +28,16 @@ from torch import nn
 
 from calogan.core.errors import InputError
 from calogan.core.runtime import require_finite_tensors, torch_load_safe
-from calogan.ecal.data import CELL_CENTRES, ENERGY_UNITS_PER_GEV, IMAGE_SIZE, N_CELLS, ConditionNormalizer
+from calogan.ecal.data import (
+    CELL_CENTRES,
+    ENERGY_UNITS_PER_GEV,
+    IMAGE_SIZE,
+    N_CELLS,
+    ConditionNormalizer,
+    require_file,
+    sha256_file,
+    split_path,
+)
 from calogan.ecal.soft_stats import PROFILE_RANKS, SUMMARY_NAMES, rank_profile, shower_summary
 
 #: Smallest resolved energy fraction in the critic's log space (the sparsity statistics go down to 1e-5).
@@ -430,6 +439,15 @@ def check_checkpoint(ckpt: object, path: str | Path) -> dict:
     return ckpt
 
 
+def load_checked_checkpoint(checkpoint: str | Path, data_dir: str | Path) -> dict:
+    """Load a training checkpoint and refuse it (InputError) when it was trained on other data than DATA's."""
+    ckpt = check_checkpoint(torch_load_safe(checkpoint), checkpoint)
+    train_path = require_file(split_path(data_dir, "train"))
+    if ckpt.get("data_sha256") not in (None, sha256_file(train_path)):
+        raise InputError(f"{checkpoint}: trained on other data than {train_path} (sha256 differs)")
+    return ckpt
+
+
 def load_generator(checkpoint_path: str | Path, device: str | torch.device = "cpu", ema: bool = True):
     """Load the (EMA) generator of a training checkpoint; returns (generator in eval mode, metadata dict)."""
     ckpt = check_checkpoint(torch_load_safe(checkpoint_path), checkpoint_path)
@@ -460,6 +478,7 @@ __all__ = [
     "model_config",
     "load_generator",
     "check_checkpoint",
+    "load_checked_checkpoint",
     "count_parameters",
     "MODELS",
     "CHECKPOINT_FORMAT",

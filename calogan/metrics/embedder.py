@@ -182,6 +182,14 @@ def load_embedder(
     return model.to(device or "cpu").eval()
 
 
+def load_data_embedder(data_dir: str | Path, device: torch.device | str | None = None) -> Embedder | None:
+    """DATA/embedder.safetensors checked against DATA's training file, or None when absent (AUC_phys alone)."""
+    path = Path(data_dir) / DEFAULT_NAME
+    if not path.exists():
+        return None
+    return load_embedder(path, sha256_file(split_path(data_dir, "train")), device=device)
+
+
 def load_or_train_embedder(
     data_dir: str | Path,
     path: str | Path | None = None,
