@@ -11,6 +11,7 @@ import torch
 from scipy.ndimage import uniform_filter
 
 from calogan.core.errors import InputError
+from calogan.core.fit import seeded
 from calogan.ecal.data import CELL_CENTRES
 from calogan.ecal.physics import expected_centre, physical_statistics
 from calogan.ecal.simulate import simulate_dataset, simulate_showers
@@ -245,7 +246,7 @@ def test_fit_loop_selects_the_best_epoch():
     x = rng.normal(size=(400, 3)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.float64)
     rows = np.arange(400)
-    model = xm.seeded_model(lambda: cc.dnn(3, cc.CCSettings(width=16, layers=1)), 0)
+    model = seeded(lambda: cc.dnn(3, cc.CCSettings(width=16, layers=1)), 0)
     logits, best = xm.fit_binary_classifier(model, x, y, rows[:300], rows[300:], 0, torch.device("cpu"), 30,
                                             50, lr=1e-2, select_by="accuracy")  # fmt: skip
     assert 1 <= best <= 30 and ((logits[300:] > 0) == (y[300:] > 0)).mean() > 0.9

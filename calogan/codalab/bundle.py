@@ -21,7 +21,7 @@ from calogan.metrics.embedder import load_embedder
 #: calogan modules the scoring program imports (plots and extra metrics are not needed on Codalab).
 BUNDLED_MODULES = (
     "__init__.py", "core/__init__.py", "core/errors.py", "core/locks.py", "core/options.py", "core/runtime.py",
-    "core/safezip.py",
+    "core/safezip.py", "core/fit.py",
     "ecal/__init__.py", "ecal/data.py", "ecal/physics.py",
     "metrics/__init__.py", "metrics/prd.py", "metrics/embedder.py", "metrics/inputs.py", "metrics/scoring.py",
     "codalab/__init__.py", "codalab/score.py",

@@ -36,6 +36,9 @@ KEY_MOMENTUM = "ParticleMomentum"
 KEY_PDG = "ParticlePDG"
 CONDITION_KEYS = (KEY_POINT, KEY_MOMENTUM, KEY_PDG)
 SPLITS = ("train", "val", "test")
+#: The splits a submission predicts, and the name of each one's prediction file (also its name in a results zip).
+PREDICT_SPLITS = ("val", "test")
+PREDICTION_NAMES = {split: f"data_{split}_prediction.npz" for split in PREDICT_SPLITS}
 
 
 @dataclass

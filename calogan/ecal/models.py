@@ -28,7 +28,16 @@ from torch import nn
 
 from calogan.core.errors import InputError
 from calogan.core.runtime import require_finite_tensors, torch_load_safe
-from calogan.ecal.data import CELL_CENTRES, ENERGY_UNITS_PER_GEV, ConditionNormalizer
+from calogan.ecal.data import (
+    CELL_CENTRES,
+    ENERGY_UNITS_PER_GEV,
+    IMAGE_SIZE,
+    N_CELLS,
+    ConditionNormalizer,
+    require_file,
+    sha256_file,
+    split_path,
+)
 from calogan.ecal.soft_stats import PROFILE_RANKS, SUMMARY_NAMES, rank_profile, shower_summary
 
 #: Smallest resolved energy fraction in the critic's log space (the sparsity statistics go down to 1e-5).
@@ -58,8 +67,12 @@ class _Normalised(nn.Module):
         self.register_buffer("cond_mean", torch.tensor(norm["mean"], dtype=torch.float32))
         self.register_buffer("cond_std", torch.tensor(norm["std"], dtype=torch.float32))
         xx, yy = np.meshgrid(CELL_CENTRES, CELL_CENTRES)
-        self.register_buffer("cell_x", torch.tensor(xx, dtype=torch.float32).reshape(1, 1, 30, 30))
-        self.register_buffer("cell_y", torch.tensor(yy, dtype=torch.float32).reshape(1, 1, 30, 30))
+        self.register_buffer(
+            "cell_x", torch.tensor(xx, dtype=torch.float32).reshape(1, 1, IMAGE_SIZE, IMAGE_SIZE)
+        )
+        self.register_buffer(
+            "cell_y", torch.tensor(yy, dtype=torch.float32).reshape(1, 1, IMAGE_SIZE, IMAGE_SIZE)
+        )
 
     def features(self, cond: torch.Tensor) -> torch.Tensor:
         """(B, 11): standardised x, y, px, py, pz, is_photon, log|p|, expected centre, slopes."""
@@ -170,7 +183,7 @@ class ShowerGenerator(_Normalised):
         if pad < 0:
             raise InputError(f"gen_pad must be >= 0, got {pad}")
         self.pad = int(pad)
-        self.grid = 30 + 2 * self.pad
+        self.grid = IMAGE_SIZE + 2 * self.pad
         grid_x, grid_y = _padded_grid(self.pad)
         self.register_buffer("grid_x", grid_x, persistent=False)  # derived constants, not weights
         self.register_buffer("grid_y", grid_y, persistent=False)
@@ -257,7 +270,7 @@ class ShowerGenerator(_Normalised):
             logits = logits + (1.0 - hit) * (background - 2.0)  # background starts e^-2 below the hit level
         shape = torch.softmax(logits.reshape(batch, grid * grid), dim=1).reshape(batch, grid, grid)
         if self.pad:
-            shape = shape[:, self.pad : self.pad + 30, self.pad : self.pad + 30]
+            shape = shape[:, self.pad : self.grid - self.pad, self.pad : self.grid - self.pad]
         images = shape * torch.exp(log_e).reshape(batch, 1, 1)
         if self.zero_threshold > 0:
             images = images * (images >= self.zero_threshold).to(images.dtype)
@@ -309,7 +322,7 @@ class Baseline2019Generator(_Normalised):
     def forward(self, noise: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         cont = (conditions[:, :5] - self.cond_mean) / self.cond_std
         x = self.fc(torch.cat([noise, cont], dim=1)).reshape(-1, 256, 9, 9)
-        return F.relu(self.deconv(x)).reshape(-1, 30, 30) * self.energy_scale
+        return F.relu(self.deconv(x)).squeeze(1) * self.energy_scale  # (B, 1, 30, 30) -> (B, 30, 30)
 
 
 class Critic(_Normalised):
@@ -356,12 +369,12 @@ class Critic(_Normalised):
     def forward(self, feats: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
         """feats = critic_features(images, conditions), (B, 901); returns (B,) scores."""
         batch = feats.shape[0]
-        img = feats[:, :900].reshape(batch, 1, 30, 30)
+        img = feats[:, :N_CELLS].reshape(batch, 1, IMAGE_SIZE, IMAGE_SIZE)
         frac = fractions_from_features(img) if self.core or self.summary else None  # (B, 1, 30, 30)
         if self.core:  # sqrt of the linear fraction: the shower core, compressed by the log scale, stands out
             img = torch.cat([img, 3.0 * torch.sqrt(frac + 1e-12)], dim=1)
         x = self.conv(torch.cat([img, self.coordinates(conditions)], dim=1)).reshape(batch, -1)
-        parts = [x, self.features(conditions), feats[:, 900:]]
+        parts = [x, self.features(conditions), feats[:, N_CELLS:]]
         if self.summary:
             profile = (rank_profile(frac) + _LOGF_SHIFT) / _LOGF_SCALE
             parts += [shower_summary(frac, conditions), profile]
@@ -426,6 +439,15 @@ def check_checkpoint(ckpt: object, path: str | Path) -> dict:
     return ckpt
 
 
+def load_checked_checkpoint(checkpoint: str | Path, data_dir: str | Path) -> dict:
+    """Load a training checkpoint and refuse it (InputError) when it was trained on other data than DATA's."""
+    ckpt = check_checkpoint(torch_load_safe(checkpoint), checkpoint)
+    train_path = require_file(split_path(data_dir, "train"))
+    if ckpt.get("data_sha256") not in (None, sha256_file(train_path)):
+        raise InputError(f"{checkpoint}: trained on other data than {train_path} (sha256 differs)")
+    return ckpt
+
+
 def load_generator(checkpoint_path: str | Path, device: str | torch.device = "cpu", ema: bool = True):
     """Load the (EMA) generator of a training checkpoint; returns (generator in eval mode, metadata dict)."""
     ckpt = check_checkpoint(torch_load_safe(checkpoint_path), checkpoint_path)
@@ -456,6 +478,7 @@ __all__ = [
     "model_config",
     "load_generator",
     "check_checkpoint",
+    "load_checked_checkpoint",
     "count_parameters",
     "MODELS",
     "CHECKPOINT_FORMAT",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -40,6 +41,7 @@ from calogan.core.runtime import (
 from calogan.ecal.data import (
     IMAGE_SIZE,
     KEY_ENERGY,
+    PREDICT_SPLITS,
     PREDICTION_MANIFEST,
     CaloData,
     load_npz,
@@ -51,7 +53,6 @@ from calogan.ecal.data import (
 from calogan.ecal.export import ParallelOnnxSession, require_onnx, trace_to_onnx
 from calogan.ecal.models import load_generator
 
-PREDICT_SPLITS = ("val", "test")
 BACKENDS = ("torchscript", "eager", "onnx")
 DEFAULT_BACKEND = "torchscript"
 #: Events per network call: small enough that the 16-channel 30x30 activations stay in cache on a CPU.
@@ -207,16 +208,24 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 def add_file_to_zip(
-    zf: zipfile.ZipFile, source: str | os.PathLike, arcname: str, chunk: int = 1 << 22
+    zf: zipfile.ZipFile,
+    source: str | os.PathLike,
+    arcname: str,
+    level: int | None = None,
+    chunk: int = 1 << 22,
 ) -> None:
-    """Stream a file into an open zip under ``arcname`` with a fixed timestamp (reproducible archives)."""
+    """Stream a file into an open zip under ``arcname`` with a fixed timestamp (reproducible archives).
+
+    ``level`` is the deflate level of this member (None: zlib's default 6; ignored for stored members).
+    """
     info = zipfile.ZipInfo(arcname, date_time=ZIP_EPOCH)
     info.compress_type = zf.compression
     info.external_attr = 0o644 << 16
+    # ZipFile.open(info, "w") reads the level from here (an alias of ZipInfo.compress_level from Python 3.13)
+    info._compresslevel = level
     big = os.path.getsize(source) > (1 << 31) - (1 << 24)  # zip64 only where needed (max compatibility)
     with open(source, "rb") as src, zf.open(info, "w", force_zip64=big) as dst:
-        while block := src.read(chunk):
-            dst.write(block)
+        shutil.copyfileobj(src, dst, chunk)
 
 
 def prediction_paths(out_dir: str | os.PathLike) -> list[Path]:

@@ -19,12 +19,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 from torch import nn
-from tqdm.auto import tqdm
 
 from calogan.core import options
 from calogan.core.errors import InputError
-from calogan.core.runtime import atomic_write, progress_disabled, seed_everything, select_device
-from calogan.ecal.data import ConditionNormalizer, load_npz, require_file, sha256_file, split_path
+from calogan.core.fit import fit, seeded
+from calogan.core.runtime import atomic_write, select_device
+from calogan.ecal.data import IMAGE_SIZE, ConditionNormalizer, load_npz, require_file, sha256_file, split_path
 
 FORMAT = "calogan-embedder-v2"
 EMBED_DIM = 64
@@ -79,7 +79,7 @@ class Embedder(nn.Module):
         dev = torch.device(device) if device is not None else next(self.parameters()).device
         self.to(dev).eval()
         net = copy.deepcopy(self).to(memory_format=torch.channels_last)
-        images = np.asarray(images, dtype=np.float32).reshape(-1, 30, 30)
+        images = np.asarray(images, dtype=np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
         out = np.empty((len(images), self.embed_dim), dtype=np.float32)
         for start in range(0, len(images), batch_size):
             batch = torch.from_numpy(images[start : start + batch_size]).to(dev)
@@ -108,38 +108,24 @@ def train_embedder(
     data = load_npz(train_path, require_energy=True)
     if max_events is not None:
         data = data.subset(slice(0, max_events))
-    seed_everything(seed)
     dev = select_device("auto") if device is None else torch.device(device)
     normalizer = ConditionNormalizer.fit(data.conditions())
     images = torch.from_numpy(data.energy)
     targets = torch.from_numpy(_targets(data, normalizer))
-    model = Embedder().to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    steps_per_epoch = max(1, len(images) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch))
-    gen = torch.Generator().manual_seed(seed)
+    model = seeded(Embedder, seed).to(dev)
     bce = nn.BCEWithLogitsLoss()
-    loss_val = float("nan")
-    bar = tqdm(
-        total=epochs * steps_per_epoch, desc="embedder", unit="step", disable=progress_disabled(progress)
-    )
-    model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(images), generator=gen)
-        for k in range(steps_per_epoch):
-            idx = perm[k * batch_size : (k + 1) * batch_size]
-            x, y = images[idx].to(dev), targets[idx].to(dev)
-            pred = model(x)
-            loss = nn.functional.mse_loss(pred[:, :5], y[:, :5]) + bce(pred[:, 5], y[:, 5])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_val = loss.item()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.3f}")
-    bar.close()
-    model.eval()
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        x, y = images[idx].to(dev), targets[idx].to(dev)
+        pred = model(x)
+        return nn.functional.mse_loss(pred[:, :5], y[:, :5]) + bce(pred[:, 5], y[:, 5])
+
+    def one_cycle(opt: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, total))
+
+    result = fit(model, batch_loss, len(images), batch_size=batch_size, lr=lr, seed=seed, epochs=epochs,
+                 schedule=one_cycle, drop_last=True, progress=progress, desc="embedder")  # fmt: skip
+    loss_val = result.last_loss
     model.normalizer = normalizer
     model.meta = {
         "format": FORMAT,
@@ -194,6 +180,14 @@ def load_embedder(
     model.normalizer = ConditionNormalizer.from_dict(meta["normalizer"])
     model.meta = meta
     return model.to(device or "cpu").eval()
+
+
+def load_data_embedder(data_dir: str | Path, device: torch.device | str | None = None) -> Embedder | None:
+    """DATA/embedder.safetensors checked against DATA's training file, or None when absent (AUC_phys alone)."""
+    path = Path(data_dir) / DEFAULT_NAME
+    if not path.exists():
+        return None
+    return load_embedder(path, sha256_file(split_path(data_dir, "train")), device=device)
 
 
 def load_or_train_embedder(

@@ -20,7 +20,9 @@ from calogan.core.runtime import scratch_dir
 from calogan.core.safezip import check_npz, extract_upload
 from calogan.ecal.data import (
     KEY_PDG,
+    PREDICT_SPLITS,
     PREDICTION_MANIFEST,
+    PREDICTION_NAMES,
     check_prediction_manifest,
     load_prediction,
     npz_shape,
@@ -28,8 +30,7 @@ from calogan.ecal.data import (
     split_path,
 )
 
-SPLITS = ("val", "test")
-PREDICTION_NAMES = {s: f"data_{s}_prediction.npz" for s in SPLITS}
+SPLITS = PREDICT_SPLITS  # the prediction files' splits, in the order they are scored
 
 
 def read_upload_zip(

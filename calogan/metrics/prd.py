@@ -162,7 +162,7 @@ def _check_inputs(eval_features, ref_features, enforce_balance: bool) -> tuple[n
 # ---------------------------------------------------------------- batched mini-batch k-means
 
 
-def _kmeans_pp(points: torch.Tensor, k: int, n_init: int, gen: torch.Generator) -> torch.Tensor:
+def _kmeans_pp(points: torch.Tensor, k: int, n_init: int, rng: torch.Generator) -> torch.Tensor:
     """n_init independent plain k-means++ seedings on each subset points (G, S, d) → centre indices (G, n_init, k).
 
     The n_init chains of one subset advance together, so each step is one (S, d) x (d, n_init) product.
@@ -180,12 +180,12 @@ def _kmeans_pp(points: torch.Tensor, k: int, n_init: int, gen: torch.Generator) 
             sq.unsqueeze(1) + sq[gi, pick].unsqueeze(2) - 2 * torch.bmm(c, points.transpose(1, 2))
         ).clamp_min_(0)
 
-    pick = torch.randint(0, s, (g, n_init), generator=gen, device=dev)
+    pick = torch.randint(0, s, (g, n_init), generator=rng, device=dev)
     picks[:, :, 0] = pick
     closest = dist_to(pick)
     for j in range(1, k):
         cum = closest.cumsum(2)
-        u = torch.rand(g, n_init, 1, generator=gen, device=dev, dtype=cum.dtype) * cum[:, :, -1:]
+        u = torch.rand(g, n_init, 1, generator=rng, device=dev, dtype=cum.dtype) * cum[:, :, -1:]
         pick = torch.searchsorted(cum, u, right=True)[:, :, 0].clamp_max_(s - 1)
         picks[:, :, j] = pick
         closest = torch.minimum(closest, dist_to(pick))
@@ -223,7 +223,7 @@ def batched_minibatch_kmeans_labels(
     data: torch.Tensor,
     num_clusters: int,
     num_runs: int,
-    gen: torch.Generator,
+    rng: torch.Generator,
     n_init: int = 10,
     batch_size: int = 1024,
     init_size: int | None = None,
@@ -241,10 +241,10 @@ def batched_minibatch_kmeans_labels(
     runs = torch.arange(g, device=dev)
 
     # 1. n_init k-means++ seedings per run on a random subset, the best by inertia on a validation batch
-    sub = _rows(data, torch.randint(0, n, (g, init_size), generator=gen, device=dev))  # (g, S, d)
-    picks = _kmeans_pp(sub, k, n_init, gen)  # (g, n_init, k)
+    sub = _rows(data, torch.randint(0, n, (g, init_size), generator=rng, device=dev))  # (g, S, d)
+    picks = _kmeans_pp(sub, k, n_init, rng)  # (g, n_init, k)
     cands = sub[runs.view(g, 1, 1), picks]  # (g, n_init, k, d)
-    val = _rows(data, torch.randint(0, n, (g, bs), generator=gen, device=dev))  # (g, bs, d)
+    val = _rows(data, torch.randint(0, n, (g, bs), generator=rng, device=dev))  # (g, bs, d)
     c_sq = (cands * cands).sum(-1)  # (g, n_init, k)
     v_sq = (val * val).sum(-1)  # (g, bs)
     prod = torch.einsum("gbd,gikd->gibk", val, cands)
@@ -266,7 +266,7 @@ def batched_minibatch_kmeans_labels(
     ones = torch.ones(g * bs, dtype=dt, device=dev)
     for step in range(max_steps):
         a = act.numel()
-        rows = torch.randint(0, n, (a, bs), generator=gen, device=dev)
+        rows = torch.randint(0, n, (a, bs), generator=rng, device=dev)
         xb = _rows(data, rows)  # (a, bs, d)
         c_sq = (cen * cen).sum(-1).unsqueeze(1)
         closeness = torch.baddbmm(c_sq, xb, cen.transpose(1, 2), beta=-1.0, alpha=2.0)  # -(dist - |x|^2)
@@ -288,7 +288,7 @@ def batched_minibatch_kmeans_labels(
             starved = (cnt < reassignment_ratio * cnt.max(1, keepdim=True).values) & due[:, None]
             starved &= starved.cumsum(1) <= bs // 2  # sklearn's cap: at most half a batch of centres
             if bool(starved.any()):
-                pick = torch.randint(0, bs, (a, k), generator=gen, device=dev)
+                pick = torch.randint(0, bs, (a, k), generator=rng, device=dev)
                 cen = torch.where(starved.unsqueeze(-1), xb[torch.arange(a, device=dev)[:, None], pick], cen)
                 fed_min = torch.where(starved, torch.full_like(cnt, float("inf")), cnt).min(1).values
                 cnt = torch.where(starved, fed_min[:, None].expand(-1, k), cnt)
@@ -347,13 +347,13 @@ def compute_prd(
     union = np.concatenate([ev, rf], axis=0)
     union = union - union.mean(axis=0)  # centring keeps float32 distance arithmetic accurate
     data = torch.as_tensor(union, dtype=dtype, device=dev)
-    gen = torch.Generator(device=dev)
-    gen.manual_seed(int(seed))
+    rng = torch.Generator(device=dev)
+    rng.manual_seed(int(seed))
     labels, steps = [], []
     group_sizes = [min(runs_per_batch, num_runs - s) for s in range(0, num_runs, runs_per_batch)]
     for g in tqdm(group_sizes, desc="PRD k-means", unit="batch", disable=progress_disabled(progress)):
         lab, st = batched_minibatch_kmeans_labels(
-            data, num_clusters, g, gen, n_init=n_init, batch_size=batch_size
+            data, num_clusters, g, rng, n_init=n_init, batch_size=batch_size
         )
         labels.append(lab.cpu())
         steps.append(st)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from calogan.core.errors import InputError
-from calogan.ecal.data import PDG_ELECTRON, PDG_PHOTON, CaloData
+from calogan.ecal.data import IMAGE_SIZE, PDG_ELECTRON, PDG_PHOTON, CaloData
 from calogan.ecal.physics import (
     STAT_NAMES,
     barycentre,
@@ -163,7 +163,9 @@ def core_fractions(images: np.ndarray) -> np.ndarray:
     flat = np.asarray(images, dtype=np.float64).reshape(len(images), -1)
     total = flat.sum(axis=1)
     safe = np.where(total > 0, total, 1.0)
-    return np.stack([flat.max(axis=1) / safe, cluster_3x3(flat.reshape(-1, 30, 30)) / safe], axis=1)
+    return np.stack(
+        [flat.max(axis=1) / safe, cluster_3x3(flat.reshape(-1, IMAGE_SIZE, IMAGE_SIZE)) / safe], axis=1
+    )
 
 
 def shower_core(gen_images: np.ndarray, true: CaloData, bins: int = 6) -> list[dict[str, Any]]:
@@ -184,7 +186,7 @@ def shower_core(gen_images: np.ndarray, true: CaloData, bins: int = 6) -> list[d
 
 def physics_checks(gen_images: np.ndarray, true: CaloData, bins: int = 6) -> dict[str, Any]:
     """Response/resolution per energy bin and barycentre bias, with a pass flag per quality target."""
-    gen = np.asarray(gen_images, dtype=np.float32).reshape(-1, 30, 30)
+    gen = np.asarray(gen_images, dtype=np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
     if len(gen) != len(true):
         raise InputError(f"{true.path}: {len(gen)} generated images but {len(true)} true events")
     rows = response_by_energy(gen, true, bins)

@@ -29,6 +29,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from calogan.core.errors import InputError
+from calogan.core.fit import fit, seeded
 from calogan.core.runtime import atomic_write, atomic_write_text, progress_disabled
 from calogan.ecal.data import CaloData
 from calogan.ecal.physics import (
@@ -142,13 +143,6 @@ def _calibrated_report(
     return out
 
 
-def seeded_model(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
-    """``build()`` under torch.manual_seed(seed) without touching the global RNG: the same seed, the same weights."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build()
-
-
 def fit_binary_classifier(
     model: torch.nn.Module,
     x: np.ndarray,
@@ -169,49 +163,32 @@ def fit_binary_classifier(
     After each epoch the ``select`` rows judge the model: ``select_by`` "loss" keeps the lowest loss (an
     improvement must exceed 1e-4), "accuracy" the highest accuracy (logit > 0, strictly better; training
     stops at accuracy 1). ``patience`` epochs without improvement stop early (None: all ``epochs``). The
-    mini-batch order comes from a generator seeded with ``seed``. Returns (logits of every row, best epoch, 1-based).
+    mini-batch order comes from :func:`calogan.core.fit.fit` seeded with ``seed``. Returns (logits of every
+    row, best epoch, 1-based).
     """
     if select_by not in ("loss", "accuracy"):
         raise ValueError(f"fit_binary_classifier: select_by must be loss or accuracy, not {select_by!r}")
     model = model.to(device)
     xt = torch.as_tensor(x, dtype=torch.float32, device=device)
     yt = torch.as_tensor(y, dtype=torch.float32, device=device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    gen = torch.Generator().manual_seed(seed)
-    tr = torch.as_tensor(train, device=device)
     sel = torch.as_tensor(select, device=device)
-    best, best_state, best_epoch, bad = float("inf"), None, 0, 0
-    for epoch in range(epochs):
-        model.train()
-        order = tr[torch.randperm(len(tr), generator=gen).to(device)]
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss_fn(model(xt[idx]).squeeze(1), yt[idx]).backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            out = model(xt[sel]).squeeze(1)
-            if select_by == "loss":
-                value = float(loss_fn(out, yt[sel]))
-                better = value < best - 1e-4
-            else:  # minimise the error rate: strictly better accuracy
-                value = 1.0 - float(((out > 0).float() == yt[sel]).float().mean())
-                better = value < best
-        if better:
-            best, best_epoch, bad = value, epoch + 1, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-        if (patience is not None and bad >= patience) or (select_by == "accuracy" and best == 0.0):
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
+
+    def score() -> float:
+        out = model(xt[sel]).squeeze(1)
+        if select_by == "loss":
+            return float(loss_fn(out, yt[sel]))
+        return 1.0 - float(((out > 0).float() == yt[sel]).float().mean())  # the error rate
+
+    result = fit(
+        model, lambda idx: loss_fn(model(xt[idx]).squeeze(1), yt[idx]), torch.as_tensor(train, device=device),
+        batch_size=batch_size, lr=lr, seed=seed, epochs=epochs, weight_decay=weight_decay, score=score,
+        min_delta=1e-4 if select_by == "loss" else 0.0, patience=patience,
+        stop_at=0.0 if select_by == "accuracy" else None,
+    )  # fmt: skip
     with torch.no_grad():
         logits = torch.cat([model(xt[s : s + 8192]).squeeze(1) for s in range(0, len(xt), 8192)])
-    return logits.cpu().numpy(), best_epoch
+    return logits.cpu().numpy(), result.best_epoch
 
 
 def _two_sample_mlp(n_inputs: int) -> torch.nn.Sequential:
@@ -264,7 +241,7 @@ def classifier_scores(
         if weights is not None:
             raise ValueError("classifier_scores: the low-level MLP takes no sample weights")
         batch_size = min(256, max(32, len(train) // 40))  # enough steps per epoch on small samples
-        model = seeded_model(lambda: _two_sample_mlp(x.shape[1]), seed)
+        model = seeded(lambda: _two_sample_mlp(x.shape[1]), seed)
         logits, _ = fit_binary_classifier(
             model, x.astype(np.float32), y, train, stop, seed, device or torch.device("cpu"), epochs,
             batch_size, lr=1e-3, weight_decay=1e-5, select_by="loss", patience=3,
@@ -325,7 +302,7 @@ def cc_classifier_test(
     x = np.concatenate([x_gen, x_real]).astype(np.float32)
     y = np.concatenate([np.zeros(len(x_gen)), np.ones(len(x_real))])
     train, test, val = _class_split(y, np.random.default_rng(seed))
-    model = seeded_model(lambda: cc.dnn(x.shape[1], settings), seed)
+    model = seeded(lambda: cc.dnn(x.shape[1], settings), seed)
     logits, best_epoch = fit_binary_classifier(
         model, x, y, train, test, seed, device or torch.device("cpu"), settings.epochs, settings.batch_size,
         lr=settings.lr, select_by="accuracy",

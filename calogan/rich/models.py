@@ -243,12 +243,12 @@ class RichModel:
                 raise InputError(
                     f"noise: expected shape ({len(cond)}, {self.noise_dim}), got {tuple(noise.shape)}"
                 )
-        gen = torch.Generator().manual_seed(seed)
+        noise_rng = torch.Generator().manual_seed(seed)
         outs, bits = [], []
         for start in range(0, len(cond), batch_size):
             c = cond[start : start + batch_size]
             if noise is None:
-                z = torch.randn(len(c), self.noise_dim, generator=gen)
+                z = torch.randn(len(c), self.noise_dim, generator=noise_rng)
             else:
                 z = noise[start : start + batch_size]
             z, c = z.to(device), c.to(device)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from calogan.core.fit import fit
 from calogan.rich import DLL_COLUMNS
 
 #: neighbouring raw DLL columns (RichDLLe, RichDLLmu, RichDLLk, RichDLLp, RichDLLbt) whose ties are modelled;
@@ -105,3 +106,34 @@ class TieModel(nn.Module):
         index = draw_patterns(self.head(conditions), uniform)
         one_hot = (index.unsqueeze(1) == torch.arange(self.n_patterns, device=index.device)).float()
         return one_hot, one_hot @ self.patterns
+
+
+def fit_pattern_head(
+    head: nn.Module,
+    conditions: torch.Tensor,
+    labels: np.ndarray,
+    weights: np.ndarray,
+    seed: int = 0,
+    steps: int = 3000,
+    batch_size: int = 4096,
+) -> nn.Module:
+    """Train a TieModel's head in place by weighted cross-entropy (the training weights: signal tracks count).
+
+    ``head`` maps the normalised conditions (N, 3) to the logits of the patterns; ``labels`` are each track's
+    pattern (:func:`fit_patterns`). Trained on the CPU, so a seed gives the same head on every machine; the
+    learning rate falls linearly to 0 so the last step is a settled one. Returns the head, on the CPU.
+    """
+    head = head.cpu()
+    cond = conditions.detach().cpu().float()
+    y = torch.from_numpy(np.asarray(labels, np.int64))
+    w = torch.from_numpy(np.asarray(weights, np.float32))
+    w = w / w.abs().mean()
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        return (nn.functional.cross_entropy(head(cond[idx]), y[idx], reduction="none") * w[idx]).mean()
+
+    def linear(opt: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / total)
+
+    fit(head, batch_loss, len(y), batch_size=batch_size, lr=3e-3, seed=seed, steps=steps, schedule=linear)
+    return head

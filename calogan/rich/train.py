@@ -45,6 +45,7 @@ from calogan.core.engine import (
     check_objective,
 )
 from calogan.core.errors import InputError, Interrupted
+from calogan.core.fit import seeded
 from calogan.core.rundir import Requested, RunSetup, check_run_path, deadline, run_path
 from calogan.core.runtime import run_cli, seed_everything, select_device
 from calogan.ecal.data import sha256_file
@@ -71,7 +72,7 @@ from calogan.rich.models import (
     check_rich_checkpoint,
 )
 from calogan.rich.momentum import MomentumScaling, momentum_sampling
-from calogan.rich.ties import TIE_PAIRS, TieModel, fit_patterns, masked_columns
+from calogan.rich.ties import TIE_PAIRS, TieModel, fit_pattern_head, fit_patterns, masked_columns
 from calogan.rich.weights import WEIGHT_MODES, expected_sweights, n_effective
 
 PRESETS: dict[str, dict] = {
@@ -226,7 +227,8 @@ class RichTask(AdversarialTask):
         if config.tie_patterns:
             patterns, labels = fit_patterns(rich.dlls)
         if len(patterns) > 1:
-            head = fit_pattern_head(self.cond, labels, train_weights, len(patterns), seed=config.seed)
+            head = seeded(lambda: TiePatternHead(len(patterns)), config.seed)
+            fit_pattern_head(head, self.cond, labels, train_weights, seed=config.seed)
             self.ties = TieModel(head, patterns).to(device)
             one_hot = torch.from_numpy(np.eye(len(patterns), dtype=np.float32)[labels]).to(device)
             self.cond = torch.cat([self.cond, one_hot], 1)
@@ -304,39 +306,6 @@ class RichTask(AdversarialTask):
 
     def checkpoint_fields(self) -> dict:
         return self.fixed
-
-
-def fit_pattern_head(
-    conditions: torch.Tensor,
-    labels: np.ndarray,
-    weights: np.ndarray,
-    n_patterns: int,
-    seed: int = 0,
-    steps: int = 3000,
-    batch_size: int = 4096,
-) -> TiePatternHead:
-    """Train the tie-pattern classifier by weighted cross-entropy (the training weights: signal tracks count).
-
-    Seeded and deterministic on CPU; the learning rate falls linearly to 0 so the last step is a settled one.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):  # the GAN's seeded initialisation stays as without ties
-        torch.manual_seed(seed)
-        head = TiePatternHead(n_patterns)
-    cond = conditions.detach().cpu().float()
-    y = torch.from_numpy(np.asarray(labels, np.int64))
-    w = torch.from_numpy(np.asarray(weights, np.float32))
-    w = w / w.abs().mean()
-    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
-    for _ in range(steps):
-        idx = torch.randint(0, len(y), (min(batch_size, len(y)),), generator=generator)
-        loss = (torch.nn.functional.cross_entropy(head(cond[idx]), y[idx], reduction="none") * w[idx]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        schedule.step()
-    return head.eval()
 
 
 #: the default interval of last.pt (TrainConfig.checkpoint_every), the one of runs recorded before keep_every

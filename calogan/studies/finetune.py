@@ -32,15 +32,15 @@ from calogan.core.runtime import (
     atomic_write_text,
     seed_everything,
     select_device,
-    torch_load_safe,
 )
-from calogan.ecal.data import ENERGY_UNITS_PER_GEV, CaloData, load_npz, require_file, sha256_file, split_path
+from calogan.ecal.data import ENERGY_UNITS_PER_GEV, CaloData, load_npz, require_file, split_path
 from calogan.ecal.models import (
     CHECKPOINT_FORMAT,
     build_critic,
     build_generator,
     check_checkpoint,
     critic_features,
+    load_checked_checkpoint,
 )
 from calogan.ecal.physics import (
     energy_response,
@@ -51,7 +51,7 @@ from calogan.ecal.physics import (
 )
 from calogan.ecal.predict import generate
 from calogan.ecal.soft_stats import energy_response_t
-from calogan.metrics.embedder import load_embedder
+from calogan.metrics.embedder import load_data_embedder
 from calogan.metrics.plots import save_png, subplots
 from calogan.metrics.scoring import score_arrays
 from calogan.studies.surrogate import (
@@ -100,15 +100,6 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def load_checked_checkpoint(checkpoint: str | os.PathLike, data_dir: str | os.PathLike) -> dict:
-    """Load a training checkpoint and refuse it (InputError) when it was trained on other data."""
-    ckpt = check_checkpoint(torch_load_safe(checkpoint), checkpoint)
-    train_path = require_file(split_path(data_dir, "train"))
-    if ckpt.get("data_sha256") not in (None, sha256_file(train_path)):
-        raise InputError(f"{checkpoint}: trained on other data than {train_path} (sha256 differs)")
-    return ckpt
-
-
 # ------------------------------------------------------------------ comparison report
 
 
@@ -151,20 +142,12 @@ def plot_histograms(path: Path, title: str, real: np.ndarray, samples: dict[str,
     return save_png(fig, path, dpi=90)
 
 
-def score_images(images: np.ndarray, data: CaloData, embedder, cfg: FinetuneConfig, device) -> dict:
+def score_images(images: np.ndarray, data: CaloData, embedder, clusters: int, runs: int, device) -> dict:
     """The competition score of images against data (calogan.metrics.scoring.score_arrays), JSON-safe subset."""
-    res = score_arrays(images, data, embedder=embedder, clusters=cfg.clusters, runs=cfg.runs, seed=1337,
-                       ceiling=True, device=device)  # fmt: skip
+    res = score_arrays(images, data, embedder=embedder, clusters=clusters, runs=runs, seed=1337, ceiling=True,
+                       device=device)  # fmt: skip
     keep = ("score", "auc_img", "auc_phys", "score_std", "ceiling")
     return {k: (None if res.get(k) is None else float(res[k])) for k in keep if k in res}
-
-
-def load_data_embedder(data_dir: str | os.PathLike, device):
-    """DATA/embedder.safetensors when it exists (tied to the training data), else None (AUC_phys only)."""
-    path = Path(data_dir) / "embedder.safetensors"
-    if not path.exists():
-        return None
-    return load_embedder(path, sha256_file(split_path(data_dir, "train")), device=device)
 
 
 # ------------------------------------------------------------------ the fine-tuning loop
@@ -363,7 +346,7 @@ def compare_generators(
         entry["plot"] = f"hist_{name}.png"
         out["statistics"][name] = entry
     embedder = load_data_embedder(data_dir, dev)
-    out["score"] = {k: score_images(v, val, embedder, cfg, dev) for k, v in gens.items()}
+    out["score"] = {k: score_images(v, val, embedder, cfg.clusters, cfg.runs, dev) for k, v in gens.items()}
     out["score_uses_embedder"] = embedder is not None
     return out
 

@@ -17,11 +17,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from calogan.core.errors import InputError
+from calogan.core.fit import fit, seeded
 from calogan.core.gan import binned_wasserstein
-from calogan.core.runtime import progress_disabled
 from calogan.ecal.data import IMAGE_SIZE
 from calogan.ecal.physics import STAT_NAMES
 from calogan.ecal.soft_stats import shower_frame
@@ -208,14 +207,21 @@ class SurrogateRegressor(nn.Module):
         self.target_std.copy_(t.std(0).clamp_min(1e-6).to(self.target_std))
 
 
+def surrogate_loss(
+    model: SurrogateRegressor, images: torch.Tensor, conditions: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """The regression loss: mean squared error of the standardised predictions."""
+    pred = model.standardised(images, conditions)
+    return torch.nn.functional.mse_loss(pred, (targets - model.target_mean) / model.target_std)
+
+
 def surrogate_step(
     model: SurrogateRegressor, optimizer: torch.optim.Optimizer, images: torch.Tensor, conditions: torch.Tensor,
     targets: torch.Tensor,
 ) -> float:  # fmt: skip
-    """One Adam step of standardised-MSE regression; returns the loss."""
+    """One optimiser step of :func:`surrogate_loss` (fine-tuning refits the surrogate online); returns the loss."""
     model.train()
-    pred = model.standardised(images, conditions)
-    loss = torch.nn.functional.mse_loss(pred, (targets - model.target_mean) / model.target_std)
+    loss = surrogate_loss(model, images, conditions, targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -235,22 +241,23 @@ def train_surrogate(
     model: SurrogateRegressor | None = None,
 ) -> SurrogateRegressor:
     """Fit a SurrogateRegressor to targets (N, k) from images (N,30,30) and raw conditions (N,6)."""
-    torch.manual_seed(seed)
     if model is None:
-        model = SurrogateRegressor(targets.shape[1])
+        model = seeded(lambda: SurrogateRegressor(targets.shape[1]), seed)
         model.set_target_scale(targets)
     model = model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1), eta_min=lr * 0.05)
     img_t = torch.as_tensor(images, dtype=torch.float32)
     cond_t = torch.as_tensor(conditions, dtype=torch.float32)
     tgt_t = torch.as_tensor(targets, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in tqdm(range(steps), desc="surrogate", disable=progress_disabled(progress)):
-        idx = torch.randint(0, img_t.shape[0], (min(batch_size, img_t.shape[0]),), generator=gen)
-        surrogate_step(model, opt, img_t[idx].to(device), cond_t[idx].to(device), tgt_t[idx].to(device))
-        sched.step()
-    return model.eval()
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        return surrogate_loss(model, img_t[idx].to(device), cond_t[idx].to(device), tgt_t[idx].to(device))
+
+    def cosine(opt: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LRScheduler:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total, 1), eta_min=lr * 0.05)
+
+    fit(model, batch_loss, img_t.shape[0], batch_size=batch_size, lr=lr, seed=seed, steps=steps, schedule=cosine,
+        progress=progress, desc="surrogate")  # fmt: skip
+    return model
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,20 +25,16 @@ from calogan.core.runtime import (
     temp_dir_for,
 )
 from calogan.ecal.data import ENERGY_UNITS_PER_GEV, CaloData, load_npz, require_file, save_npz, split_path
-from calogan.ecal.models import load_generator
+from calogan.ecal.models import load_checked_checkpoint, load_generator
 from calogan.ecal.physics import cluster_3x3, energy_response, momentum_quantile_bins
 from calogan.ecal.predict import generate
 from calogan.ecal.train import PRESETS as TRAIN_PRESETS
 from calogan.ecal.train import make_config, train
+from calogan.metrics.embedder import load_data_embedder
 from calogan.metrics.plots import save_png, subplots
 from calogan.metrics.response import response_rows
 from calogan.metrics.two_sample import binned_efficiency
-from calogan.studies.finetune import (
-    FinetuneConfig,
-    load_checked_checkpoint,
-    load_data_embedder,
-    score_images,
-)
+from calogan.studies.finetune import score_images
 from calogan.studies.selection import Selection, apply_selection, overlap_fraction, parse_selection
 
 #: Evaluation settings per preset: events per selection, PRD clusters and runs, |p| bins.
@@ -47,6 +44,17 @@ PRESETS = {
     "full": dict(eval_events=0, clusters=100, runs=20, n_bins=5),
 }
 CLUSTER_CUT_GEV = 2.0
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How a study evaluates its generator: events per selection (0: all), PRD clusters and runs, |p| bins, seed."""
+
+    eval_events: int = 5000
+    clusters: int = 20
+    runs: int = 10
+    n_bins: int = 4
+    seed: int = 0
 
 
 def _efficiency(passed: np.ndarray) -> tuple[float, float]:
@@ -102,7 +110,7 @@ def response_ratios(gen: np.ndarray, data: CaloData, n_bins: int) -> dict:
 
 
 def _evaluate_selection(
-    generator, val: CaloData, sel: Selection, option: str, cfg: FinetuneConfig, embedder, dev
+    generator, val: CaloData, sel: Selection, option: str, cfg: EvaluationSettings, embedder, dev
 ) -> dict:
     data = apply_selection(val, sel, option)
     if cfg.eval_events and len(data) > cfg.eval_events:
@@ -113,7 +121,7 @@ def _evaluate_selection(
     return {
         "selection": str(sel),
         "n_events": len(data),
-        "score": score_images(gen, data, embedder, cfg, dev),
+        "score": score_images(gen, data, embedder, cfg.clusters, cfg.runs, dev),
         "response": response_ratios(gen, data, cfg.n_bins),
         "efficiency": efficiencies(gen, data.energy),
     }
@@ -168,7 +176,7 @@ def transfer_study(
             (out_dir / name).unlink(missing_ok=True)
         checkpoint = _train_on_selection(data_dir, sel_train, out_dir, preset, seed, device, progress)
     generator, _ = load_generator(checkpoint, device=dev, ema=True)
-    cfg = FinetuneConfig(**PRESETS[preset], seed=seed)
+    cfg = EvaluationSettings(**PRESETS[preset], seed=seed)
     embedder = load_data_embedder(data_dir, dev)
     result = {
         "checkpoint": str(checkpoint),

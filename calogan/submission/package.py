@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from calogan.core.runtime import atomic_write, remove_stale_temps, scratch_dir, 
 from calogan.ecal.data import (
     IMAGE_SIZE,
     KEY_ENERGY,
+    PREDICT_SPLITS,
     PREDICTION_MANIFEST,
     check_prediction_arrays,
     check_prediction_manifest,
@@ -41,15 +41,17 @@ from calogan.ecal.data import (
     sha256_file,
     split_path,
 )
+from calogan.ecal.data import PREDICTION_NAMES as SPLIT_PREDICTION_NAMES
 from calogan.ecal.export import export_generator
 from calogan.ecal.models import load_generator
-from calogan.ecal.predict import PREDICT_SPLITS, ZIP_EPOCH, predict_dir
+from calogan.ecal.predict import ZIP_EPOCH, add_file_to_zip, predict_dir
 from calogan.metrics.embedder import DEFAULT_NAME, load_or_train_embedder
 from calogan.metrics.inputs import check_prediction_file, read_upload_zip
 from calogan.metrics.scoring import score_arrays
 from calogan.submission.codesub import METADATA_COMMAND, SOLUTION_SCRIPT
 
-PREDICTION_NAMES = tuple(f"data_{split}_prediction.npz" for split in PREDICT_SPLITS)
+#: The two prediction files of a results zip, in PREDICT_SPLITS order.
+PREDICTION_NAMES = tuple(SPLIT_PREDICTION_NAMES[split] for split in PREDICT_SPLITS)
 #: Codalab's usual upload limit; a bigger zip is reported (not refused: the limit is set per competition).
 SIZE_WARN_MB = 300.0
 #: Explicit mantissa bits a float32 has; ``--mantissa-bits 23`` keeps the predictions exactly.
@@ -216,18 +218,6 @@ def default_zip_name(source: Path, kind: str) -> Path:
     return Path("submissions") / f"{run}-{date}{'-code' if kind == 'code' else ''}.zip"
 
 
-def _add_file(zf: zipfile.ZipFile, source: Path, arcname: str, level: int | None) -> None:
-    """Stream a file into ``zf`` with a fixed timestamp (reproducible) at deflate ``level`` (None: zlib's 6)."""
-    info = zipfile.ZipInfo(arcname, date_time=ZIP_EPOCH)
-    info.compress_type = zf.compression
-    info.external_attr = 0o644 << 16
-    # ZipFile.open(info, "w") reads the level from here (an alias of ZipInfo.compress_level from Python 3.13)
-    info._compresslevel = level
-    big = source.stat().st_size > (1 << 31) - (1 << 24)  # zip64 only where needed (max compatibility)
-    with open(source, "rb") as src, zf.open(info, "w", force_zip64=big) as dst:
-        shutil.copyfileobj(src, dst, 1 << 22)
-
-
 def _write_zip_atomic(
     out: Path, entries: dict[str, Path | bytes], compression: int, level: int | None = None
 ) -> Path:
@@ -241,7 +231,7 @@ def _write_zip_atomic(
                     info.external_attr = 0o644 << 16
                     zf.writestr(info, content, compress_type=compression, compresslevel=level)
                 else:
-                    _add_file(zf, Path(content), arcname, level)
+                    add_file_to_zip(zf, Path(content), arcname, level)
 
     return atomic_write(out, write)
 
