@@ -232,6 +232,14 @@ def score_arrays(
     return score_images(gen_images, true, embedder, settings).summary
 
 
+def headline_scores(images: np.ndarray, data: CaloData, embedder, clusters: int, runs: int, device) -> dict:
+    """Score, its two AUCs, spread and ceiling of images against data (seed 1337), as plain floats for JSON."""
+    res = score_arrays(images, data, embedder=embedder, clusters=clusters, runs=runs, seed=1337, ceiling=True,
+                       device=device)  # fmt: skip
+    keep = ("score", "auc_img", "auc_phys", "score_std", "ceiling")
+    return {k: (None if res.get(k) is None else float(res[k])) for k in keep if k in res}
+
+
 # ---------------------------------------------------------------- stricter metrics (docs/metrics.md)
 
 

@@ -53,7 +53,7 @@ from calogan.ecal.predict import generate
 from calogan.ecal.soft_stats import energy_response_t
 from calogan.metrics.embedder import load_data_embedder
 from calogan.metrics.plots import save_png, subplots
-from calogan.metrics.scoring import score_arrays
+from calogan.metrics.scoring import headline_scores
 from calogan.studies.surrogate import (
     DIRECT_TARGETS,
     LOSSES,
@@ -140,14 +140,6 @@ def plot_histograms(path: Path, title: str, real: np.ndarray, samples: dict[str,
     ax.set_xlabel(title)
     ax.legend()
     return save_png(fig, path, dpi=90)
-
-
-def score_images(images: np.ndarray, data: CaloData, embedder, clusters: int, runs: int, device) -> dict:
-    """The competition score of images against data (calogan.metrics.scoring.score_arrays), JSON-safe subset."""
-    res = score_arrays(images, data, embedder=embedder, clusters=clusters, runs=runs, seed=1337, ceiling=True,
-                       device=device)  # fmt: skip
-    keep = ("score", "auc_img", "auc_phys", "score_std", "ceiling")
-    return {k: (None if res.get(k) is None else float(res[k])) for k in keep if k in res}
 
 
 # ------------------------------------------------------------------ the fine-tuning loop
@@ -346,7 +338,9 @@ def compare_generators(
         entry["plot"] = f"hist_{name}.png"
         out["statistics"][name] = entry
     embedder = load_data_embedder(data_dir, dev)
-    out["score"] = {k: score_images(v, val, embedder, cfg.clusters, cfg.runs, dev) for k, v in gens.items()}
+    out["score"] = {
+        k: headline_scores(v, val, embedder, cfg.clusters, cfg.runs, dev) for k, v in gens.items()
+    }
     out["score_uses_embedder"] = embedder is not None
     return out
 

@@ -33,8 +33,8 @@ from calogan.ecal.train import make_config, train
 from calogan.metrics.embedder import load_data_embedder
 from calogan.metrics.plots import save_png, subplots
 from calogan.metrics.response import response_rows
+from calogan.metrics.scoring import headline_scores
 from calogan.metrics.two_sample import binned_efficiency
-from calogan.studies.finetune import score_images
 from calogan.studies.selection import Selection, apply_selection, overlap_fraction, parse_selection
 
 #: Evaluation settings per preset: events per selection, PRD clusters and runs, |p| bins.
@@ -121,7 +121,7 @@ def _evaluate_selection(
     return {
         "selection": str(sel),
         "n_events": len(data),
-        "score": score_images(gen, data, embedder, cfg.clusters, cfg.runs, dev),
+        "score": headline_scores(gen, data, embedder, cfg.clusters, cfg.runs, dev),
         "response": response_ratios(gen, data, cfg.n_bins),
         "efficiency": efficiencies(gen, data.energy),
     }
