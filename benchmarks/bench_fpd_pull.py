@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/bench_fpd_pull.py [--replicas 100] [--n 2000] [--dims 5] [--shift 0] [--json FILE]
        python benchmarks/bench_fpd_pull.py --time 50000 --dims 20     (seconds per call of each convention)
+       python benchmarks/bench_fpd_pull.py --simulated 15 --n 1200 --scale 1.3   (the evaluator's FPD, simulator)
 
 Each replica draws three independent samples of n events from one correlated Gaussian in ``--dims``
 dimensions (``--shift`` moves the generated one by shift·k/dims in feature k): generated, real A and real B.
@@ -26,7 +27,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from calogan.core.runtime import atomic_write_json, run_cli
+from calogan.ecal.physics import physical_statistics
+from calogan.ecal.simulate import simulate_dataset
 from calogan.metrics import distances as dist
+from calogan.metrics import two_sample as xm
 
 
 def correlated_gaussian(dims: int, seed: int) -> np.ndarray:
@@ -96,6 +100,24 @@ def pull_replicas(
     return out
 
 
+def simulated_replicas(datasets: int = 15, n: int = 1200, scale: float = 1.3, seed: int = 100) -> dict:
+    """The evaluator's FPD (``fpd_metric``, kit convention) of images × ``scale`` on independent simulated datasets.
+
+    A strongly wrong generator on the 29 high-level features: the spread of the value over the datasets
+    against the median of its errors, and the pull about the datasets' mean.
+    """
+    rows = []
+    for s in range(datasets):
+        true = simulate_dataset(n, seed=seed + s)
+        gen = true.energy * scale
+        res = xm.fpd_metric(gen, true, physical_statistics(gen, true.point, true.momentum),
+                            physical_statistics(true.energy, true.point, true.momentum), seed=seed + s)  # fmt: skip
+        rows.append([res["fpd"], res["fpd_err"]])
+    v, e = np.array(rows).T
+    return {"datasets": datasets, "n": n, "scale": scale, "seed": seed, "mean_value": float(v.mean()),
+            "pull": pull_summary(v, e, float(v.mean()))}  # fmt: skip
+
+
 def time_calls(n: int, dims: int, seed: int = 0) -> dict[str, float]:
     """Seconds of one call of each convention on n × dims (calogan: value and reference; jetnet: defaults)."""
     chol = correlated_gaussian(dims, seed)
@@ -124,11 +146,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--time", type=int, default=0, help="instead: time one call of each convention on N events"
     )
+    ap.add_argument(
+        "--simulated", type=int, default=0, help="instead: FPD of images x --scale on this many datasets"
+    )
+    ap.add_argument(
+        "--scale", type=float, default=1.3, help="--simulated: energy scale of the generated images"
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     if args.time:
         res = time_calls(args.time, args.dims, args.seed)
+    elif args.simulated:
+        res = simulated_replicas(args.simulated, args.n, args.scale, 100 + args.seed)
+        res["seconds"] = time.perf_counter() - t0
     else:
         res = pull_replicas(args.replicas, args.n, args.dims, args.shift, args.conventions.split(","), args.seed,
                             args.jetnet_batches, args.jetnet_points, args.repeats)  # fmt: skip

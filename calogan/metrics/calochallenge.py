@@ -60,7 +60,8 @@ class CCSettings:
 
 #: CaloChallenge's own settings (code/evaluate.py defaults).
 PUBLISHED = CCSettings(width=2048, layers=2, epochs=50)
-#: The evaluator's settings: the published AUC within its noise at a fraction of the cost (docs/metrics.md).
+#: The evaluator's settings, reduced for the CPU: on 2000 events per class they undertrain and can give a much
+#: lower AUC than :data:`PUBLISHED` (docs/metrics.md, "the reduced DNN against the published one").
 DEFAULT = CCSettings()
 
 
