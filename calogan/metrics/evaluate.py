@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from calogan.core import options
+from calogan.core.engine import budget_stop_message
 from calogan.core.errors import InputError
 from calogan.core.locks import lock_directory
 from calogan.core.runtime import (
@@ -145,9 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"\n{split_name}: conditional physics (generated / real, same conditions)")
                 print(format_physics_table(summary["physics"]))
         stopped = training_stop(args.pred)
-        if stopped:  # imported here: the Codalab bundle does not ship the training engine
-            from calogan.core.engine import budget_stop_message
-
+        if stopped:
             print(f"note: these predictions come from a training that {budget_stop_message(stopped)}")
         output = {**summaries, "training_stop": stopped} if stopped else summaries
         if args.plots or args.report:
