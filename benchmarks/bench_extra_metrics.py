@@ -1,6 +1,6 @@
 """Time each extra metric on simulator data, as ratios to the 24-statistics computation in the same run.
 
-Usage: python benchmarks/bench_extra_metrics.py [--n 50000] [--metrics cls,fpd,kpd,sep,prdc] [--seed 0] [--json FILE]
+Usage: python benchmarks/bench_extra_metrics.py [--n 50000] [--metrics cls,fpd,kpd,sep,prdc] [--seed 0] [--fpd-convention calogan|jetnet] [--json FILE]
 
 ``--cc-check`` instead runs the CaloChallenge classifier protocol at several settings (``--cc-configs``, width x
 epochs : seeds; the published ones are 2048x50) on a re-simulation scaled by ``--scale``: a reduction is
@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=50000)
     ap.add_argument("--metrics", default=",".join(xm.EXTRA_METRICS))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--fpd-convention", default="calogan", choices=("calogan", "jetnet"), help="FPD/KPD convention"
+    )
     ap.add_argument("--json", default=None)
     ap.add_argument("--cc-check", action="store_true", help="default vs published CaloChallenge classifier")
     ap.add_argument("--scale", type=float, default=1.08, help="--cc-check: energy scale of the re-simulation")
@@ -68,13 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats_true = physical_statistics(true.energy, true.point, true.momentum)
     stats_gen = physical_statistics(gen, true.point, true.momentum)
     base = time.perf_counter() - t0
-    rows = {"n": args.n, "device": str(device), "baseline_stats_s": base, "metrics": {}}
+    rows = {"n": args.n, "device": str(device), "fpd_convention": args.fpd_convention, "baseline_stats_s": base,
+            "metrics": {}}  # fmt: skip
     print(f"baseline: 24 statistics of both samples, {args.n} + {args.n} events: {base:.1f} s")
     for name in args.metrics.split(","):
         t0 = time.perf_counter()
         res = xm.EXTRA_METRICS[name](
             gen_images=gen, true_images=true.energy, true=true, stats_gen=stats_gen, stats_true=stats_true,
-            emb_gen=None, emb_true=None, seed=args.seed, device=device,
+            emb_gen=None, emb_true=None, seed=args.seed, device=device, convention=args.fpd_convention,
         )  # fmt: skip
         dt = time.perf_counter() - t0
         summary = {k: v for k, v in res.items() if isinstance(v, float)}

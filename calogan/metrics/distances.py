@@ -12,7 +12,9 @@
 The FPD error is the same in both: the sampling error of the value, from random half-splits of the two
 samples (:func:`split_half_variance`), combined with the Monte-Carlo error of the subsample or batch means.
 jetnet's own error (the fit's covariance; it misses the fluctuation that every batch of one sample shares, and
-is 1.4–1.9× too small on null replicas) is kept as ``fit_error``.
+is 1.4–2.5× too small on Gaussian null replicas) is kept as ``fit_error``. On heavy-tailed features the
+jetnet convention's value also moves with the real sample's maximum, which no resampling of one sample sees:
+there both errors are too small (docs/metrics.md, "FPD error bars").
 """
 
 from __future__ import annotations
