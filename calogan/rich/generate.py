@@ -268,7 +268,7 @@ def generate_file(
     summary = {
         "tracks": counts["tracks"],
         "no_rich_tracks": counts["no_rich"],
-        "particles": present or {next(iter(use)): counts["tracks"]},
+        "particles": present if particle_column else {p: counts["tracks"] for p in use},
         "backend": backend,
         "seconds": seconds,
         "tracks_per_second": counts["tracks"] / seconds if seconds > 0 else None,
@@ -344,8 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.tracks, args.out, models, args.tree, columns, args.particle_column, args.seed, args.chunk_size,
         args.backend, args.threads, args.overwrite,
     )  # fmt: skip
-    per = ", ".join(f"{p} {n}" for p, n in s["particles"].items())
-    print(f"wrote {s['out']}: {s['tracks']} tracks ({per}), {s['no_rich_tracks']} without RICH (-999);"
+    per = " (" + ", ".join(f"{p} {n}" for p, n in s["particles"].items() if n) + ")" if s["tracks"] else ""
+    print(f"wrote {s['out']}: {s['tracks']} tracks{per}, {s['no_rich_tracks']} without RICH (-999);"
           f" {s['tracks_per_second'] or 0:.0f} tracks/s ({s['backend']})")  # fmt: skip
     return 0
 
