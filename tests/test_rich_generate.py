@@ -183,6 +183,11 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(run_dir, tracks, tmp
     out = out_dir / "gen.npz"
     existing = out_dir / "existing.npz"
     existing.write_bytes(b"x")
+    root_in = tmp_path / "in" / "tracks.root"
+    with uproot.recreate(root_in) as f:
+        branches = {"Brunel_P": inp["P"] * 1000.0, "ETA": inp["ETA"], "NTRACKS": inp["NTRACKS"]}
+        f.mktree("Tuple/DecayTree", {k: v.dtype for k, v in branches.items()})
+        f["Tuple/DecayTree"].extend(branches)
     one = ["--checkpoint", ckpt, "--tracks"]
     cases = [
         ([*one, tracks, "--columns", "P=Brunel_P", "--out", out], "missing column Brunel_P (column P)"),
@@ -200,6 +205,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(run_dir, tracks, tmp
         (["--run-dir", run_dir, "--tracks", tracks, "--out", out], "exactly one of --particle P and --particle-column"),
         ([*one, tracks, "--tree", "t", "--out", out], "--tree t: goes with a ROOT file"),
         ([*one, tmp_path / "none.npz", "--out", out], "file not found"),
+        ([*one, root_in, "--columns", "P=Brunel_P,ETA=Brunel_ETA", "--p-unit", "MeV", "--out", out_dir / "gen.root"],
+         "tracks.root:Tuple/DecayTree: missing branch Brunel_ETA (column ETA)"),
+        ([*one, root_in, "--tree", "DecayTree", "--out", out], "no tree 'DecayTree' (trees in the file: Tuple/DecayTree)"),
     ]  # fmt: skip
     for argv, message in cases:
         assert generate(*argv) == 2, argv
