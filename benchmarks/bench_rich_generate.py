@@ -5,9 +5,10 @@ Usage: .venv/bin/python benchmarks/bench_rich_generate.py [--checkpoint CK] [--t
 Without --checkpoint a kaon model of the standard preset's architecture (3 x 128, noise 32, tie patterns,
 momentum scaling) is trained for --train-steps steps on a small simulated sample: the architecture, not the
 training, sets the speed. Track files hold P, ETA, NTRACKS drawn with the RICH simulator's kinematics.
-Throughput: the command's wall time (reading, generating, writing) per track, in a fresh process each,
-so the first-call costs (model load, the in-memory ONNX export and its parity check) are included; the
-generate_seconds column is the command's own timer (from the first chunk to the renamed output).
+Throughput (--repeats runs of each, the backends interleaved): the command's wall time (reading, generating,
+writing) per track, in a fresh process each, so the first-call costs (model load, the in-memory ONNX export
+and its parity check) are included; the generate_seconds column is the command's own timer (from the first
+chunk to the renamed output).
 Peak memory: the maximum resident set size of the command (``/usr/bin/time -v``-like, from getrusage) for
 each size in --peak-tracks; bounded memory means the same peak for every size. Prints a Markdown table and
 writes --json.
@@ -100,6 +101,7 @@ def main() -> None:
         default=["onnx:npz", "onnx:root", "eager:npz"],
         help="BACKEND:FORMAT of the peak runs",
     )
+    ap.add_argument("--repeats", type=int, default=1, help="throughput runs of each backend, interleaved")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     rows = []
@@ -109,11 +111,14 @@ def main() -> None:
         files = {
             n: write_tracks(tmp / f"tracks_{n}.npz", n) for n in sorted({args.tracks, *args.peak_tracks})
         }
-        for backend in ("eager", "onnx"):
-            for threads in args.threads:
-                row = run_generate(checkpoint, files[args.tracks], tmp / "out.npz", backend, threads or None)
-                rows.append({"kind": "throughput", **row})
-                print(json.dumps(rows[-1]), flush=True)
+        for repeat in range(args.repeats):  # backends interleaved, so a change in the load hits both
+            for backend in ("eager", "onnx"):
+                for threads in args.threads:
+                    row = run_generate(
+                        checkpoint, files[args.tracks], tmp / "out.npz", backend, threads or None
+                    )
+                    rows.append({"kind": "throughput", "repeat": repeat, **row})
+                    print(json.dumps(rows[-1]), flush=True)
         for n in args.peak_tracks:
             for backend, suffix in (run.split(":") for run in args.peak_runs):
                 row = run_generate(checkpoint, files[n], tmp / f"out.{suffix}", backend, None)

@@ -61,6 +61,24 @@ def test_interp_matches_numpy_with_ties_and_out_of_range():
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("n", [2, 3, 8, 1000, 1024])
+def test_interp_at_every_knot_count_and_the_equally_spaced_lookup(n):
+    """The search reaches every segment whatever n (powers of two included); equally spaced knots (sklearn's
+    references) take the search-free lookup, which agrees with numpy to rounding, knots and ends included."""
+    rng = np.random.default_rng(n)
+    fp = np.sort(np.round(rng.normal(size=(2, n)), 1), axis=1)  # tied values, as quantiles have
+    xp = np.sort(rng.uniform(size=(2, n)), axis=1)
+    x = np.concatenate([rng.uniform(-0.1, 1.1, (2, 400)), xp, [[0.0, 1.0], [1.0, 0.0]]], axis=1)
+    t = torch.from_numpy
+    want = np.stack([np.interp(x[i], xp[i], fp[i]) for i in range(2)])
+    np.testing.assert_array_equal(rich_export.interp(t(x), t(xp), t(fp)).numpy(), want)
+    grid = np.broadcast_to(np.linspace(0, 1, n), (2, n)).copy()
+    assert rich_export.equally_spaced(grid) == (n >= 3) and not rich_export.equally_spaced(xp)
+    want = np.stack([np.interp(x[i], grid[i], fp[i]) for i in range(2)])
+    got = rich_export.interp_uniform(t(x), t(grid), t(fp)).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
 def test_export_parity_torchscript_onnx_and_eager(tiny_ckpt, rich_dir, tmp_path, capsys):
     """Same inputs and noise: the eager RichModel, the module built from its parts, TorchScript and ONNX agree."""
     model = load_rich_model(tiny_ckpt)

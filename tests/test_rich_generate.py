@@ -183,6 +183,11 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(run_dir, tracks, tmp
     out = out_dir / "gen.npz"
     existing = out_dir / "existing.npz"
     existing.write_bytes(b"x")
+    root_in = tmp_path / "in" / "tracks.root"
+    with uproot.recreate(root_in) as f:
+        branches = {"Brunel_P": inp["P"] * 1000.0, "ETA": inp["ETA"], "NTRACKS": inp["NTRACKS"]}
+        f.mktree("Tuple/DecayTree", {k: v.dtype for k, v in branches.items()})
+        f["Tuple/DecayTree"].extend(branches)
     one = ["--checkpoint", ckpt, "--tracks"]
     cases = [
         ([*one, tracks, "--columns", "P=Brunel_P", "--out", out], "missing column Brunel_P (column P)"),
@@ -200,6 +205,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(run_dir, tracks, tmp
         (["--run-dir", run_dir, "--tracks", tracks, "--out", out], "exactly one of --particle P and --particle-column"),
         ([*one, tracks, "--tree", "t", "--out", out], "--tree t: goes with a ROOT file"),
         ([*one, tmp_path / "none.npz", "--out", out], "file not found"),
+        ([*one, root_in, "--columns", "P=Brunel_P,ETA=Brunel_ETA", "--p-unit", "MeV", "--out", out_dir / "gen.root"],
+         "tracks.root:Tuple/DecayTree: missing branch Brunel_ETA (column ETA)"),
+        ([*one, root_in, "--tree", "DecayTree", "--out", out], "no tree 'DecayTree' (trees in the file: Tuple/DecayTree)"),
     ]  # fmt: skip
     for argv, message in cases:
         assert generate(*argv) == 2, argv
@@ -207,3 +215,36 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(run_dir, tracks, tmp
         assert len(err) == 1 and message in err[0], (argv, err)
     assert [p.name for p in out_dir.iterdir()] == ["existing.npz"]  # no output, no temp file or folder
     assert existing.read_bytes() == b"x"
+
+
+def test_a_file_without_tracks_gives_an_empty_output(run_dir, tracks, tmp_path, capsys):
+    """Zero rows (npz or an empty ROOT tree): a valid output with every input column and the five DLLs, no rows."""
+    inp = open_npz(tracks)
+    empty = {k: v[:0] for k, v in inp.items()}
+    npz_in = save_npz(tmp_path / "empty.npz", empty)
+    root_in = tmp_path / "empty.root"
+    with uproot.recreate(root_in) as f:
+        f.mktree(
+            "DecayTree", {k: (v.dtype, v.shape[1:]) if v.ndim > 1 else v.dtype for k, v in empty.items()}
+        )
+    ckpt = run_dir / "kaon" / "checkpoints" / "last.pt"
+    runs = [
+        (npz_in, "a.npz", ["--checkpoint", ckpt]),
+        (npz_in, "b.root", ["--checkpoint", ckpt, "--backend", "onnx"]),
+        (npz_in, "c.npz", ["--run-dir", run_dir, "--particle-column", "TRUEID"]),
+        (root_in, "d.root", ["--run-dir", run_dir, "--particle", "pion"]),
+        (root_in, "e.npz", ["--run-dir", run_dir, "--particle-column", "TRUEID"]),
+    ]
+    for source, name, argv in runs:
+        assert generate(*argv, "--tracks", source, "--out", tmp_path / name) == 0, argv
+        assert ": 0 tracks, 0 without RICH" in capsys.readouterr().out
+        if name.endswith(".npz"):
+            got = open_npz(tmp_path / name)
+        else:
+            with uproot.open(tmp_path / name) as f:
+                tree = f["DecayTree"]
+                got = tree.arrays(tree.keys(), library="np")
+        assert list(got) == [*inp, *DLL_COLUMNS], name
+        assert all(len(v) == 0 for v in got.values())
+        assert all(got[c].dtype == np.float32 for c in DLL_COLUMNS)
+        assert got["origin"].shape == (0, 3) and got["TRUEID"].dtype == np.int32

@@ -151,18 +151,36 @@ def ndtr(z: torch.Tensor) -> torch.Tensor:
 def interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     """Row-wise ``np.interp``: x (d, B), xp (d, n) non-decreasing, fp (d, n) -> (d, B).
 
-    The search is a branch-free binary search of ceil(log2 n) gathers (ONNX has no searchsorted); like
+    The search is a branch-free binary search of ceil(log2 n) gathers (ONNX has no searchsorted) over the
+    knots padded with +inf to a power of two, so each step is one gather, one compare and one add; like
     numpy, a value tied with several knots takes the last one, and values outside [xp[0], xp[-1]] take the
     end values.
     """
     n = int(xp.shape[1])  # a constant of the graph (the knots are buffers)
+    size = 1 << n.bit_length()  # a power of two > n: the steps size/2, ..., 1 reach every count 0..n
+    padded = torch.cat([xp, torch.full((xp.shape[0], size - n), float("inf"), dtype=xp.dtype)], 1)
     count = torch.zeros_like(x, dtype=torch.long)  # number of knots <= x
-    step = 1 << (n.bit_length() - 1)
+    step = size // 2
     while step >= 1:
-        cand = count + step
-        ok = (cand <= n) & (torch.gather(xp, 1, (cand - 1).clamp(max=n - 1)) <= x)
-        count = torch.where(ok, cand, count)
+        count = count + (torch.gather(padded, 1, count + (step - 1)) <= x).long() * step
         step //= 2
+    return _segment(x, xp, fp, count)
+
+
+def interp_uniform(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """:func:`interp` for equally spaced knots xp (every row ``linspace(xp[0], xp[-1], n)``): the segment
+    comes from one floor instead of a search (a value on a knot may take the segment on either side of it,
+    which gives the same value)."""
+    n = int(xp.shape[1])
+    lo, hi = float(xp[0, 0]), float(xp[0, -1])
+    j = torch.floor((x - lo) * ((n - 1) / (hi - lo))).clamp(0, n - 2).long()
+    count = torch.where(x >= hi, torch.full_like(j, n), torch.where(x < lo, torch.zeros_like(j), j + 1))
+    return _segment(x, xp, fp, count)
+
+
+def _segment(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """np.interp's value given ``count``, the number of knots <= x (the segment's right end)."""
+    n = int(xp.shape[1])
     j = (count - 1).clamp(0, n - 2)
     x0, x1 = torch.gather(xp, 1, j), torch.gather(xp, 1, j + 1)
     y0, y1 = torch.gather(fp, 1, j), torch.gather(fp, 1, j + 1)
@@ -170,6 +188,16 @@ def interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
     inside = (y1 - y0) / width * (x - x0) + y0  # numpy's formula: slope * (x - xp[j]) + fp[j]
     out = torch.where(count == n, fp[:, n - 1 :], inside)
     return torch.where(count == 0, fp[:, :1], out)
+
+
+def equally_spaced(knots: np.ndarray) -> bool:
+    """True when every row of ``knots`` (d, n) is ``np.linspace`` of its ends (sklearn's references)."""
+    knots = np.asarray(knots, np.float64)
+    lo, hi = knots[:, :1], knots[:, -1:]
+    if knots.shape[1] < 3 or not np.all(hi > lo):
+        return False
+    grid = lo + (hi - lo) * np.arange(knots.shape[1]) / (knots.shape[1] - 1)
+    return bool(np.all(np.abs(knots - grid) <= 1e-12 * np.maximum(1.0, np.abs(grid))))
 
 
 class _QuantileTable(nn.Module):
@@ -204,9 +232,13 @@ class QuantileToNormal(_QuantileTable):
 class NormalToQuantile(_QuantileTable):
     """``QuantileNormal.inverse_transform`` in torch: (B, d) float64 normal values -> (B, d) float64."""
 
+    def __init__(self, quantiles: np.ndarray, references: np.ndarray):
+        super().__init__(quantiles, references)
+        self.uniform = equally_spaced(self.r.numpy())  # sklearn's references: a search-free lookup
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         u = ndtr(z.t())
-        x = interp(u, self.r, self.q)
+        x = (interp_uniform if self.uniform else interp)(u, self.r, self.q)
         x = torch.where(u + BOUNDS_THRESHOLD > 1.0, self.q[:, -1:], x)
         x = torch.where(u - BOUNDS_THRESHOLD < 0.0, self.q[:, :1], x)
         return x.t()
