@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,9 +24,15 @@ import torch
 from scipy.stats import ks_2samp, wasserstein_distance
 
 from calogan.core import options
-from calogan.core.engine import AdversarialEngine, AdversarialTask, Batch, EngineSettings
+from calogan.core.engine import (
+    AdversarialEngine,
+    AdversarialTask,
+    Batch,
+    EngineSettings,
+    check_engine_settings,
+)
 from calogan.core.errors import InputError
-from calogan.core.rundir import Requested, RunSetup, check_run_path
+from calogan.core.rundir import Requested, RunSetup, check_run_path, deadline
 from calogan.core.runtime import (
     atomic_torch_save,
     atomic_write_json,
@@ -69,16 +76,15 @@ from calogan.studies.surrogate import (
 
 
 @dataclass
-class FinetuneConfig:
-    """Knobs of one fine-tuning run (presets set them; the CLI overrides some)."""
+class FinetuneConfig(EngineSettings):
+    """Knobs of one fine-tuning run: the engine's settings and the physics losses' (presets set some)."""
 
+    # the engine's settings (EngineSettings), with this trainer's defaults where they differ
     steps: int = 600
-    batch_size: int = 64
     n_critic: int = 1  # as the quick training preset (TTUR: critic lr above the generator's)
-    gp_weight: float = 10.0
-    lr_g: float = 1e-4
     lr_c: float = 4e-4
     ema_decay: float = 0.99
+    # the physics losses' settings
     weight: float = 1.0
     loss: str = "wasserstein"
     n_bins: int = 4
@@ -86,9 +92,6 @@ class FinetuneConfig:
     eval_events: int = 5000
     clusters: int = 20
     runs: int = 10
-    seed: int = 0
-    checkpoint_every: int = 100  # last.pt is rewritten every this many steps
-    keep_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: never)
 
 
 PRESETS: dict[str, dict] = {
@@ -250,6 +253,7 @@ def finetune(
             cfg = dataclasses.replace(
                 FinetuneConfig(**info["config"]), steps=cfg.steps or info["config"]["steps"]
             )
+        check_engine_settings(cfg)
         names = list(targets or [])
         source = load_checked_checkpoint(checkpoint, data_dir)
         train = load_npz(require_file(split_path(data_dir, "train")), require_energy=True)
@@ -264,13 +268,8 @@ def finetune(
         fields["finetune"] = {"targets": names, "config": asdict(cfg), "source": str(checkpoint)}
         task = FinetuneTask(source, train, names, cfg, fields, dev, progress)
         run = setup.start({"checkpoint": str(checkpoint), "data": str(data_dir), **fields["finetune"]})
-        settings = EngineSettings(
-            steps=cfg.steps, batch_size=cfg.batch_size, n_critic=cfg.n_critic, gp_weight=cfg.gp_weight,
-            lr_g=cfg.lr_g, lr_c=cfg.lr_c, betas=(0.0, 0.9), ema_decay=cfg.ema_decay, log_every=10,
-            checkpoint_every=cfg.checkpoint_every, keep_every=cfg.keep_every, seed=cfg.seed,
-            description="finetune",
-        )  # fmt: skip
-        engine = AdversarialEngine(task, settings, run, dev, progress=progress)
+        budget = deadline(cfg.max_minutes, time.perf_counter())
+        engine = AdversarialEngine(task, cfg, run, dev, progress, budget, description="finetune")
         try:
             engine.start_from(source)
             before = copy.deepcopy(engine.ema.model).eval()
