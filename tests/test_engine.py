@@ -290,3 +290,11 @@ def test_rich_runs_recorded_with_one_betas_pair_read_as_beta1_beta2():
         "checkpoint_every": 100,
         "keep_every": 0,
     }
+
+
+def test_cramer_objective_trains_a_scalar_critic(tmp_path):
+    """A critic with one output (the ECAL critic) also trains with the Cramér objective: |h| is its norm."""
+    outcome = make(ToyTask(critic_out=1), new_run(tmp_path, "scalar"), objective="cramer", steps=3).fit()
+    assert (outcome.step, outcome.reason) == (3, "done")
+    rows = [json.loads(x) for x in (tmp_path / "scalar/metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["cramer_surrogate"]) and math.isfinite(r["loss_generator"]) for r in rows)

@@ -665,8 +665,8 @@ def _frozen(model: nn.Module) -> Iterator[None]:
 
 
 def _norm(vectors: torch.Tensor) -> torch.Tensor:
-    """Euclidean norm of each row, smoothed at 0 so that its gradient (and the penalty's) stays finite."""
-    return torch.sqrt(vectors.pow(2).sum(1) + 1e-12)
+    """Euclidean norm of each row (of a scalar critic's output: |h|), smoothed at 0 to keep gradients finite."""
+    return torch.sqrt(vectors.reshape(len(vectors), -1).pow(2).sum(1) + 1e-12)
 
 
 def _constant(step: int) -> float:

@@ -25,6 +25,7 @@ from scipy.stats import ks_2samp, wasserstein_distance
 
 from calogan.core import options
 from calogan.core.engine import (
+    OBJECTIVES,
     AdversarialEngine,
     AdversarialTask,
     Batch,
@@ -387,6 +388,10 @@ def render_report(result: dict) -> str:
 # ------------------------------------------------------------------ CLI
 
 
+#: The engine's settings that the command line sets by option (--objective, --lr-decay, ...).
+ENGINE_OPTIONS = ("objective", "lr_decay", "ema_decay", "gp_every")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = options.ArgumentParser(prog="python -m calogan.finetune", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None, help="training checkpoint (best.pt / last.pt); required")
@@ -406,6 +411,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=options.count(1), default=None, help="generator steps (with --resume: new total)"
     )
     p.add_argument("--out", default=None, help="output directory (a run directory); required")
+    # the engine's options, named as in python -m calogan.rich.train (calogan.train: --set FIELD=VALUE)
+    p.add_argument(
+        "--objective",
+        type=options.choice(*OBJECTIVES),
+        default=None,
+        help="wgan-gp (default) | cramer: the Cramér (energy-distance) GAN",
+    )
+    p.add_argument("--lr-decay", action="store_true", default=None, help="decay learning rates linearly to 0")
+    p.add_argument(
+        "--ema-decay",
+        type=options.finite_float(0.0, maximum=1.0, max_inclusive=False),
+        default=None,
+        help="decay of the generator's moving average (default 0.99)",
+    )
+    p.add_argument(
+        "--gp-every",
+        type=options.count(1),
+        default=None,
+        help="lazy gradient penalty: on every k-th critic update only, weighted by k (default 1)",
+    )
     p.add_argument("--seed", type=options.seed, default=None, help="random seed (default 0)")
     p.add_argument("--device", default="auto")
     where = p.add_mutually_exclusive_group()
@@ -439,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
     names = parse_targets(args.target) if args.target is not None else None
     cfg = FinetuneConfig(**PRESETS[args.preset], seed=args.seed or 0)
-    for key in ("weight", "loss", "steps"):
+    for key in ("weight", "loss", "steps", *ENGINE_OPTIONS):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     if args.resume and args.steps is None:  # without --steps a resumed run goes on to its own total
@@ -451,7 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         require_file(Path(args.checkpoint), hint="pass a checkpoint written by `python -m calogan.train`")
     # a resumed run refuses the options given that differ from its settings
     given = {"--checkpoint": ("checkpoint", args.checkpoint), "--target": ("targets", names),
-             "--weight": ("weight", args.weight), "--loss": ("loss", args.loss), "--seed": ("seed", args.seed)}  # fmt: skip
+             "--weight": ("weight", args.weight), "--loss": ("loss", args.loss), "--seed": ("seed", args.seed),
+             **{f"--{k.replace('_', '-')}": (k, getattr(args, k)) for k in ENGINE_OPTIONS}}  # fmt: skip
     requested = {option: item for option, item in given.items() if item[1] is not None}
     result = finetune(args.checkpoint, args.data, names, args.out, cfg, args.device, progress=True,
                       overwrite=args.overwrite, resume=bool(args.resume), requested=requested)  # fmt: skip
