@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ from calogan.core.engine import (
 )
 from calogan.core.errors import InputError
 from calogan.core.gan import binned_wasserstein, energy_score
-from calogan.core.rundir import Requested, RunSetup, check_run_path, deadline, run_path
+from calogan.core.rundir import Requested, RunSetup, check_run_path, deadline, run_path, with_defaults
 from calogan.core.runtime import keep_freed_memory, run_cli, seed_everything, select_device
 from calogan.ecal.data import (
     ENERGY_UNITS_PER_GEV,
@@ -448,7 +449,7 @@ def train(
         # phase 1: configuration (a resumed run takes its saved config)
         saved = None
         if setup.resuming:
-            saved = setup.resume(check_checkpoint, requested)
+            saved = setup.resume(check_checkpoint, requested, recorded=partial(with_defaults, TrainConfig))
             cfg = resumed_config(saved["config"], cfg)
         else:
             validate_config(cfg)

@@ -45,7 +45,7 @@ from calogan.core.engine import (
 )
 from calogan.core.errors import InputError, Interrupted
 from calogan.core.fit import seeded
-from calogan.core.rundir import Requested, RunSetup, check_run_path, deadline, run_path
+from calogan.core.rundir import Requested, RunSetup, check_run_path, deadline, run_path, with_defaults
 from calogan.core.runtime import run_cli, seed_everything, select_device
 from calogan.ecal.data import sha256_file
 from calogan.rich import PARTICLES
@@ -321,6 +321,11 @@ def current_vocabulary(settings: Mapping) -> dict:
     return settings
 
 
+def recorded_settings(recorded: Mapping) -> dict:
+    """A run's config.json in today's vocabulary, with the defaults of the fields added since it was recorded."""
+    return with_defaults(TrainConfig, current_vocabulary(recorded))
+
+
 def _resumable(checkpoint: dict, path: Path) -> dict:
     """``checkpoint`` when it is a complete RICH training checkpoint with its config (else InputError)."""
     check_rich_checkpoint(checkpoint, path, ema=False)  # every field, shape and dtype
@@ -374,7 +379,7 @@ def train(
     ) as setup:
         saved = None
         if resume:
-            saved = setup.resume(_resumable, requested, recorded=current_vocabulary)
+            saved = setup.resume(_resumable, requested, recorded=recorded_settings)
             known = {f.name for f in dataclasses.fields(TrainConfig)}
             stored = {k: v for k, v in current_vocabulary(saved["config"]).items() if k in known}
             config = dataclasses.replace(TrainConfig(**stored),

@@ -33,7 +33,7 @@ from calogan.core.engine import (
     check_engine_settings,
 )
 from calogan.core.errors import InputError
-from calogan.core.rundir import Requested, RunSetup, check_run_path, deadline
+from calogan.core.rundir import Requested, RunSetup, check_run_path, deadline, with_defaults
 from calogan.core.runtime import (
     atomic_torch_save,
     atomic_write_json,
@@ -308,7 +308,7 @@ def _resumable(checkpoint: dict, path: Path) -> dict:
 def _recorded_settings(recorded: dict) -> dict:
     """A fine-tuning run's config.json as flat settings: its source checkpoint, targets and FinetuneConfig."""
     config = recorded.get("config")
-    return {**(config if isinstance(config, dict) else {}),
+    return {**with_defaults(FinetuneConfig, config if isinstance(config, dict) else {}),
             **{k: recorded[k] for k in ("checkpoint", "targets") if k in recorded}}  # fmt: skip
 
 
