@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from calogan.core.engine import (
+    ENGINE_DOMAINS,
     AdversarialEngine,
     AdversarialTask,
     Batch,
@@ -20,8 +22,13 @@ from calogan.core.engine import (
     RunDirectory,
     TrainingDiverged,
     budget_stop_message,
+    engine_settings,
 )
 from calogan.core.errors import InputError
+from calogan.ecal import train as ecal_train
+from calogan.rich import train as rich_train
+from calogan.rich.train import current_vocabulary
+from calogan.studies.finetune import FinetuneConfig
 
 
 class ToyGenerator(nn.Module):
@@ -86,10 +93,15 @@ class ToyTask(AdversarialTask):
         return {"config": {"toy": True}}
 
 
-def make(task: ToyTask, run: RunDirectory, **settings) -> AdversarialEngine:
+def make(task: ToyTask, run: RunDirectory, deadline: float = math.inf, **settings) -> AdversarialEngine:
     values = dict(steps=8, batch_size=32, n_critic=2, lr_decay=True, log_every=1, checkpoint_every=2, seed=0)
     return AdversarialEngine(
-        task, EngineSettings(**{**values, **settings}), run, torch.device("cpu"), progress=False
+        task,
+        EngineSettings(**{**values, **settings}),
+        run,
+        torch.device("cpu"),
+        progress=False,
+        deadline=deadline,
     )
 
 
@@ -244,3 +256,45 @@ def test_lazy_gradient_penalty_runs_on_every_kth_critic_update(tmp_path):
     penalised = [r["step"] for r in rows if r["gradient_penalty"] > 0]
     assert penalised == [1, 4, 7]  # critic updates 0, 3, 6 (the row of step s logs update s - 1)
     assert all(("grad_norm_mean" in r) == (r["step"] in penalised) for r in rows)
+
+
+def test_every_trainer_config_is_the_engines_settings_with_its_own_defaults():
+    """One declaration of the engine's settings: each trainer inherits every field and overrides defaults only."""
+    engine_fields = [f.name for f in dataclasses.fields(EngineSettings)]
+    assert set(ENGINE_DOMAINS) <= set(engine_fields)
+    configs = (ecal_train.TrainConfig(), rich_train.TrainConfig(), FinetuneConfig())
+    for config in configs:
+        assert isinstance(config, EngineSettings)
+        assert [f.name for f in dataclasses.fields(config)][: len(engine_fields)] == engine_fields
+        assert dataclasses.fields(engine_settings(config)) == dataclasses.fields(EngineSettings)
+    ecal, rich, finetune = configs
+    assert (ecal.eval_every, rich.betas, rich.steps, finetune.ema_decay) == (500, (0.5, 0.9), 2500, 0.99)
+    # every engine feature is reachable from ECAL training by the same name
+    assert ecal_train.parse_set(["objective=cramer", "lr_decay=true"]) == {
+        "objective": "cramer",
+        "lr_decay": True,
+    }
+    cfg = ecal_train.make_config("tiny", objective="cramer", lr_decay=True)
+    assert (cfg.objective, cfg.lr_decay) == ("cramer", True)
+    with pytest.raises(InputError, match="^objective: unknown 'hinge'"):
+        ecal_train.make_config("tiny", objective="hinge")
+    with pytest.raises(InputError, match=r"^gp_every: must be an integer >= 1, got 0"):
+        ecal_train.make_config("tiny", gp_every=0)
+
+
+def test_rich_runs_recorded_with_one_betas_pair_read_as_beta1_beta2():
+    recorded = {"betas": [0.5, 0.9], "checkpoint_every": 100, "keep_every": 0}
+    assert current_vocabulary(recorded) == {
+        "beta1": 0.5,
+        "beta2": 0.9,
+        "checkpoint_every": 100,
+        "keep_every": 0,
+    }
+
+
+def test_cramer_objective_trains_a_scalar_critic(tmp_path):
+    """A critic with one output (the ECAL critic) also trains with the Cramér objective: |h| is its norm."""
+    outcome = make(ToyTask(critic_out=1), new_run(tmp_path, "scalar"), objective="cramer", steps=3).fit()
+    assert (outcome.step, outcome.reason) == (3, "done")
+    rows = [json.loads(x) for x in (tmp_path / "scalar/metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["cramer_surrogate"]) and math.isfinite(r["loss_generator"]) for r in rows)

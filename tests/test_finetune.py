@@ -85,7 +85,8 @@ def test_parse_targets_rejects_unknown_names():
 def test_finetune_cli_writes_checkpoint_and_report(tiny_data_dir, tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "ft"
     argv = ["--checkpoint", str(tiny_checkpoint), "--data", str(tiny_data_dir), "--preset", "tiny",
-            "--target", "transverse_asymmetry,energy_response", "--weight", "2", "--out", str(out), "--device", "cpu"]  # fmt: skip
+            "--target", "transverse_asymmetry,energy_response", "--weight", "2", "--out", str(out), "--device", "cpu",
+            "--gp-every", "2", "--lr-decay"]  # fmt: skip
     assert run_cli(main, argv) == 0, capsys.readouterr().err
     for name in (
         "checkpoint.pt",
@@ -97,6 +98,7 @@ def test_finetune_cli_writes_checkpoint_and_report(tiny_data_dir, tiny_checkpoin
         assert (out / name).is_file(), name
     result = json.loads((out / "results.json").read_text())
     assert set(result["statistics"]) == {"transverse_asymmetry", "energy_response"}
+    assert (result["config"]["gp_every"], result["config"]["lr_decay"]) == (2, True)  # the engine's options
     assert len(result["statistics"]["energy_response"]["after"]["w1_bins"]) == 4
     assert "W1 before" in (out / "report.md").read_text()
 
@@ -130,6 +132,8 @@ def test_finetune_resume_names_the_run_and_keeps_its_settings(
     assert run_cli(main, ["--resume", str(out), *data, "--target", "transverse_width"]) == 2
     err = capsys.readouterr().err
     assert "--target: the run in" in err and "a resumed run keeps its settings" in err
+    assert run_cli(main, ["--resume", str(out), *data, "--ema-decay", "0.5"]) == 2
+    assert "--ema-decay: the run in" in capsys.readouterr().err
     # checkpoint, targets and, without --steps, the total steps: the run's
     assert run_cli(main, ["--resume", str(out), *data]) == 0
     start = torch.load(tiny_checkpoint, weights_only=True)["step"]
@@ -151,6 +155,8 @@ def test_finetune_bad_inputs_exit_2(tiny_data_dir, tiny_checkpoint, tmp_path, ca
     ]
     assert run_cli(main, base + ["--target", "bogus"]) == 2
     assert "valid:" in capsys.readouterr().err
+    assert run_cli(main, base + ["--target", "sparsity", "--objective", "hinge"]) == 2
+    assert "--objective" in capsys.readouterr().err
     other = tmp_path / "other"
     other.mkdir()
     (other / "data_train.npz").write_bytes(split_path(tiny_data_dir, "val", "solution").read_bytes())

@@ -18,8 +18,10 @@ import torch
 
 from calogan.core.errors import InputError
 from calogan.core.locks import LOCK_NAME
-from calogan.core.rundir import RUNS_FOLDER, RunSetup, check_run_path, deadline, run_path
+from calogan.core.rundir import RUNS_FOLDER, RunSetup, check_run_path, deadline, run_path, with_defaults
 from calogan.core.runtime import run_cli
+from calogan.ecal.train import TrainConfig
+from calogan.rich.train import recorded_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -185,3 +187,15 @@ def test_run_path_is_checked_before_any_work(tmp_path):
 def test_deadline_of_a_time_budget():
     assert deadline(0.0, 100.0) == math.inf
     assert deadline(1.5, 100.0) == 190.0
+
+
+def test_settings_added_since_a_run_was_recorded_take_their_defaults():
+    """A resumed run takes the default of a setting it did not record, so giving that value is not refused."""
+    settings = with_defaults(TrainConfig, {"steps": 40, "gp_weight": 5.0})
+    assert (settings["steps"], settings["gp_weight"], settings["objective"], settings["lr_decay"]) == (
+        40, 5.0, "wgan-gp", False,
+    )  # fmt: skip
+    rich = recorded_settings({"betas": [0.5, 0.8], "checkpoint_every": 500, "steps": 40})
+    assert (rich["beta1"], rich["beta2"], rich["gp_every"], rich["keep_every"], rich["checkpoint_every"]) == (
+        0.5, 0.8, 1, 500, 100,
+    )  # fmt: skip

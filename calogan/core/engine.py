@@ -25,15 +25,16 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from calogan.core import options
 from calogan.core.errors import InputError, Interrupted
 from calogan.core.gan import EMA, gradient_penalty
 from calogan.core.locks import LOCK_NAME, DirectoryLock
@@ -98,28 +99,67 @@ class AdversarialTask:
         """Restore what :meth:`extra_state` returned."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class EngineSettings:
-    """How the engine trains; trainers fill it from their own config."""
+    """How the engine trains, with the defaults: every trainer's config inherits these fields (same names)."""
 
-    steps: int
-    batch_size: int
+    steps: int = 1500  # generator steps
+    batch_size: int = 64  # per process
     n_critic: int = 5
     gp_weight: float = 10.0
     gp_every: int = 1  # lazy penalty: on every k-th critic update only, weighted by k (1: every update)
     lr_g: float = 1e-4
     lr_c: float = 1e-4
-    betas: tuple[float, float] = (0.0, 0.9)
+    beta1: float = 0.0  # Adam's betas, both optimisers
+    beta2: float = 0.9
     ema_decay: float = 0.995
     lr_decay: bool = False  # both learning rates fall linearly to 0 at the last step
+    objective: str = "wgan-gp"  # one of OBJECTIVES
     log_every: int = 10
     eval_every: int = 0  # 0: evaluate only at the end
     checkpoint_every: int = 100  # last.pt interval in steps
     keep_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: never)
-    deadline: float = math.inf  # time.perf_counter() value at which training stops (wall-clock budget)
+    max_minutes: float = 0.0  # wall-clock budget (0: none); each trainer says where it counts from
     seed: int = 0
-    description: str = "train"
-    objective: str = "wgan-gp"  # one of OBJECTIVES
+
+    @property
+    def betas(self) -> tuple[float, float]:
+        """Adam's (beta1, beta2)."""
+        return (self.beta1, self.beta2)
+
+
+def engine_settings(config: EngineSettings) -> EngineSettings:
+    """The engine's part of a trainer's config (a subclass of EngineSettings), as a new object."""
+    return EngineSettings(**{f.name: getattr(config, f.name) for f in fields(EngineSettings)})
+
+
+#: domains of the engine's numeric settings, checked by every trainer: name -> (kind, minimum, minimum
+#: inclusive, maximum, maximum inclusive)
+ENGINE_DOMAINS: dict[str, tuple] = {
+    **{name: ("int", 1, True, None, True) for name in (
+        "steps", "batch_size", "n_critic", "gp_every", "log_every", "checkpoint_every",
+    )},
+    **{name: ("int", 0, True, None, True) for name in ("eval_every", "keep_every", "seed")},
+    **{name: ("float", 0.0, False, None, True) for name in ("lr_g", "lr_c")},
+    **{name: ("float", 0.0, True, None, True) for name in ("gp_weight", "max_minutes")},
+    **{name: ("float", 0.0, True, 1.0, False) for name in ("beta1", "beta2", "ema_decay")},
+}  # fmt: skip
+
+
+def check_domains(config: object, domains: dict[str, tuple], label: Callable[[str], str] = str) -> None:
+    """InputError naming ``label(field)`` for the first field of ``config`` outside its domain."""
+    for name, (kind, low, low_incl, high, high_incl) in domains.items():
+        value = getattr(config, name)
+        if kind == "int":
+            options.check_int(label(name), value, low, high)
+        else:
+            options.check_float(label(name), value, low, low_incl, high, high_incl)
+
+
+def check_engine_settings(config: EngineSettings, label: Callable[[str], str] = str) -> None:
+    """Reject engine settings outside :data:`ENGINE_DOMAINS` or an unknown objective, naming ``label(field)``."""
+    check_domains(config, ENGINE_DOMAINS, label)
+    check_objective(config.objective, label("objective"))
 
 
 #: adversarial objectives: the critic's score D(x, c) (WGAN-GP), or the Cramér (energy-distance) GAN, whose
@@ -340,10 +380,14 @@ class AdversarialEngine:
         run: RunDirectory,
         device: torch.device,
         progress: bool = True,
+        deadline: float = math.inf,
+        description: str = "train",
     ):
-        self.task, self.settings, self.run, self.device = task, settings, run, device
+        """Train with the engine fields of ``settings`` (a trainer's config) until ``deadline`` (perf_counter)."""
+        self.task, self.run, self.device = task, run, device
+        self.settings = s = engine_settings(settings)
+        self.deadline, self.description = deadline, description
         self.rank, self.world = dist_info()
-        s = settings
         check_objective(s.objective)
         _broadcast_params(task.generator, self.world)
         _broadcast_params(task.critic, self.world)
@@ -500,7 +544,7 @@ class AdversarialEngine:
     def fit(self) -> Outcome:
         """Train to ``settings.steps`` (from the current step); evaluate, log and checkpoint on the way."""
         s, task, run = self.settings, self.task, self.run
-        bar = tqdm(total=s.steps, initial=self.step, desc=s.description, dynamic_ncols=True,
+        bar = tqdm(total=s.steps, initial=self.step, desc=self.description, dynamic_ncols=True,
                    disable=progress_disabled(self.progress))  # fmt: skip
         timer = _Throughput()
         reason = "done"
@@ -526,7 +570,7 @@ class AdversarialEngine:
                 self.step += 1
                 timer.count(s.batch_size * (s.n_critic + 1) * self.world)
                 # phase 3: stop conditions, decided by rank 0 for every process
-                over_budget = _rank0_decides(time.perf_counter() >= s.deadline, self.world, self.device)
+                over_budget = _rank0_decides(time.perf_counter() >= self.deadline, self.world, self.device)
                 interrupted = _rank0_decides(bool(stop), self.world, self.device)
                 last_step = self.step >= s.steps or over_budget or interrupted
                 if last_step:  # why the run ended, in the checkpoint: a budget stop is not a finished run
@@ -621,8 +665,8 @@ def _frozen(model: nn.Module) -> Iterator[None]:
 
 
 def _norm(vectors: torch.Tensor) -> torch.Tensor:
-    """Euclidean norm of each row, smoothed at 0 so that its gradient (and the penalty's) stays finite."""
-    return torch.sqrt(vectors.pow(2).sum(1) + 1e-12)
+    """Euclidean norm of each row (of a scalar critic's output: |h|), smoothed at 0 to keep gradients finite."""
+    return torch.sqrt(vectors.reshape(len(vectors), -1).pow(2).sum(1) + 1e-12)
 
 
 def _constant(step: int) -> float:

@@ -19,6 +19,7 @@ is the interval of the rolling ``last.pt``, ``keep_every`` the interval of the k
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -39,6 +40,7 @@ __all__ = [
     "check_run_path",
     "deadline",
     "run_path",
+    "with_defaults",
 ]
 
 #: The folder under which named runs live (``--name NAME`` writes ``runs/NAME``).
@@ -70,6 +72,11 @@ def check_run_path(
 def deadline(max_minutes: float, start: float) -> float:
     """The ``time.perf_counter()`` value at which a budget of ``max_minutes`` from ``start`` is spent (0: none)."""
     return start + 60.0 * max_minutes if max_minutes > 0 else math.inf
+
+
+def with_defaults(config_class: type, recorded: Mapping) -> dict:
+    """Recorded settings completed with the config class's defaults, which a field added since takes on resume."""
+    return {**dataclasses.asdict(config_class()), **recorded}
 
 
 def changed_setting(option: str, field: str, recorded: Mapping, value: Any, path: Path, allowed: str) -> str:

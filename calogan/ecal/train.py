@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 
 from calogan.core import options
 from calogan.core.engine import (
+    ENGINE_DOMAINS,
     AdversarialEngine,
     AdversarialTask,
     Batch,
@@ -33,11 +35,13 @@ from calogan.core.engine import (
     RunDirectory,
     TrainingDiverged,
     budget_stop_message,
+    check_domains,
+    check_objective,
     dist_info,
 )
 from calogan.core.errors import InputError
 from calogan.core.gan import binned_wasserstein, energy_score
-from calogan.core.rundir import Requested, RunSetup, check_run_path, deadline, run_path
+from calogan.core.rundir import Requested, RunSetup, check_run_path, deadline, run_path, with_defaults
 from calogan.core.runtime import keep_freed_memory, run_cli, seed_everything, select_device
 from calogan.ecal.data import (
     ENERGY_UNITS_PER_GEV,
@@ -70,24 +74,17 @@ __all__ = ["PRESETS", "TrainConfig", "TrainingDiverged", "make_config", "parse_s
 
 
 @dataclass
-class TrainConfig:
-    """Every knob of a training run; presets set some, ``--set key=value`` any."""
+class TrainConfig(EngineSettings):
+    """Every knob of a training run (the engine's settings and the shower task's); ``--set key=value`` any."""
 
+    # the engine's settings (EngineSettings), with this trainer's defaults where they differ
+    eval_every: int = 500
+    # the shower task's settings
     preset: str = "quick"
     data: str = "data"
     run_dir: str = ""  # default runs/<name>
     name: str = ""  # default: the preset name
     model: str = "shower"  # shower | baseline2019
-    steps: int = 1500  # generator steps
-    batch_size: int = 64  # per process
-    n_critic: int = 5
-    gp_weight: float = 10.0
-    gp_every: int = 1  # lazy gradient penalty: on every k-th critic update, weighted by k
-    lr_g: float = 1e-4
-    lr_c: float = 1e-4
-    beta1: float = 0.0
-    beta2: float = 0.9
-    ema_decay: float = 0.995
     instance_noise: float = 0.0  # std of Gaussian noise on the critic's inputs, annealed linearly to 0
     # energy-response term: weight of a per-|p|-bin 1-D Wasserstein distance between log(E/165|p|) of the
     # generated and the real showers of the same batch (same conditions); 0 = pure WGAN-GP
@@ -123,19 +120,11 @@ class TrainConfig:
     # data and evaluation
     max_train: int = 0  # 0 = all events of the training file (minus the hold-out)
     holdout: int = 2000  # events of data_train.npz kept out of training, used for the periodic evaluation
-    eval_every: int = 500
     eval_clusters: int = 20
     eval_runs: int = 10
     eval_embedder: bool = True  # use DATA/embedder.safetensors for AUC_img when it exists
-    checkpoint_every: int = 100  # last.pt is rewritten every this many steps
-    keep_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: never)
-    log_every: int = 10
     plots: bool = True
     tensorboard: bool = True
-    max_minutes: float = (
-        0.0  # wall-clock budget of the training loop (0 = none); ends with a final evaluation
-    )
-    seed: int = 0
     device: str = "auto"
     threads: int = 0  # torch CPU threads (0 = torch's default)
     extra: dict = field(default_factory=dict)
@@ -222,26 +211,23 @@ def parse_set(items: Sequence[str]) -> dict:
     return out
 
 
-#: declared domains of the numeric config fields: name -> (kind, minimum, minimum inclusive, maximum, max inclusive)
+#: domains of the numeric config fields, the engine's (ENGINE_DOMAINS) and the shower task's:
+#: name -> (kind, minimum, minimum inclusive, maximum, maximum inclusive)
 FIELD_DOMAINS: dict[str, tuple] = {
-    **{name: ("int", 1, True, None, True) for name in (
-        "steps", "batch_size", "n_critic", "eval_every", "checkpoint_every", "log_every", "response_bins",
-        "eval_runs", "gp_every",
-    )},
+    **ENGINE_DOMAINS,
+    **{name: ("int", 1, True, None, True) for name in ("response_bins", "eval_runs")},
     # network widths: bounded, so that a typo is one line, not an allocation failure
     **{name: ("int", 1, True, options.MAX_WIDTH, True) for name in (
         "noise_dim", "latent", "gen_channels", "critic_channels", "critic_hidden",
     )},
-    **{name: ("int", 0, True, None, True) for name in ("max_train", "gen_pad", "seed", "threads", "keep_every")},
+    **{name: ("int", 0, True, None, True) for name in ("max_train", "gen_pad", "threads")},
     "holdout": ("int", 10, True, None, True),
     "eval_clusters": ("int", 2, True, None, True),
     "response_power": ("int", 1, True, 2, True),
-    **{name: ("float", 0.0, False, None, True) for name in ("lr_g", "lr_c")},
     **{name: ("float", 0.0, True, None, True) for name in (
-        "gp_weight", "instance_noise", "response_weight", "stats_weight", "rank_weight", "max_minutes",
-        "energy_score_weight", "summary_score_weight",
+        "instance_noise", "response_weight", "stats_weight", "rank_weight", "energy_score_weight",
+        "summary_score_weight",
     )},
-    **{name: ("float", 0.0, True, 1.0, False) for name in ("beta1", "beta2", "ema_decay")},
 }  # fmt: skip
 
 
@@ -250,12 +236,8 @@ def validate_config(cfg: TrainConfig) -> None:
     if cfg.model not in MODELS:
         raise InputError(f"--model: unknown model '{cfg.model}' (use {' or '.join(MODELS)})")
     run_path(cfg.run_dir, cfg.name or cfg.preset)  # a --name stays under runs/
-    for name, (kind, low, low_incl, high, high_incl) in FIELD_DOMAINS.items():
-        value = getattr(cfg, name)
-        if kind == "int":
-            options.check_int(name, value, low, high)
-        else:
-            options.check_float(name, value, low, low_incl, high, high_incl)
+    check_domains(cfg, FIELD_DOMAINS)
+    check_objective(cfg.objective)
     if cfg.hard_gates and not cfg.cell_gates:
         raise InputError("hard_gates: needs cell_gates=true (it makes the cell gates' draw exact)")
     if cfg.eval_clusters > cfg.holdout:
@@ -467,7 +449,7 @@ def train(
         # phase 1: configuration (a resumed run takes its saved config)
         saved = None
         if setup.resuming:
-            saved = setup.resume(check_checkpoint, requested)
+            saved = setup.resume(check_checkpoint, requested, recorded=partial(with_defaults, TrainConfig))
             cfg = resumed_config(saved["config"], cfg)
         else:
             validate_config(cfg)
@@ -505,14 +487,10 @@ def train(
         # phase 4: models and engine, then train (the budget counts from here: the training loop)
         seed_everything(cfg.seed)
         task = ShowerTask(cfg, mcfg, train_data, holdout, data_sha, device, run, evaluate=rank == 0)
-        settings = EngineSettings(
-            steps=cfg.steps, batch_size=cfg.batch_size, n_critic=cfg.n_critic, gp_weight=cfg.gp_weight,
-            gp_every=cfg.gp_every, lr_g=cfg.lr_g, lr_c=cfg.lr_c, betas=(cfg.beta1, cfg.beta2),
-            ema_decay=cfg.ema_decay, log_every=cfg.log_every, eval_every=cfg.eval_every,
-            checkpoint_every=cfg.checkpoint_every, keep_every=cfg.keep_every,
-            deadline=deadline(cfg.max_minutes, time.perf_counter()), seed=cfg.seed, description="train",
-        )  # fmt: skip
-        engine = AdversarialEngine(task, settings, run, device, progress=progress)
+        budget = deadline(cfg.max_minutes, time.perf_counter())
+        engine = AdversarialEngine(
+            task, cfg, run, device, progress=progress, deadline=budget, description="train"
+        )
         if saved is not None:
             engine.load(saved)
         try:

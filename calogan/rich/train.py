@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,11 +41,11 @@ from calogan.core.engine import (
     AdversarialTask,
     Batch,
     EngineSettings,
-    check_objective,
+    check_engine_settings,
 )
 from calogan.core.errors import InputError, Interrupted
 from calogan.core.fit import seeded
-from calogan.core.rundir import Requested, RunSetup, check_run_path, deadline, run_path
+from calogan.core.rundir import Requested, RunSetup, check_run_path, deadline, run_path, with_defaults
 from calogan.core.runtime import run_cli, seed_everything, select_device
 from calogan.ecal.data import sha256_file
 from calogan.rich import PARTICLES
@@ -117,9 +116,18 @@ PRESETS: dict[str, dict] = {
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(EngineSettings):
     """Everything that defines a RICH training run (stored in config.json and in the checkpoint)."""
 
+    # the engine's settings (EngineSettings), with this trainer's defaults where they differ
+    steps: int = 2500
+    batch_size: int = 2048
+    n_critic: int = 3
+    lr_g: float = 2e-4
+    lr_c: float = 2e-4
+    beta1: float = 0.5
+    log_every: int = 100
+    # the RICH task's settings
     particle: str = "pion"
     data: str = "data/rich"
     # the training sample in a file with other column names or P in MeV (calogan.rich.io): the ROOT tree,
@@ -129,31 +137,24 @@ class TrainConfig:
     p_unit: str = "GeV"
     preset: str = "quick"
     run_dir: str | None = None
-    seed: int = 0
     device: str = "auto"
-    steps: int = 2500
-    batch_size: int = 2048
     hidden: int = 128
     depth: int = 3
     noise_dim: int = 32
-    n_critic: int = 3
     dll_basis: str = "emu"
     weights: str = "expected"
-    lr_decay: bool = False
     # model structure (calogan.rich.models; all off: the plain MLPs of the first checkpoints)
     residual: bool = False  # pre-activation skip connections in generator and critic
     cond_every_layer: bool = False  # the generator reads the conditions again in every hidden layer
     critic_features: bool = False  # the critic also reads sin/cos features of the conditions
-    # adversarial objective (calogan.core.engine.OBJECTIVES): wgan-gp, or cramer with a critic that maps each
-    # track to a critic_dim-vector (the energy-distance GAN of LHCb's first RICH models)
-    objective: str = "wgan-gp"
+    # with objective cramer (calogan.core.engine.OBJECTIVES) the critic maps each track to a critic_dim-vector
+    # (the energy-distance GAN of LHCb's first RICH models)
     critic_dim: int = 64
     # exact ties between neighbouring DLL columns as a discrete part of the model (calogan.rich.ties)
     tie_patterns: bool = False
     # tracks with RICH information kept out of training (0: none); the EMA generator is scored on them every
     # eval_every steps and at the end, and checkpoints/best.pt keeps the lowest held-out classifier AUC
     holdout: int = 0
-    eval_every: int = 0
     # batches draw each training track with probability ~ (tracks in its log-P bin)^-momentum_balance: 0 as
     # recorded, 1 flat in log P. The target p(DLL | P, eta, nTracks) is the same; the thin high-momentum tail
     # (where the DLLs narrow fastest and a harder spectrum puts its tracks) gets more of the critic's attention
@@ -161,16 +162,6 @@ class TrainConfig:
     # standardise each output column by its median and spread in log-P bins before the quantile transform
     # (calogan.rich.momentum.MomentumScaling): the narrow high-momentum responses get their share of the normal range
     momentum_scaling: bool = False
-    checkpoint_every: int = 100  # last.pt is rewritten every this many steps (a kill loses at most that many)
-    keep_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: only last.pt)
-    # wall-clock budget from the start of train(), data and weights included; 0: none
-    max_minutes: float = 0.0
-    lr_g: float = 2e-4
-    lr_c: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.9)
-    gp_weight: float = 10.0
-    ema_decay: float = 0.995
-    log_every: int = 100
     progress: bool = True
 
     @classmethod
@@ -261,9 +252,7 @@ class RichTask(AdversarialTask):
 
         self.fixed = {  # the parts of every checkpoint that do not change during training
             "particle": config.particle,
-            "config": {
-                k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items()
-            },
+            "config": dataclasses.asdict(config),
             "model_config": self.model_config,
             "qt_in": tensors(self.qt_in),
             "qt_out": tensors(self.qt_out),
@@ -321,12 +310,20 @@ def default_run_dir(config: TrainConfig) -> Path:
 
 def current_vocabulary(settings: Mapping) -> dict:
     """Recorded settings in today's checkpoint vocabulary: runs recorded before ``keep_every`` existed used
-    ``checkpoint_every`` for the kept step_N files (now ``keep_every``) and rewrote last.pt every 100 steps."""
+    ``checkpoint_every`` for the kept step_N files (now ``keep_every``) and rewrote last.pt every 100 steps;
+    older runs also recorded Adam's ``betas`` as one pair (now ``beta1`` and ``beta2``)."""
     settings = dict(settings)
     if "checkpoint_every" in settings and "keep_every" not in settings:
         settings["keep_every"] = settings["checkpoint_every"]
         settings["checkpoint_every"] = CHECKPOINT_INTERVAL
+    if "betas" in settings:  # recorded before the engine's beta1 and beta2 were shared by every trainer
+        settings["beta1"], settings["beta2"] = settings.pop("betas")
     return settings
+
+
+def recorded_settings(recorded: Mapping) -> dict:
+    """A run's config.json in today's vocabulary, with the defaults of the fields added since it was recorded."""
+    return with_defaults(TrainConfig, current_vocabulary(recorded))
 
 
 def _resumable(checkpoint: dict, path: Path) -> dict:
@@ -348,30 +345,21 @@ def validate_config(config: TrainConfig) -> None:
     check_dll_basis(config.dll_basis)
     if config.weights not in WEIGHT_MODES:
         raise InputError(f"--weights: unknown mode '{config.weights}' (use one of {', '.join(WEIGHT_MODES)})")
-    if not config.max_minutes >= 0:  # also rejects NaN
-        raise InputError(f"--max-minutes must be a number >= 0, got {config.max_minutes}")
-    check_objective(config.objective, "--objective")
-    counts = ("steps", "batch_size", "hidden", "depth", "noise_dim", "n_critic", "log_every", "critic_dim")
-    widths = {"hidden": options.MAX_WIDTH, "noise_dim": options.MAX_WIDTH, "critic_dim": options.MAX_WIDTH,
-              "depth": options.MAX_DEPTH}  # fmt: skip
-    for name in counts:
-        value, high = getattr(config, name), widths.get(name)
-        if value < 1 or (high is not None and value > high):
-            want = f"an integer in [1, {high}]" if high else ">= 1"
-            raise InputError(f"--{name.replace('_', '-')} must be {want}, got {value}")
-    options.check_float("--ema-decay", config.ema_decay, 0.0, True, 1.0, False)  # 1 would never move
-    if config.checkpoint_every < 1:
-        raise InputError(f"--checkpoint-every must be >= 1, got {config.checkpoint_every}")
-    for name in ("keep_every", "holdout", "eval_every"):
-        if getattr(config, name) < 0:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
+    check_engine_settings(config, option_name)
+    for name in ("hidden", "noise_dim", "critic_dim", "depth"):
+        high = options.MAX_DEPTH if name == "depth" else options.MAX_WIDTH
+        options.check_int(option_name(name), getattr(config, name), 1, high)
+    if config.holdout < 0:
+        raise InputError(f"--holdout must be >= 0, got {config.holdout}")
     if config.eval_every and not config.holdout:
         raise InputError("--eval-every needs held-out tracks to score on: set --holdout N (N > 0)")
     if not 0 <= config.momentum_balance <= 1:  # also rejects NaN
         raise InputError(f"--momentum-balance must be in [0, 1], got {config.momentum_balance}")
-    for name in ("lr_g", "lr_c"):
-        if not (math.isfinite(getattr(config, name)) and getattr(config, name) > 0):
-            raise InputError(f"--lr must be a finite number > 0, got {getattr(config, name)}")
+
+
+def option_name(field: str) -> str:
+    """The command-line option that sets a TrainConfig field (--lr sets both learning rates)."""
+    return "--lr" if field in ("lr_g", "lr_c") else f"--{field.replace('_', '-')}"
 
 
 def train(
@@ -391,10 +379,10 @@ def train(
     ) as setup:
         saved = None
         if resume:
-            saved = setup.resume(_resumable, requested, recorded=current_vocabulary)
+            saved = setup.resume(_resumable, requested, recorded=recorded_settings)
             known = {f.name for f in dataclasses.fields(TrainConfig)}
-            stored = {k: (tuple(v) if k == "betas" else v) for k, v in saved["config"].items() if k in known}
-            config = dataclasses.replace(TrainConfig(**current_vocabulary(stored)),
+            stored = {k: v for k, v in current_vocabulary(saved["config"]).items() if k in known}
+            config = dataclasses.replace(TrainConfig(**stored),
                                          steps=config.steps or stored["steps"], max_minutes=config.max_minutes,
                                          progress=config.progress, device=config.device)  # fmt: skip
         validate_config(config)
@@ -403,15 +391,8 @@ def train(
         task = RichTask(config, device)
         setup.check_same_data(saved, task.fixed["data_sha256"], task.path)
         run = setup.start(dataclasses.asdict(config))
-        settings = EngineSettings(
-            steps=config.steps, batch_size=config.batch_size, n_critic=config.n_critic,
-            gp_weight=config.gp_weight, lr_g=config.lr_g, lr_c=config.lr_c, betas=tuple(config.betas),
-            ema_decay=config.ema_decay, lr_decay=config.lr_decay, log_every=config.log_every,
-            eval_every=config.eval_every, checkpoint_every=config.checkpoint_every,
-            keep_every=config.keep_every, deadline=deadline(config.max_minutes, start), seed=config.seed,
-            description=f"rich {config.particle}", objective=config.objective,
-        )  # fmt: skip
-        engine = AdversarialEngine(task, settings, run, device, progress=config.progress)
+        budget, description = deadline(config.max_minutes, start), f"rich {config.particle}"
+        engine = AdversarialEngine(task, config, run, device, config.progress, budget, description)
         if saved is not None:
             engine.load(saved)
         engine.fit()
@@ -489,6 +470,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument(
         "--lr-decay", action="store_true", default=None, help="decay learning rates linearly to 0"
+    )
+    ap.add_argument(
+        "--gp-every",
+        type=options.count(1),
+        default=None,
+        help="lazy gradient penalty: on every k-th critic update only, weighted by k (default 1)",
     )
     ap.add_argument(
         "--weights", default=None, help="expected (default: E[sWeight | x], cross-fitted) | sweights"
@@ -571,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.preset, particle=particle, data=args.data, run_dir=run_dir, seed=args.seed, device=args.device,
             tree=source.tree, columns=source.columns.spec(), p_unit=source.columns.p_unit,
             steps=args.steps, batch_size=args.batch_size, dll_basis=args.dll_basis, weights=args.weights,
-            lr_decay=args.lr_decay, residual=args.residual, cond_every_layer=args.cond_every_layer,
+            lr_decay=args.lr_decay, gp_every=args.gp_every, residual=args.residual, cond_every_layer=args.cond_every_layer,
             critic_features=args.critic_features, objective=args.objective, critic_dim=args.critic_dim,
             ema_decay=args.ema_decay, holdout=args.holdout, eval_every=args.eval_every,
             tie_patterns=args.tie_patterns, momentum_balance=args.momentum_balance,
@@ -614,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: Options that a resumed run cannot change (the TrainConfig fields of the same name).
 RESUME_FIXED = (
-    "batch_size", "dll_basis", "weights", "lr_decay", "residual", "cond_every_layer", "critic_features",
+    "batch_size", "dll_basis", "weights", "lr_decay", "gp_every", "residual", "cond_every_layer", "critic_features",
     "objective", "critic_dim", "ema_decay", "holdout", "eval_every", "tie_patterns", "momentum_balance",
     "momentum_scaling", "checkpoint_every", "keep_every",
 )  # fmt: skip

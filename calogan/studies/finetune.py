@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,9 +24,16 @@ import torch
 from scipy.stats import ks_2samp, wasserstein_distance
 
 from calogan.core import options
-from calogan.core.engine import AdversarialEngine, AdversarialTask, Batch, EngineSettings
+from calogan.core.engine import (
+    OBJECTIVES,
+    AdversarialEngine,
+    AdversarialTask,
+    Batch,
+    EngineSettings,
+    check_engine_settings,
+)
 from calogan.core.errors import InputError
-from calogan.core.rundir import Requested, RunSetup, check_run_path
+from calogan.core.rundir import Requested, RunSetup, check_run_path, deadline, with_defaults
 from calogan.core.runtime import (
     atomic_torch_save,
     atomic_write_json,
@@ -69,16 +77,15 @@ from calogan.studies.surrogate import (
 
 
 @dataclass
-class FinetuneConfig:
-    """Knobs of one fine-tuning run (presets set them; the CLI overrides some)."""
+class FinetuneConfig(EngineSettings):
+    """Knobs of one fine-tuning run: the engine's settings and the physics losses' (presets set some)."""
 
+    # the engine's settings (EngineSettings), with this trainer's defaults where they differ
     steps: int = 600
-    batch_size: int = 64
     n_critic: int = 1  # as the quick training preset (TTUR: critic lr above the generator's)
-    gp_weight: float = 10.0
-    lr_g: float = 1e-4
     lr_c: float = 4e-4
     ema_decay: float = 0.99
+    # the physics losses' settings
     weight: float = 1.0
     loss: str = "wasserstein"
     n_bins: int = 4
@@ -86,9 +93,6 @@ class FinetuneConfig:
     eval_events: int = 5000
     clusters: int = 20
     runs: int = 10
-    seed: int = 0
-    checkpoint_every: int = 100  # last.pt is rewritten every this many steps
-    keep_every: int = 0  # also keep checkpoints/step_NNNNNN.pt every this many steps (0: never)
 
 
 PRESETS: dict[str, dict] = {
@@ -250,6 +254,7 @@ def finetune(
             cfg = dataclasses.replace(
                 FinetuneConfig(**info["config"]), steps=cfg.steps or info["config"]["steps"]
             )
+        check_engine_settings(cfg)
         names = list(targets or [])
         source = load_checked_checkpoint(checkpoint, data_dir)
         train = load_npz(require_file(split_path(data_dir, "train")), require_energy=True)
@@ -264,13 +269,8 @@ def finetune(
         fields["finetune"] = {"targets": names, "config": asdict(cfg), "source": str(checkpoint)}
         task = FinetuneTask(source, train, names, cfg, fields, dev, progress)
         run = setup.start({"checkpoint": str(checkpoint), "data": str(data_dir), **fields["finetune"]})
-        settings = EngineSettings(
-            steps=cfg.steps, batch_size=cfg.batch_size, n_critic=cfg.n_critic, gp_weight=cfg.gp_weight,
-            lr_g=cfg.lr_g, lr_c=cfg.lr_c, betas=(0.0, 0.9), ema_decay=cfg.ema_decay, log_every=10,
-            checkpoint_every=cfg.checkpoint_every, keep_every=cfg.keep_every, seed=cfg.seed,
-            description="finetune",
-        )  # fmt: skip
-        engine = AdversarialEngine(task, settings, run, dev, progress=progress)
+        budget = deadline(cfg.max_minutes, time.perf_counter())
+        engine = AdversarialEngine(task, cfg, run, dev, progress, budget, description="finetune")
         try:
             engine.start_from(source)
             before = copy.deepcopy(engine.ema.model).eval()
@@ -308,7 +308,7 @@ def _resumable(checkpoint: dict, path: Path) -> dict:
 def _recorded_settings(recorded: dict) -> dict:
     """A fine-tuning run's config.json as flat settings: its source checkpoint, targets and FinetuneConfig."""
     config = recorded.get("config")
-    return {**(config if isinstance(config, dict) else {}),
+    return {**with_defaults(FinetuneConfig, config if isinstance(config, dict) else {}),
             **{k: recorded[k] for k in ("checkpoint", "targets") if k in recorded}}  # fmt: skip
 
 
@@ -388,6 +388,10 @@ def render_report(result: dict) -> str:
 # ------------------------------------------------------------------ CLI
 
 
+#: The engine's settings that the command line sets by option (--objective, --lr-decay, ...).
+ENGINE_OPTIONS = ("objective", "lr_decay", "ema_decay", "gp_every")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = options.ArgumentParser(prog="python -m calogan.finetune", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None, help="training checkpoint (best.pt / last.pt); required")
@@ -407,6 +411,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=options.count(1), default=None, help="generator steps (with --resume: new total)"
     )
     p.add_argument("--out", default=None, help="output directory (a run directory); required")
+    # the engine's options, named as in python -m calogan.rich.train (calogan.train: --set FIELD=VALUE)
+    p.add_argument(
+        "--objective",
+        type=options.choice(*OBJECTIVES),
+        default=None,
+        help="wgan-gp (default) | cramer: the Cramér (energy-distance) GAN",
+    )
+    p.add_argument("--lr-decay", action="store_true", default=None, help="decay learning rates linearly to 0")
+    p.add_argument(
+        "--ema-decay",
+        type=options.finite_float(0.0, maximum=1.0, max_inclusive=False),
+        default=None,
+        help="decay of the generator's moving average (default 0.99)",
+    )
+    p.add_argument(
+        "--gp-every",
+        type=options.count(1),
+        default=None,
+        help="lazy gradient penalty: on every k-th critic update only, weighted by k (default 1)",
+    )
     p.add_argument("--seed", type=options.seed, default=None, help="random seed (default 0)")
     p.add_argument("--device", default="auto")
     where = p.add_mutually_exclusive_group()
@@ -440,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
     names = parse_targets(args.target) if args.target is not None else None
     cfg = FinetuneConfig(**PRESETS[args.preset], seed=args.seed or 0)
-    for key in ("weight", "loss", "steps"):
+    for key in ("weight", "loss", "steps", *ENGINE_OPTIONS):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     if args.resume and args.steps is None:  # without --steps a resumed run goes on to its own total
@@ -452,7 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         require_file(Path(args.checkpoint), hint="pass a checkpoint written by `python -m calogan.train`")
     # a resumed run refuses the options given that differ from its settings
     given = {"--checkpoint": ("checkpoint", args.checkpoint), "--target": ("targets", names),
-             "--weight": ("weight", args.weight), "--loss": ("loss", args.loss), "--seed": ("seed", args.seed)}  # fmt: skip
+             "--weight": ("weight", args.weight), "--loss": ("loss", args.loss), "--seed": ("seed", args.seed),
+             **{f"--{k.replace('_', '-')}": (k, getattr(args, k)) for k in ENGINE_OPTIONS}}  # fmt: skip
     requested = {option: item for option, item in given.items() if item[1] is not None}
     result = finetune(args.checkpoint, args.data, names, args.out, cfg, args.device, progress=True,
                       overwrite=args.overwrite, resume=bool(args.resume), requested=requested)  # fmt: skip
