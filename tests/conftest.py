@@ -36,3 +36,21 @@ def rich_kaon_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("rich_kaon_data")
     rich_sim.write_samples(out, n=3000, seed=5, particles=("kaon",), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def rich_kaon_run(rich_kaon_dir, tmp_path_factory):
+    """RUN/kaon: a 15-step tiny kaon run on rich_kaon_dir (sWeights) with tie patterns and momentum scaling.
+
+    Every optional field of a RICH checkpoint is present (tie head, momentum scaling); trained once per
+    pytest run, as the tie head's fit is the slow part. Tests only read it (copy it to change it).
+    """
+    from calogan.rich import train as rich_train
+
+    run = tmp_path_factory.mktemp("rich_kaon_run") / "kaon"
+    cfg = rich_train.TrainConfig.from_preset(
+        "tiny", particle="kaon", data=str(rich_kaon_dir), run_dir=str(run), steps=15, weights="sweights",
+        tie_patterns=True, momentum_scaling=True,
+    )  # fmt: skip
+    cfg.progress = False
+    return rich_train.train(cfg)

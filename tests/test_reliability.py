@@ -462,16 +462,9 @@ def test_warnings_are_one_line_and_foreign_checkpoints_add_none(tmp_path, capsys
 
 
 @pytest.fixture(scope="module")
-def rich_ckpt(rich_kaon_dir, tmp_path_factory) -> Path:
-    """A 3-step tiny RICH kaon run with tie patterns and momentum scaling (every optional field present)."""
-    from calogan.rich import train as rich_train
-
-    cfg = rich_train.TrainConfig.from_preset(
-        "tiny", particle="kaon", data=str(rich_kaon_dir), run_dir=str(tmp_path_factory.mktemp("rich") / "run"),
-        steps=3, tie_patterns=True, momentum_scaling=True,
-    )  # fmt: skip
-    cfg.progress = False
-    return rich_train.train(cfg) / "checkpoints" / "last.pt"
+def rich_ckpt(rich_kaon_run) -> Path:
+    """The shared tiny RICH kaon run with tie patterns and momentum scaling (every optional field present)."""
+    return rich_kaon_run / "checkpoints" / "last.pt"
 
 
 def _break(ckpt: dict, how: str) -> None:
