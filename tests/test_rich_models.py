@@ -177,7 +177,7 @@ def test_cramer_objective_trains_a_vector_critic(rich_dir, tmp_path, capsys):
     assert dlls.shape == (1, 5) and np.isfinite(dlls).all()
     bad = argv[:-6] + ["--objective", "hinge", "--overwrite"]
     assert run_cli(rich_train.main, bad) == 2
-    assert "--objective: unknown 'hinge'" in capsys.readouterr().err
+    assert "--objective: must be one of wgan-gp, cramer, got 'hinge'" in capsys.readouterr().err
 
 
 def test_wgan_checkpoints_without_critic_out_still_load():

@@ -174,6 +174,32 @@ def check_objective(objective: str, option: str = "objective") -> str:
     return objective
 
 
+def add_engine_options(parser, ema_help: str, objective_help: str = "") -> None:
+    """Add the engine's options under one name each (--objective, --lr-decay, --gp-every, --ema-decay), all
+    defaulting to None (= the trainer's config), so every trainer's command line reaches them alike."""
+    parser.add_argument(
+        "--objective",
+        type=options.choice(*OBJECTIVES),
+        default=None,
+        help="wgan-gp (default) | cramer: the Cramér (energy-distance) GAN" + objective_help,
+    )
+    parser.add_argument(
+        "--lr-decay", action="store_true", default=None, help="decay learning rates linearly to 0"
+    )
+    parser.add_argument(
+        "--gp-every",
+        type=options.count(1),
+        default=None,
+        help="lazy gradient penalty: on every k-th critic update only, weighted by k (default 1)",
+    )
+    parser.add_argument(
+        "--ema-decay",
+        type=options.finite_float(0.0, maximum=1.0, max_inclusive=False),
+        default=None,
+        help=f"decay of the generator's moving average ({ema_help})",
+    )
+
+
 @dataclass
 class Outcome:
     """How a run ended: the step reached, why it stopped, and the evaluation history."""

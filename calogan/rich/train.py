@@ -41,6 +41,7 @@ from calogan.core.engine import (
     AdversarialTask,
     Batch,
     EngineSettings,
+    add_engine_options,
     check_engine_settings,
 )
 from calogan.core.errors import InputError, Interrupted
@@ -469,15 +470,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--lr", type=options.positive_float, default=None, help="learning rate of generator and critic"
     )
     ap.add_argument(
-        "--lr-decay", action="store_true", default=None, help="decay learning rates linearly to 0"
-    )
-    ap.add_argument(
-        "--gp-every",
-        type=options.count(1),
-        default=None,
-        help="lazy gradient penalty: on every k-th critic update only, weighted by k (default 1)",
-    )
-    ap.add_argument(
         "--weights", default=None, help="expected (default: E[sWeight | x], cross-fitted) | sweights"
     )
     ap.add_argument(
@@ -504,12 +496,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the critic also reads sin/cos features of the conditions",
     )
     ap.add_argument(
-        "--ema-decay",
-        type=options.finite_float(0.0, maximum=1.0, max_inclusive=False),
-        default=None,
-        help="decay of the generator's moving average, used for evaluation and export (quick 0.995, standard 0.999)",
-    )
-    ap.add_argument(
         "--tie-patterns",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -527,10 +513,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="standardise each DLL column by its median and spread in bins of log P before the quantile transform",
     )
-    ap.add_argument(
-        "--objective",
-        default=None,
-        help="wgan-gp (default) | cramer: the Cramér (energy-distance) GAN, critic output of --critic-dim",
+    add_engine_options(
+        ap,
+        ema_help="used for evaluation and export; quick 0.995, standard 0.999",
+        objective_help=", critic output of --critic-dim",
     )
     ap.add_argument(
         "--critic-dim",

@@ -25,11 +25,11 @@ from scipy.stats import ks_2samp, wasserstein_distance
 
 from calogan.core import options
 from calogan.core.engine import (
-    OBJECTIVES,
     AdversarialEngine,
     AdversarialTask,
     Batch,
     EngineSettings,
+    add_engine_options,
     check_engine_settings,
 )
 from calogan.core.errors import InputError
@@ -411,26 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps", type=options.count(1), default=None, help="generator steps (with --resume: new total)"
     )
     p.add_argument("--out", default=None, help="output directory (a run directory); required")
-    # the engine's options, named as in python -m calogan.rich.train (calogan.train: --set FIELD=VALUE)
-    p.add_argument(
-        "--objective",
-        type=options.choice(*OBJECTIVES),
-        default=None,
-        help="wgan-gp (default) | cramer: the Cramér (energy-distance) GAN",
-    )
-    p.add_argument("--lr-decay", action="store_true", default=None, help="decay learning rates linearly to 0")
-    p.add_argument(
-        "--ema-decay",
-        type=options.finite_float(0.0, maximum=1.0, max_inclusive=False),
-        default=None,
-        help="decay of the generator's moving average (default 0.99)",
-    )
-    p.add_argument(
-        "--gp-every",
-        type=options.count(1),
-        default=None,
-        help="lazy gradient penalty: on every k-th critic update only, weighted by k (default 1)",
-    )
+    add_engine_options(p, ema_help="default 0.99")  # as in rich.train; calogan.train: --set FIELD=VALUE
     p.add_argument("--seed", type=options.seed, default=None, help="random seed (default 0)")
     p.add_argument("--device", default="auto")
     where = p.add_mutually_exclusive_group()
