@@ -280,4 +280,5 @@ def test_extra_metrics_hook(monkeypatch, resim, true_val, embedder):
     assert r["dummy"] == {"n": len(resim)}
     assert seen["stats_gen"].shape == (len(resim), 24) and seen["emb_true"].shape == (len(resim), 64)
     assert set(seen) == {"gen_images", "true_images", "true", "stats_gen", "stats_true", "emb_gen", "emb_true",
-                         "seed", "device", "convention"}  # fmt: skip
+                         "seed", "device", "convention", "hl"}  # fmt: skip
+    assert seen["hl"] is None  # only the metrics listed in USES_HIGH_LEVEL get the shared high-level features

@@ -126,6 +126,17 @@ def test_fpd_kpd_separate_broken_generators(samples):
     json.dumps(kpd)
 
 
+def test_shared_high_level_features_give_the_same_numbers(samples, monkeypatch):
+    """fidelity computes the high-level features once and hands them to its three tests: same result."""
+    true, gens, stats_true, stats = samples
+    alone = xm.fidelity_metric(gens["blur"], true, stats["blur"], stats_true, seed=7)
+    calls = []
+    counted = xm.high_level_features
+    monkeypatch.setattr(xm, "high_level_features", lambda *a, **k: calls.append(1) or counted(*a, **k))
+    assert xm.fidelity_metric(gens["blur"], true, stats["blur"], stats_true, seed=7) == alone
+    assert len(calls) == 2  # generated and true, once each
+
+
 def test_jetnet_convention_reports_both_errors(samples, monkeypatch):
     true, gens, stats_true, stats = samples
     small = functools.partial(dist.fpd_jetnet, min_samples=300, max_samples=600, num_batches=5, num_points=4)

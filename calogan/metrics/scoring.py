@@ -199,6 +199,9 @@ def score_images(
     extra = [m for m in s.metrics if m != "prd"]
     if extra:
         registry = extra_metrics_registry()
+        xm = extra_metrics_module()  # the high-level features, once for every metric that reads them
+        uses = getattr(xm, "USES_HIGH_LEVEL", frozenset()) & set(extra)
+        shared = xm.high_level_pair(gen, true, stats_gen, stats_true) if uses else None
         for name in extra:
             out[name] = registry[name](
                 gen_images=gen,
@@ -211,6 +214,7 @@ def score_images(
                 seed=seed,
                 device=dev,
                 convention=s.fpd_convention,
+                hl=shared,
             )
     return result
 

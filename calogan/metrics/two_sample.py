@@ -82,6 +82,21 @@ def high_level_features(images: np.ndarray, true: CaloData, stats_24: np.ndarray
     return np.nan_to_num(feats, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+#: (generated, true) high-level features of one evaluation, computed once and shared by the metrics.
+HighLevelPair = tuple[np.ndarray, np.ndarray]
+
+
+def high_level_pair(
+    gen_images: np.ndarray, true: CaloData, stats_gen=None, stats_true=None, hl: HighLevelPair | None = None
+) -> HighLevelPair:
+    """The generated and true high-level features: ``hl`` when the caller already has them, else computed."""
+    if hl is not None:
+        return hl
+    return high_level_features(gen_images, true, stats_gen), high_level_features(
+        true.energy, true, stats_true
+    )
+
+
 def gaussianise(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Map each column through the reference's mid-rank empirical CDF, then Φ⁻¹: robust to heavy tails (widths).
 
@@ -383,6 +398,7 @@ def cls_metric(
     kinds: Sequence[str] = ("low", "high"),
     hgb_iter: int = 100,
     reference: bool = True,
+    hl: HighLevelPair | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     """Classifier two-sample tests (low-level MLP on log cells, high-level gradient boosting), with references."""
@@ -390,8 +406,8 @@ def cls_metric(
     device = device or torch.device("cpu")
     a, b = split_halves(len(true), seed)
     cond = condition_features(true)
-    hl_gen = np.concatenate([high_level_features(gen_images, true, stats_gen), cond], axis=1)
-    hl_true = np.concatenate([high_level_features(true.energy, true, stats_true), cond], axis=1)
+    hg, ht = high_level_pair(gen_images, true, stats_gen, stats_true, hl)
+    hl_gen, hl_true = np.concatenate([hg, cond], axis=1), np.concatenate([ht, cond], axis=1)
     result: dict[str, Any] = {
         "convention": CLS_CONVENTION,
         "n_per_class": int(len(a)),
@@ -495,20 +511,20 @@ def field_protocol_auc(
 # --------------------------------------------------------------------------- FPD / KPD
 
 
-def _high_level_pair(gen_images: np.ndarray, true: CaloData, stats_gen, stats_true, seed: int):
+def _high_level_gaussianised(
+    gen_images: np.ndarray, true: CaloData, stats_gen, stats_true, seed: int, hl=None
+):
     """Gaussianised (on true[B]) high-level features of generated[A], true[A] and true[B]."""
     a, b = split_halves(len(true), seed)
-    hg = high_level_features(gen_images, true, stats_gen)
-    ht = high_level_features(true.energy, true, stats_true)
+    hg, ht = high_level_pair(gen_images, true, stats_gen, stats_true, hl)
     ref = ht[b]
     return gaussianise(hg[a], ref), gaussianise(ht[a], ref), gaussianise(ref, ref)
 
 
-def _high_level_raw(gen_images: np.ndarray, true: CaloData, stats_gen, stats_true, seed: int):
+def _high_level_raw(gen_images: np.ndarray, true: CaloData, stats_gen, stats_true, seed: int, hl=None):
     """High-level features (not Gaussianised) of generated[A], true[A] and true[B], for the jetnet convention."""
     a, b = split_halves(len(true), seed)
-    hg = high_level_features(gen_images, true, stats_gen)
-    ht = high_level_features(true.energy, true, stats_true)
+    hg, ht = high_level_pair(gen_images, true, stats_gen, stats_true, hl)
     return hg[a], ht[a], ht[b]
 
 
@@ -519,6 +535,7 @@ def fpd_metric(
     stats_true: np.ndarray | None = None,
     seed: int = 1337,
     convention: str = "calogan",
+    hl: HighLevelPair | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     """Fréchet physics distance on the 29 high-level features with its reference (calogan.metrics.distances).
@@ -531,12 +548,12 @@ def fpd_metric(
     _check_inputs(gen_images, true)
     out: dict[str, Any] = {"convention": dist.CONVENTIONS[dist.check_convention(convention)]}
     if convention == "jetnet":
-        g, ta, tb = _high_level_raw(gen_images, true, stats_gen, stats_true, seed)
+        g, ta, tb = _high_level_raw(gen_images, true, stats_gen, stats_true, seed, hl)
         gen, ref = dist.fpd_jetnet(tb, g, seed=seed), dist.fpd_jetnet(tb, ta, seed=seed)
         out.update(fpd=gen["value"], fpd_err=gen["error"], fpd_ref=ref["value"], fpd_ref_err=ref["error"],
                    fpd_fit_err=gen["fit_error"], fpd_ref_fit_err=ref["fit_error"])  # fmt: skip
     else:
-        g, ta, tb = _high_level_pair(gen_images, true, stats_gen, stats_true, seed)
+        g, ta, tb = _high_level_gaussianised(gen_images, true, stats_gen, stats_true, seed, hl)
         r = dist.fpd_with_reference(g, ta, tb, seed)
         out.update(fpd=r["value"], fpd_err=r["error"], fpd_ref=r["ref"], fpd_ref_err=r["ref_error"],
                    fpd_diff_err=r["diff_error"], fpd_at_n=r["at_full_n"], fpd_ref_at_n=r["ref_at_full_n"])  # fmt: skip
@@ -553,15 +570,16 @@ def kpd_metric(
     batch_size: int = 5000,
     num_batches: int = 10,
     convention: str = "calogan",
+    hl: HighLevelPair | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     """Kernel physics distance on the high-level features, with reference (``convention`` as :func:`fpd_metric`)."""
     _check_inputs(gen_images, true)
     if dist.check_convention(convention) == "jetnet":
-        g, ta, tb = _high_level_raw(gen_images, true, stats_gen, stats_true, seed)
+        g, ta, tb = _high_level_raw(gen_images, true, stats_gen, stats_true, seed, hl)
         gen, ref = dist.kpd_jetnet(tb, g, seed=seed), dist.kpd_jetnet(tb, ta, seed=seed)
     else:
-        g, ta, tb = _high_level_pair(gen_images, true, stats_gen, stats_true, seed)
+        g, ta, tb = _high_level_gaussianised(gen_images, true, stats_gen, stats_true, seed, hl)
         gen = dist.kpd_batches(g, tb, seed, batch_size, num_batches)
         ref = dist.kpd_batches(ta, tb, seed, batch_size, num_batches)
     return {"kpd": gen["value"], "kpd_err": gen["error"], "kpd_ref": ref["value"], "kpd_ref_err": ref["error"],
@@ -603,13 +621,13 @@ def sep_metric(
     stats_true: np.ndarray | None = None,
     seed: int = 1337,
     bins: int = 50,
+    hl: HighLevelPair | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     """Per-observable separation power and Wasserstein-1 (also in units of the true std), with references."""
     _check_inputs(gen_images, true)
     a, b = split_halves(len(true), seed)
-    hg = high_level_features(gen_images, true, stats_gen)
-    ht = high_level_features(true.energy, true, stats_true)
+    hg, ht = high_level_pair(gen_images, true, stats_gen, stats_true, hl)
     table = []
     for j, name in enumerate(HIGH_LEVEL_NAMES):  # 29 observables, each vectorised over events
         ref_col, gen_col, ta_col = ht[b, j], hg[a, j], ht[a, j]
@@ -681,6 +699,7 @@ def prdc_metric(
     device: torch.device | None = None,
     k: int = 5,
     max_samples: int = 10000,
+    hl: HighLevelPair | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     """Density/coverage on (embedding ⊕ conditions), Gaussianised on true[B]; without embeddings on high-level features."""
@@ -692,8 +711,10 @@ def prdc_metric(
             "embedding+conditions",
         )
     else:
-        fg = high_level_features(gen_images, true, stats_gen)
-        ft, features = high_level_features(true.energy, true, stats_true), "high_level+conditions"
+        (fg, ft), features = (
+            high_level_pair(gen_images, true, stats_gen, stats_true, hl),
+            "high_level+conditions",
+        )
     cond = condition_features(true)
     fg, ft = np.concatenate([fg, cond], axis=1), np.concatenate([ft, cond], axis=1)
     a, b = split_halves(len(true), seed)
@@ -724,6 +745,7 @@ def fidelity_metric(
     seed: int = 1337,
     device: torch.device | None = None,
     convention: str = "calogan",
+    hl: HighLevelPair | None = None,
     **_: Any,
 ) -> dict[str, Any]:
     """The cheap part of the stricter tests, shown by default beside the competition score.
@@ -731,9 +753,12 @@ def fidelity_metric(
     High-level classifier AUC (gradient boosting on the 29 high-level features and the conditions), FPD and
     the worst-separated observable, each with its real-vs-real reference at the same sample sizes.
     """
-    cls = cls_metric(gen_images, true, stats_gen, stats_true, seed=seed, device=device, kinds=("high",))
-    fpd = fpd_metric(gen_images, true, stats_gen, stats_true, seed=seed, convention=convention)
-    sep = sep_metric(gen_images, true, stats_gen, stats_true, seed=seed)
+    hl = high_level_pair(gen_images, true, stats_gen, stats_true, hl)
+    cls = cls_metric(
+        gen_images, true, stats_gen, stats_true, seed=seed, device=device, kinds=("high",), hl=hl
+    )
+    fpd = fpd_metric(gen_images, true, stats_gen, stats_true, seed=seed, convention=convention, hl=hl)
+    sep = sep_metric(gen_images, true, stats_gen, stats_true, seed=seed, hl=hl)
     return {
         "auc_high": cls["auc_high"], "auc_high_ref": cls["auc_high_ref"],
         "fpd": fpd["fpd"], "fpd_err": fpd["fpd_err"], "fpd_ref": fpd["fpd_ref"], "fpd_ref_err": fpd["fpd_ref_err"],
@@ -754,8 +779,7 @@ def holdout_distance(
     when a classifier separates them all. ``auc_high``: the high-level classifier AUC.
     """
     cond = condition_features(true)
-    hg = high_level_features(gen_images, true, stats_gen)
-    ht = high_level_features(true.energy, true, stats_true)
+    hg, ht = high_level_pair(gen_images, true, stats_gen, stats_true)
     scale = np.where(ht.std(axis=0) > 0, ht.std(axis=0), 1.0)
     w1 = np.array([stats.wasserstein_distance(hg[:, j], ht[:, j]) for j in range(ht.shape[1])]) / scale
     cls = classifier_test(np.concatenate([hg, cond], 1), np.concatenate([ht, cond], 1), "high", seed,
@@ -765,6 +789,9 @@ def holdout_distance(
 
 
 # --------------------------------------------------------------------------- registry, parsing, plots
+
+#: The metrics that read the high-level features (given once to all of them as ``hl`` by the evaluator).
+USES_HIGH_LEVEL = frozenset({"fidelity", "cls", "fpd", "kpd", "sep", "prdc"})
 
 EXTRA_METRICS: dict[str, Callable[..., dict[str, Any]]] = {
     "fidelity": fidelity_metric,  # the default summary: high-level AUC, FPD, worst separation, with references
