@@ -15,6 +15,7 @@ from torch import nn
 
 from calogan.core.engine import (
     ENGINE_DOMAINS,
+    LIFT_BUDGET_OPTION,
     AdversarialEngine,
     AdversarialTask,
     Batch,
@@ -158,6 +159,8 @@ def test_time_budget_ends_with_a_checkpoint(tmp_path):
     stop = RunDirectory(tmp_path / "t").last_stop()
     assert stop == {"reason": "budget", "step": 1, "steps": 8}
     assert budget_stop_message(stop).startswith("stopped at step 1 of 8 by the time budget")
+    assert "--set max_minutes=0" in budget_stop_message(stop)  # calogan.train's spelling, the default
+    assert "--max-minutes 0" in budget_stop_message(stop, LIFT_BUDGET_OPTION)  # rich.train, finetune
     assert budget_stop_message({"reason": "done", "step": 8, "steps": 8}) is None
 
 

@@ -140,6 +140,10 @@ def test_finetune_resume_names_the_run_and_keeps_its_settings(
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == start + 2
     assert run_cli(main, ["--resume", str(out), *data, "--steps", "3"]) == 0
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == start + 3
+    # how long the run may take and how often it saves may change on resume
+    length = ["--keep-every", "1", "--max-minutes", "0"]
+    assert run_cli(main, ["--resume", str(out), *data, "--steps", "4", *length]) == 0
+    assert (out / "checkpoints" / "step_000004.pt").is_file()
 
 
 def test_finetune_bad_inputs_exit_2(tiny_data_dir, tiny_checkpoint, tmp_path, capsys):

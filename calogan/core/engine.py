@@ -200,6 +200,33 @@ def add_engine_options(parser, ema_help: str, objective_help: str = "") -> None:
     )
 
 
+#: The settings of how long a run goes and how often it saves: a resumed run may change them.
+RUN_LENGTH_FIELDS = ("max_minutes", "checkpoint_every", "keep_every")
+
+
+def add_run_length_options(parser, budget_help: str) -> None:
+    """Add the options that bound a run and keep its checkpoints (--max-minutes, --checkpoint-every,
+    --keep-every), defaulting to None (= the trainer's config), for the trainers whose options are flags."""
+    parser.add_argument(
+        "--max-minutes",
+        type=options.nonnegative_float,
+        default=None,
+        help=f"wall-clock budget in minutes, 0 = none ({budget_help})",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=options.count(1),
+        default=None,
+        help="rewrite checkpoints/last.pt every N steps (default 100)",
+    )
+    parser.add_argument(
+        "--keep-every",
+        type=options.count(0),
+        default=None,
+        help="also keep checkpoints/step_NNNNNN.pt every N steps (0: never, the default)",
+    )
+
+
 @dataclass
 class Outcome:
     """How a run ended: the step reached, why it stopped, and the evaluation history."""
@@ -341,13 +368,17 @@ def _broadcast_params(model: nn.Module, world: int) -> None:
         torch.distributed.broadcast(t.data, src=0)
 
 
-def budget_stop_message(stop: dict | None) -> str | None:
-    """The one line that says a run was cut short by its time budget, or None when it was not."""
+#: How each command line lifts the time budget (calogan.train sets config fields with --set).
+LIFT_BUDGET_SET, LIFT_BUDGET_OPTION = "--set max_minutes=0", "--max-minutes 0"
+
+
+def budget_stop_message(stop: dict | None, lift: str = LIFT_BUDGET_SET) -> str | None:
+    """The one line that says a run was cut short by its time budget (and how to lift it), or None."""
     if not stop or stop.get("reason") != "budget":
         return None
     return (
         f"stopped at step {stop['step']} of {stop['steps']} by the time budget "
-        "(lift it with --set max_minutes=0, or continue with --resume RUN_DIR)"
+        f"(lift it with {lift}, or continue with --resume RUN_DIR)"
     )
 
 
@@ -408,11 +439,13 @@ class AdversarialEngine:
         progress: bool = True,
         deadline: float = math.inf,
         description: str = "train",
+        lift_budget: str = LIFT_BUDGET_SET,
     ):
-        """Train with the engine fields of ``settings`` (a trainer's config) until ``deadline`` (perf_counter)."""
+        """Train with the engine fields of ``settings`` (a trainer's config) until ``deadline`` (perf_counter);
+        ``lift_budget`` is how the trainer's command line lifts the budget, named when it stops a run."""
         self.task, self.run, self.device = task, run, device
         self.settings = s = engine_settings(settings)
-        self.deadline, self.description = deadline, description
+        self.deadline, self.description, self.lift_budget = deadline, description, lift_budget
         self.rank, self.world = dist_info()
         check_objective(s.objective)
         _broadcast_params(task.generator, self.world)
@@ -617,7 +650,7 @@ class AdversarialEngine:
                 self._save(*saves)
                 bar.update(1)
                 if over_budget and self.step < s.steps:
-                    bar.write(budget_stop_message(self.metrics["stop"]))
+                    bar.write(budget_stop_message(self.metrics["stop"], self.lift_budget))
                     reason = "budget"
                     break
                 if interrupted:

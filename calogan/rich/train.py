@@ -37,11 +37,13 @@ import torch
 
 from calogan.core import options
 from calogan.core.engine import (
+    LIFT_BUDGET_OPTION,
     AdversarialEngine,
     AdversarialTask,
     Batch,
     EngineSettings,
     add_engine_options,
+    add_run_length_options,
     check_engine_settings,
 )
 from calogan.core.errors import InputError, Interrupted
@@ -393,7 +395,9 @@ def train(
         setup.check_same_data(saved, task.fixed["data_sha256"], task.path)
         run = setup.start(dataclasses.asdict(config))
         budget, description = deadline(config.max_minutes, start), f"rich {config.particle}"
-        engine = AdversarialEngine(task, config, run, device, config.progress, budget, description)
+        engine = AdversarialEngine(
+            task, config, run, device, config.progress, budget, description, lift_budget=LIFT_BUDGET_OPTION
+        )
         if saved is not None:
             engine.load(saved)
         engine.fit()
@@ -436,24 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--steps", type=options.count(1), default=None, help="override the preset's number of generator steps"
     )
     ap.add_argument("--batch-size", type=options.count(1), default=None)
-    ap.add_argument(
-        "--max-minutes",
-        type=options.nonnegative_float,
-        default=None,
-        help="wall-clock budget in minutes, 0 = none (quick preset: 4.5, lifted when --steps is given)",
-    )
-    ap.add_argument(
-        "--checkpoint-every",
-        type=options.count(1),
-        default=None,
-        help="rewrite checkpoints/last.pt every N steps (default 100)",
-    )
-    ap.add_argument(
-        "--keep-every",
-        type=options.count(0),
-        default=None,
-        help="also keep checkpoints/step_NNNNNN.pt every N steps (0: never, the default)",
-    )
+    add_run_length_options(ap, "quick preset: 4.5, lifted when --steps is given")
     ap.add_argument(
         "--holdout",
         type=options.count(0),

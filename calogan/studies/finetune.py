@@ -25,11 +25,14 @@ from scipy.stats import ks_2samp, wasserstein_distance
 
 from calogan.core import options
 from calogan.core.engine import (
+    LIFT_BUDGET_OPTION,
+    RUN_LENGTH_FIELDS,
     AdversarialEngine,
     AdversarialTask,
     Batch,
     EngineSettings,
     add_engine_options,
+    add_run_length_options,
     check_engine_settings,
 )
 from calogan.core.errors import InputError
@@ -240,7 +243,7 @@ def finetune(
 
     OUT is a run directory (config.json, metrics.jsonl, checkpoints/last.pt): ``resume`` continues an
     interrupted fine-tuning exactly (its saved checkpoint, targets and settings win, except the total steps,
-    where ``cfg.steps`` 0 keeps the run's;
+    where ``cfg.steps`` 0 keeps the run's, and the run length and checkpoint intervals, which are ``cfg``'s;
     ``requested`` options that differ from them are refused); an existing OUT is replaced only with ``overwrite``.
     """
     cfg = cfg or FinetuneConfig()
@@ -251,8 +254,9 @@ def finetune(
             saved = setup.resume(_resumable, requested, recorded=_recorded_settings)
             info = saved["finetune"]
             checkpoint, targets = info["source"], info["targets"]
+            length = {k: getattr(cfg, k) for k in RUN_LENGTH_FIELDS}  # how long and how often: the caller's
             cfg = dataclasses.replace(
-                FinetuneConfig(**info["config"]), steps=cfg.steps or info["config"]["steps"]
+                FinetuneConfig(**info["config"]), steps=cfg.steps or info["config"]["steps"], **length
             )
         check_engine_settings(cfg)
         names = list(targets or [])
@@ -270,7 +274,9 @@ def finetune(
         task = FinetuneTask(source, train, names, cfg, fields, dev, progress)
         run = setup.start({"checkpoint": str(checkpoint), "data": str(data_dir), **fields["finetune"]})
         budget = deadline(cfg.max_minutes, time.perf_counter())
-        engine = AdversarialEngine(task, cfg, run, dev, progress, budget, description="finetune")
+        engine = AdversarialEngine(
+            task, cfg, run, dev, progress, budget, description="finetune", lift_budget=LIFT_BUDGET_OPTION
+        )
         try:
             engine.start_from(source)
             before = copy.deepcopy(engine.ema.model).eval()
@@ -293,7 +299,7 @@ def finetune(
 
 
 #: The options a resumed fine-tuning may change (every other setting is the run's own).
-RESUME_CHANGES = "--steps, --device and --data"
+RESUME_CHANGES = "--steps, --max-minutes, --checkpoint-every, --keep-every, --device and --data"
 
 
 def _resumable(checkpoint: dict, path: Path) -> dict:
@@ -412,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default=None, help="output directory (a run directory); required")
     add_engine_options(p, ema_help="default 0.99")  # as in rich.train; calogan.train: --set FIELD=VALUE
+    add_run_length_options(p, "default: none")
     p.add_argument("--seed", type=options.seed, default=None, help="random seed (default 0)")
     p.add_argument("--device", default="auto")
     where = p.add_mutually_exclusive_group()
@@ -445,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
     names = parse_targets(args.target) if args.target is not None else None
     cfg = FinetuneConfig(**PRESETS[args.preset], seed=args.seed or 0)
-    for key in ("weight", "loss", "steps", *ENGINE_OPTIONS):
+    for key in ("weight", "loss", "steps", *ENGINE_OPTIONS, *RUN_LENGTH_FIELDS):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     if args.resume and args.steps is None:  # without --steps a resumed run goes on to its own total

@@ -1,0 +1,117 @@
+"""Which field-protocol high-level feature gives a generator away: classifier AUC per feature.
+
+For each checkpoint, the generator draws showers for the first N validation events (conditions A) and they are
+compared with the real showers of the next N events (conditions B), on CaloChallenge's high-level features
+(calogan.metrics.calochallenge). A gradient-boosting classifier, 3-fold cross-validated, gives the AUC on all
+features, on the conditions alone (the reference: ≈ 0.5), and on each shower feature alone and with the
+conditions. A feature whose AUC alone is near the AUC on all features is what a classifier test sees. The
+radial profile (mean energy fraction in rings around the expected shower centre, and the fraction of the ring's
+cells above CaloChallenge's 1 MeV readout threshold) shows where the widths and centres come from.
+
+    python benchmarks/diagnose_features.py NAME=DATA_DIR=CHECKPOINT [...] [--events 10000] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import cross_val_predict
+
+from calogan.ecal.data import CELL_CENTRES, load_npz, split_path
+from calogan.ecal.models import load_generator
+from calogan.ecal.physics import expected_centre
+from calogan.ecal.predict import generate
+from calogan.metrics import calochallenge as cc
+
+#: ring edges in cm around the expected shower centre (cells are 1 cm)
+RING_EDGES_CM = (0.0, 1.0, 2.0, 3.0, 4.5, 6.0, 9.0, 13.0, 30.0)
+
+
+def radial_profile(images: np.ndarray, data) -> dict:
+    """Per ring: mean energy fraction and mean fraction of the ring's cells above the 1 MeV readout threshold."""
+    centre = expected_centre(data.point, data.momentum)
+    dx = CELL_CENTRES[None, None, :] - centre[:, 0, None, None]
+    dy = CELL_CENTRES[None, :, None] - centre[:, 1, None, None]
+    r = np.sqrt(dx * dx + dy * dy)
+    e = images.astype(np.float64)
+    total = np.maximum(e.sum(axis=(1, 2)), 1e-12)
+    lit = e > cc.THRESHOLD_MEV * cc.UNITS_PER_MEV
+    fractions, above = [], []
+    for lo, hi in zip(RING_EDGES_CM[:-1], RING_EDGES_CM[1:]):
+        ring = (r >= lo) & (r < hi)
+        fractions.append(float(((e * ring).sum(axis=(1, 2)) / total).mean()))
+        above.append(float(((lit & ring).sum(axis=(1, 2)) / np.maximum(ring.sum(axis=(1, 2)), 1)).mean()))
+    return {
+        "ring_edges_cm": list(RING_EDGES_CM),
+        "energy_fraction": fractions,
+        "cells_above_threshold": above,
+    }
+
+
+def cross_validated_auc(gen: np.ndarray, real: np.ndarray, seed: int = 0) -> float:
+    """AUC of a 3-fold cross-validated gradient-boosting classifier, generated (0) against real (1)."""
+    x, y = np.r_[gen, real], np.r_[np.zeros(len(gen)), np.ones(len(real))]
+    model = HistGradientBoostingClassifier(max_iter=100, random_state=seed)
+    return float(roc_auc_score(y, cross_val_predict(model, x, y, cv=3, method="predict_proba")[:, 1]))
+
+
+def feature_aucs(gen_features: np.ndarray, real_features: np.ndarray) -> dict:
+    """AUC on all features, on the conditions alone, and per shower feature alone and with the conditions."""
+    n_shower = len(cc.HIGH_LEVEL_NAMES) - len(cc.CONDITION_NAMES)
+    conditions = list(range(n_shower, len(cc.HIGH_LEVEL_NAMES)))
+    out = {
+        "all": cross_validated_auc(gen_features, real_features),
+        "conditions": cross_validated_auc(gen_features[:, conditions], real_features[:, conditions]),
+    }
+    for j, name in enumerate(cc.HIGH_LEVEL_NAMES[:n_shower]):
+        out[f"{name} alone"] = cross_validated_auc(gen_features[:, [j]], real_features[:, [j]])
+        cols = [j, *conditions]
+        out[f"{name} + conditions"] = cross_validated_auc(gen_features[:, cols], real_features[:, cols])
+    means = {
+        name: [float(gen_features[:, j].mean()), float(real_features[:, j].mean())]
+        for j, name in enumerate(cc.HIGH_LEVEL_NAMES[:n_shower])
+    }
+    return {"auc": out, "mean_generated_real": means}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="NAME=DATA_DIR=CHECKPOINT")
+    parser.add_argument("--events", type=int, default=10000, help="events per sample (2N validation events)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    results = {}
+    for item in args.models:
+        name, data_dir, checkpoint = item.split("=", 2)
+        val = load_npz(split_path(data_dir, "val", "solution"), require_energy=True)
+        n = min(args.events, len(val) // 2)
+        first, second = val.subset(np.arange(n)), val.subset(np.arange(n, 2 * n))
+        generator, _ = load_generator(checkpoint)
+        images = generate(generator, first, seed=5)
+        res = feature_aucs(
+            cc.high_level_features(images, first), cc.high_level_features(second.energy, second)
+        )
+        rings = {"generated": radial_profile(images, first), "real": radial_profile(second.energy, second)}
+        results[name] = {"checkpoint": checkpoint, "data": data_dir, "events": n, **res, "radial": rings}
+        print(f"\n{name}: AUC all {res['auc']['all']:.3f}, conditions alone {res['auc']['conditions']:.3f}")
+        print(f"{'feature':14s} {'alone':>6s} {'+cond':>6s} {'mean gen':>9s} {'mean real':>9s}")
+        for feature, (g, r) in res["mean_generated_real"].items():
+            a, c = res["auc"][f"{feature} alone"], res["auc"][f"{feature} + conditions"]
+            print(f"{feature:14s} {a:6.3f} {c:6.3f} {g:9.4f} {r:9.4f}")
+        print(f"{'ring [cm]':10s} {'energy fraction gen / real':>28s} {'cells > 1 MeV gen / real':>26s}")
+        gen, real = rings["generated"], rings["real"]
+        for i, (lo, hi) in enumerate(zip(RING_EDGES_CM[:-1], RING_EDGES_CM[1:])):
+            fg, fr = gen["energy_fraction"][i], real["energy_fraction"][i]
+            print(f"{lo:4.1f}-{hi:<5.1f} {fg:9.4f} / {fr:.4f} ({fg / fr:5.2f})"
+                  f" {gen['cells_above_threshold'][i]:12.3f} / {real['cells_above_threshold'][i]:.3f}")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
