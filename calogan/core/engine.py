@@ -174,6 +174,10 @@ def check_objective(objective: str, option: str = "objective") -> str:
     return objective
 
 
+#: The settings that :func:`add_engine_options` sets (each option's destination is the field of that name).
+ENGINE_OPTION_FIELDS = ("objective", "lr_decay", "ema_decay", "gp_every")
+
+
 def add_engine_options(parser, ema_help: str, objective_help: str = "") -> None:
     """Add the engine's options under one name each (--objective, --lr-decay, --gp-every, --ema-decay), all
     defaulting to None (= the trainer's config), so every trainer's command line reaches them alike."""

@@ -25,6 +25,7 @@ from scipy.stats import ks_2samp, wasserstein_distance
 
 from calogan.core import options
 from calogan.core.engine import (
+    ENGINE_OPTION_FIELDS,
     LIFT_BUDGET_OPTION,
     RUN_LENGTH_FIELDS,
     AdversarialEngine,
@@ -394,10 +395,6 @@ def render_report(result: dict) -> str:
 # ------------------------------------------------------------------ CLI
 
 
-#: The engine's settings that the command line sets by option (--objective, --lr-decay, ...).
-ENGINE_OPTIONS = ("objective", "lr_decay", "ema_decay", "gp_every")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = options.ArgumentParser(prog="python -m calogan.finetune", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None, help="training checkpoint (best.pt / last.pt); required")
@@ -452,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"the following arguments are required: {', '.join(missing)}")
     names = parse_targets(args.target) if args.target is not None else None
     cfg = FinetuneConfig(**PRESETS[args.preset], seed=args.seed or 0)
-    for key in ("weight", "loss", "steps", *ENGINE_OPTIONS, *RUN_LENGTH_FIELDS):
+    for key in ("weight", "loss", "steps", *ENGINE_OPTION_FIELDS, *RUN_LENGTH_FIELDS):
         if getattr(args, key) is not None:
             setattr(cfg, key, getattr(args, key))
     if args.resume and args.steps is None:  # without --steps a resumed run goes on to its own total
@@ -465,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a resumed run refuses the options given that differ from its settings
     given = {"--checkpoint": ("checkpoint", args.checkpoint), "--target": ("targets", names),
              "--weight": ("weight", args.weight), "--loss": ("loss", args.loss), "--seed": ("seed", args.seed),
-             **{f"--{k.replace('_', '-')}": (k, getattr(args, k)) for k in ENGINE_OPTIONS}}  # fmt: skip
+             **{f"--{k.replace('_', '-')}": (k, getattr(args, k)) for k in ENGINE_OPTION_FIELDS}}  # fmt: skip
     requested = {option: item for option, item in given.items() if item[1] is not None}
     result = finetune(args.checkpoint, args.data, names, args.out, cfg, args.device, progress=True,
                       overwrite=args.overwrite, resume=bool(args.resume), requested=requested)  # fmt: skip
