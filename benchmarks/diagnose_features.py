@@ -14,14 +14,15 @@ cells above CaloChallenge's 1 MeV readout threshold) shows where the widths and 
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
+from calogan.core.errors import InputError
+from calogan.core.runtime import atomic_write_json, run_cli
 from calogan.ecal.data import CELL_CENTRES, load_npz, split_path
 from calogan.ecal.models import load_generator
 from calogan.ecal.physics import expected_centre
@@ -79,15 +80,17 @@ def feature_aucs(gen_features: np.ndarray, real_features: np.ndarray) -> dict:
     return {"auc": out, "mean_generated_real": means}
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="NAME=DATA_DIR=CHECKPOINT")
     parser.add_argument("--events", type=int, default=10000, help="events per sample (2N validation events)")
     parser.add_argument("--json", default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = {}
     for item in args.models:
-        name, data_dir, checkpoint = item.split("=", 2)
+        if item.count("=") != 2:
+            raise InputError(f"{item}: expected NAME=DATA_DIR=CHECKPOINT")
+        name, data_dir, checkpoint = item.split("=")
         val = load_npz(split_path(data_dir, "val", "solution"), require_energy=True)
         n = min(args.events, len(val) // 2)
         first, second = val.subset(np.arange(n)), val.subset(np.arange(n, 2 * n))
@@ -110,8 +113,8 @@ def main() -> None:
             print(f"{lo:4.1f}-{hi:<5.1f} {fg:9.4f} / {fr:.4f} ({fg / fr:5.2f})"
                   f" {gen['cells_above_threshold'][i]:12.3f} / {real['cells_above_threshold'][i]:.3f}")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+        atomic_write_json(args.json, results)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))
