@@ -6,7 +6,7 @@ compared with the real showers of the next N events (conditions B), on CaloChall
 features, on the conditions alone (the reference: ≈ 0.5), and on each shower feature alone and with the
 conditions. A feature whose AUC alone is near the AUC on all features is what a classifier test sees. The
 radial profile (mean energy fraction in rings around the expected shower centre, and the fraction of the ring's
-cells above CaloChallenge's 1 MeV readout threshold) shows where the widths and centres come from.
+cells at or above CaloChallenge's 1 MeV readout threshold) shows where the widths and centres come from.
 
     python benchmarks/diagnose_features.py NAME=DATA_DIR=CHECKPOINT [...] [--events 10000] [--json FILE]
 """
@@ -17,34 +17,29 @@ import argparse
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import cross_val_predict
 
 from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write_json, run_cli
-from calogan.ecal.data import CELL_CENTRES, load_npz, split_path
+from calogan.ecal.data import load_npz, split_path
 from calogan.ecal.models import load_generator
-from calogan.ecal.physics import expected_centre
 from calogan.ecal.predict import generate
+from calogan.ecal.soft_stats import RING_EDGES_CM, ring_index
 from calogan.metrics import calochallenge as cc
-
-#: ring edges in cm around the expected shower centre (cells are 1 cm)
-RING_EDGES_CM = (0.0, 1.0, 2.0, 3.0, 4.5, 6.0, 9.0, 13.0, 30.0)
 
 
 def radial_profile(images: np.ndarray, data) -> dict:
-    """Per ring: mean energy fraction and mean fraction of the ring's cells above the 1 MeV readout threshold."""
-    centre = expected_centre(data.point, data.momentum)
-    dx = CELL_CENTRES[None, None, :] - centre[:, 0, None, None]
-    dy = CELL_CENTRES[None, :, None] - centre[:, 1, None, None]
-    r = np.sqrt(dx * dx + dy * dy)
+    """Per ring: mean energy fraction and mean fraction of the ring's cells at or above the 1 MeV readout threshold."""
+    which = ring_index(torch.from_numpy(data.conditions()).double()).numpy()
     e = images.astype(np.float64)
     total = np.maximum(e.sum(axis=(1, 2)), 1e-12)
-    lit = e > cc.THRESHOLD_MEV * cc.UNITS_PER_MEV
+    lit = e >= cc.THRESHOLD_MEV * cc.UNITS_PER_MEV  # the CaloChallenge features keep cells at the threshold
     fractions, above = [], []
-    for lo, hi in zip(RING_EDGES_CM[:-1], RING_EDGES_CM[1:]):
-        ring = (r >= lo) & (r < hi)
+    for k in range(len(RING_EDGES_CM) - 1):
+        ring = which == k
         fractions.append(float(((e * ring).sum(axis=(1, 2)) / total).mean()))
         above.append(float(((lit & ring).sum(axis=(1, 2)) / np.maximum(ring.sum(axis=(1, 2)), 1)).mean()))
     return {

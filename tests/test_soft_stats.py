@@ -9,8 +9,10 @@ from calogan.ecal.data import load_npz, split_path
 from calogan.ecal.physics import SPARSITY_ALPHAS, physical_statistics
 from calogan.ecal.soft_stats import (
     PROFILE_RANKS,
+    RING_EDGES_CM,
     SUMMARY_NAMES,
     core_fractions,
+    radial_profile,
     rank_profile,
     shower_summary,
     soft_sparsity,
@@ -58,3 +60,26 @@ def test_rank_profile_is_the_sorted_cell_spectrum_and_inverts_the_sparsity(tiny_
     assert (above <= more).all() and (above == more).mean() > 0.999
     profile.sum().backward()
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+def test_radial_profile_puts_each_cell_in_the_ring_of_its_distance_from_the_expected_centre():
+    # straight track at (0.5, 0.5) cm: the expected centre is the centre of cell (15, 15); cell (15, 20) is 5 cm away
+    conditions = torch.tensor([[0.5, 0.5, 0.0, 0.0, 10.0, 1.0]], dtype=torch.float64)
+    images = torch.zeros(1, 30, 30, dtype=torch.float64)
+    images[0, 15, 15], images[0, 15, 20] = 3.0, 1.0
+    images.requires_grad_(True)
+    profile = radial_profile(images, conditions)
+    expected = np.zeros(len(RING_EDGES_CM) - 1)
+    expected[0], expected[int(np.searchsorted(RING_EDGES_CM, 5.0)) - 1] = 0.75, 0.25
+    np.testing.assert_allclose(np.exp(profile.detach().numpy()[0]), expected, atol=2e-6)  # floor 1e-6
+    # the core ring's log fraction rises with the core cell and falls with the far one
+    profile[0, 0].backward()
+    assert images.grad[0, 15, 15] > 0 and images.grad[0, 15, 20] < 0
+
+
+def test_radial_profile_holds_all_the_energy_of_real_showers(tiny_data_dir):
+    data = load_npz(split_path(tiny_data_dir, "train"), require_energy=True).subset(slice(0, 100))
+    profile = radial_profile(
+        torch.from_numpy(data.energy).double(), torch.from_numpy(data.conditions()).double(), 0.0
+    )
+    np.testing.assert_allclose(np.exp(profile.numpy()).sum(1), 1.0, atol=1e-6)

@@ -219,9 +219,12 @@ def test_tiny_run_with_response_term(tiny_data_dir, tmp_path):
         run_tiny(tiny_data_dir, tmp_path / "bad_stats", stats_weight=float("nan"))
     with pytest.raises(Exception, match="response_weight: must be a finite number >= 0"):
         run_tiny(tiny_data_dir, tmp_path / "bad", response_weight=-1.0)
-    rank_dir = run_tiny(tiny_data_dir, tmp_path / "rank", rank_weight=1.0, critic_summary=True, steps=2)
+    rank_dir = run_tiny(tiny_data_dir, tmp_path / "rank", rank_weight=1.0, radial_weight=1.0, critic_summary=True,
+                        steps=2)  # fmt: skip
     logged = [json.loads(ln) for ln in (rank_dir / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["loss_rank_profile"] > 0 for r in logged if "loss_critic" in r)
+    assert all(
+        r["loss_rank_profile"] > 0 and r["loss_radial_profile"] > 0 for r in logged if "loss_critic" in r
+    )
     assert json.loads((rank_dir / "config.json").read_text())["critic_summary"] is True
     with pytest.raises(Exception, match="hard_gates: needs cell_gates=true"):
         run_tiny(tiny_data_dir, tmp_path / "bad_gates", hard_gates=True)

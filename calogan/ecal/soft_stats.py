@@ -5,7 +5,8 @@ the generator: energy response, widths and asymmetries in the shower frame (alon
 momentum), the 20 sparsity levels (a sigmoid instead of a hard threshold) and the hottest-cell and 3x3 energy
 fractions. :func:`shower_summary` stacks them into one (B, 26) vector per shower. :func:`rank_profile` is the
 exact, unsmoothed view of the same cell spectrum: the log energy fraction of the k-th hottest cell at fixed ranks
-(the sparsity level at a threshold is the rank at which this profile crosses it).
+(the sparsity level at a threshold is the rank at which this profile crosses it). :func:`radial_profile` is the
+transverse view: the log energy fraction in rings around the expected shower centre.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ SUMMARY_NAMES: tuple[str, ...] = (
 PROFILE_RANKS: tuple[int, ...] = (
     0, 1, 2, 3, 5, 8, 12, 17, 24, 32, 42, 55, 70, 90, 120, 160, 220, 300, 420, 600, 850,
 )  # fmt: skip
+
+
+#: Ring edges in cm around the expected shower centre of :func:`radial_profile` (cells are 1 cm wide); the last
+#: ring also holds the cells beyond its outer edge (a window corner can lie 40 cm from an off-centre shower).
+RING_EDGES_CM: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.5, 6.0, 9.0, 13.0, 30.0)
 
 
 def _grid(device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,6 +127,30 @@ def rank_profile(images: torch.Tensor, ranks: tuple[int, ...] = PROFILE_RANKS) -
     frac = flat / (flat.sum(1, keepdim=True) + 1e-8)
     ordered = torch.sort(frac, dim=1, descending=True).values[:, list(ranks)]
     return torch.log(ordered + 1e-9)
+
+
+def ring_index(conditions: torch.Tensor) -> torch.Tensor:
+    """(B, 30, 30) index of the ring of :data:`RING_EDGES_CM` that holds each cell, around the expected centre."""
+    along, across = shower_frame(conditions)
+    r = torch.sqrt(along * along + across * across)
+    inner = torch.as_tensor(RING_EDGES_CM[1:-1], dtype=r.dtype, device=r.device)
+    return torch.bucketize(r, inner, right=True)
+
+
+def radial_profile(images: torch.Tensor, conditions: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
+    """(B, len(RING_EDGES_CM) - 1) log energy fraction in each ring around the expected shower centre.
+
+    The widths summarise the transverse spread in one number each, dominated by the core; the rings see the
+    tail separately (a shower whose energy stops at 4 cm has a fine width and an empty outer ring). ``floor``
+    keeps the log finite for an empty ring.
+    """
+    which = ring_index(conditions)
+    img = images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    total = img.sum((1, 2)) + 1e-8
+    fractions = torch.stack(
+        [(img * (which == k)).sum((1, 2)) / total for k in range(len(RING_EDGES_CM) - 1)], dim=1
+    )
+    return torch.log(fractions + floor)
 
 
 def shower_summary(images: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:

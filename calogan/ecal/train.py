@@ -64,7 +64,7 @@ from calogan.ecal.models import (
 )
 from calogan.ecal.physics import momentum_bins, momentum_quantile_edges
 from calogan.ecal.predict import generate
-from calogan.ecal.soft_stats import rank_profile, shower_summary
+from calogan.ecal.soft_stats import radial_profile, rank_profile, shower_summary
 from calogan.metrics.embedder import load_embedder, train_embedder
 from calogan.metrics.plots import plot_showers, plot_statistics
 from calogan.metrics.scoring import EvalSettings, score_images
@@ -98,6 +98,9 @@ class TrainConfig(EngineSettings):
     # cell-spectrum term: weight of the per-|p|-bin W1 between the log energy fractions of the k-th hottest cell
     # (fixed ranks, calogan.ecal.soft_stats.rank_profile) of generated and real showers, in real-std units
     rank_weight: float = 0.0
+    # radial term: weight of the per-|p|-bin W1 between the log energy fractions in rings around the expected
+    # shower centre (calogan.ecal.soft_stats.radial_profile) of generated and real showers, in real-std units
+    radial_weight: float = 0.0
     # conditional energy-score terms: a second generated shower per real one (same conditions) and the
     # energy score (calogan.core.gan.energy_score), a proper scoring rule for the distribution at each
     # condition; on log(E/(scale |p|)) in units of its real std within its |p| bin, and on the shower summary
@@ -225,8 +228,8 @@ FIELD_DOMAINS: dict[str, tuple] = {
     "eval_clusters": ("int", 2, True, None, True),
     "response_power": ("int", 1, True, 2, True),
     **{name: ("float", 0.0, True, None, True) for name in (
-        "instance_noise", "response_weight", "stats_weight", "rank_weight", "energy_score_weight",
-        "summary_score_weight",
+        "instance_noise", "response_weight", "stats_weight", "rank_weight", "radial_weight",
+        "energy_score_weight", "summary_score_weight",
     )},
 }  # fmt: skip
 
@@ -335,10 +338,13 @@ class ShowerTask(AdversarialTask):
         self.response_edges = torch.as_tensor(edges, dtype=torch.float32, device=device)
         # the real showers' summaries and rank profiles, once; generated ones are compared per batch
         self.summaries = self.summary_scale = self.profiles = self.profile_scale = None
+        self.rings = self.ring_scale = None
         if cfg.stats_weight > 0:
             self.summaries, self.summary_scale = self._real_columns(shower_summary)
         if cfg.rank_weight > 0:
             self.profiles, self.profile_scale = self._real_columns(lambda im, c: rank_profile(im))
+        if cfg.radial_weight > 0:
+            self.rings, self.ring_scale = self._real_columns(radial_profile)
         if cfg.summary_score_weight > 0 and self.summaries is None:
             self.summaries, self.summary_scale = self._real_columns(shower_summary)
         self.energy_ratio_sd = None
@@ -384,6 +390,10 @@ class ShowerTask(AdversarialTask):
             fake_r = rank_profile(fake) / self.profile_scale
             real_r = self.profiles[batch.index] / self.profile_scale
             terms["rank_profile"] = cfg.rank_weight * binned_wasserstein(fake_r, real_r, bins)
+        if cfg.radial_weight > 0:
+            fake_r = radial_profile(fake, batch.cond) / self.ring_scale
+            real_r = self.rings[batch.index] / self.ring_scale
+            terms["radial_profile"] = cfg.radial_weight * binned_wasserstein(fake_r, real_r, bins)
         return terms
 
     def _energy_scores(self, fake: torch.Tensor, batch: Batch, bins: torch.Tensor) -> dict[str, torch.Tensor]:
