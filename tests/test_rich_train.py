@@ -84,6 +84,12 @@ def test_resume_names_the_run_directory(rich_dir, tmp_path, capsys):
         run_cli(rich_train.main, [*base, "--resume", str(tmp_path / "none")]) == 2
     )  # one particle: no fresh start
     assert "no checkpoint to resume from" in capsys.readouterr().err
+    # how long and how often to checkpoint may change on resume; the model's settings may not
+    more = ["--resume", str(tmp_path / "r"), "--steps", "5", "--checkpoint-every", "1", "--keep-every", "1"]
+    assert run_cli(rich_train.main, [*base, *more]) == 0
+    assert (tmp_path / "r" / "checkpoints" / "step_000005.pt").exists()
+    assert run_cli(rich_train.main, [*base, "--resume", str(tmp_path / "r"), "--batch-size", "7"]) == 2
+    assert "--keep-every and --device may change" in capsys.readouterr().err
 
 
 def test_checkpoint_vocabulary_of_runs_recorded_before_keep_every():

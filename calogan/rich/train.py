@@ -38,6 +38,7 @@ import torch
 from calogan.core import options
 from calogan.core.engine import (
     LIFT_BUDGET_OPTION,
+    RUN_LENGTH_FIELDS,
     AdversarialEngine,
     AdversarialTask,
     Batch,
@@ -371,7 +372,7 @@ def train(
     """Train one particle's GAN into run_dir/{config.json, metrics.jsonl, checkpoints/last.pt (+ best.pt)}; returns run_dir.
 
     ``resume`` continues the run in ``config.run_dir`` from its last.pt (its saved config wins, except the
-    total steps, where ``config.steps`` 0 keeps the run's, and the time budget); an existing run directory is
+    total steps, where ``config.steps`` 0 keeps the run's, the time budget and the checkpoint cadence); an existing run directory is
     replaced only with ``overwrite``.
     ``requested`` ({option: (field, value)}, the options given on the command line) is refused on resume
     where it differs from the saved run: a resumed run cannot change its settings.
@@ -385,9 +386,11 @@ def train(
             saved = setup.resume(_resumable, requested, recorded=recorded_settings)
             known = {f.name for f in dataclasses.fields(TrainConfig)}
             stored = {k: v for k, v in current_vocabulary(saved["config"]).items() if k in known}
-            config = dataclasses.replace(TrainConfig(**stored),
-                                         steps=config.steps or stored["steps"], max_minutes=config.max_minutes,
-                                         progress=config.progress, device=config.device)  # fmt: skip
+            length = {
+                k: getattr(config, k) for k in RUN_LENGTH_FIELDS
+            }  # how long and how often: the caller's
+            config = dataclasses.replace(TrainConfig(**stored), steps=config.steps or stored["steps"],
+                                         progress=config.progress, device=config.device, **length)  # fmt: skip
         validate_config(config)
         device = select_device(config.device)
         seed_everything(config.seed)
@@ -405,7 +408,7 @@ def train(
 
 
 #: The options a resumed run may change (every other setting is the run's own).
-RESUME_CHANGES = "--steps, --max-minutes and --device"
+RESUME_CHANGES = "--steps, --max-minutes, --checkpoint-every, --keep-every and --device"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -576,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 RESUME_FIXED = (
     "batch_size", "dll_basis", "weights", "lr_decay", "gp_every", "residual", "cond_every_layer", "critic_features",
     "objective", "critic_dim", "ema_decay", "holdout", "eval_every", "tie_patterns", "momentum_balance",
-    "momentum_scaling", "checkpoint_every", "keep_every",
+    "momentum_scaling",
 )  # fmt: skip
 
 
