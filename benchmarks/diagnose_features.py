@@ -27,13 +27,13 @@ from calogan.core.runtime import atomic_write_json, run_cli
 from calogan.ecal.data import load_npz, split_path
 from calogan.ecal.models import load_generator
 from calogan.ecal.predict import generate
-from calogan.ecal.soft_stats import RING_EDGES_CM, ring_index
+from calogan.ecal.soft_stats import RING_EDGES_CM, distance_from_expected_centre, ring_index
 from calogan.metrics import calochallenge as cc
 
 
 def radial_profile(images: np.ndarray, data) -> dict:
     """Per ring: mean energy fraction and mean fraction of the ring's cells at or above the 1 MeV readout threshold."""
-    which = ring_index(torch.from_numpy(data.conditions()).double()).numpy()
+    which = ring_index(distance_from_expected_centre(torch.from_numpy(data.conditions()).double())).numpy()
     e = images.astype(np.float64)
     total = np.maximum(e.sum(axis=(1, 2)), 1e-12)
     lit = e >= cc.THRESHOLD_MEV * cc.UNITS_PER_MEV  # the CaloChallenge features keep cells at the threshold

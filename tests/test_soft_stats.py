@@ -12,8 +12,10 @@ from calogan.ecal.soft_stats import (
     RING_EDGES_CM,
     SUMMARY_NAMES,
     core_fractions,
+    distance_from_expected_centre,
     radial_profile,
     rank_profile,
+    ring_index,
     shower_summary,
     soft_sparsity,
 )
@@ -62,24 +64,35 @@ def test_rank_profile_is_the_sorted_cell_spectrum_and_inverts_the_sparsity(tiny_
     assert torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
 
 
-def test_radial_profile_puts_each_cell_in_the_ring_of_its_distance_from_the_expected_centre():
-    # straight track at (0.5, 0.5) cm: the expected centre is the centre of cell (15, 15); cell (15, 20) is 5 cm away
-    conditions = torch.tensor([[0.5, 0.5, 0.0, 0.0, 10.0, 1.0]], dtype=torch.float64)
+def test_radial_profile_puts_each_cell_in_the_ring_of_its_distance_from_the_centroid():
+    # centroid at the centre of cell (15, 15); cells (15, 10) and (15, 20) lie 5 cm from it
     images = torch.zeros(1, 30, 30, dtype=torch.float64)
-    images[0, 15, 15], images[0, 15, 20] = 3.0, 1.0
+    images[0, 15, 15], images[0, 15, 10], images[0, 15, 20] = 2.0, 0.5, 0.5
     images.requires_grad_(True)
-    profile = radial_profile(images, conditions)
+    profile = radial_profile(images)
     expected = np.zeros(len(RING_EDGES_CM) - 1)
-    expected[0], expected[int(np.searchsorted(RING_EDGES_CM, 5.0)) - 1] = 0.75, 0.25
+    expected[0], expected[int(np.searchsorted(RING_EDGES_CM, 5.0)) - 1] = 2 / 3, 1 / 3
     np.testing.assert_allclose(np.exp(profile.detach().numpy()[0]), expected, atol=2e-6)  # floor 1e-6
-    # the core ring's log fraction rises with the core cell and falls with the far one
+    # the core ring's log fraction rises with the core cell and falls with a far one
     profile[0, 0].backward()
     assert images.grad[0, 15, 15] > 0 and images.grad[0, 15, 20] < 0
+    # the rings follow the shower: moved by 3 cells, the profile is the same (a shower cannot fake a tail by
+    # sitting off centre)
+    moved = torch.roll(images.detach(), 3, dims=2)
+    torch.testing.assert_close(radial_profile(moved), profile.detach())
 
 
 def test_radial_profile_holds_all_the_energy_of_real_showers(tiny_data_dir):
     data = load_npz(split_path(tiny_data_dir, "train"), require_energy=True).subset(slice(0, 100))
-    profile = radial_profile(
-        torch.from_numpy(data.energy).double(), torch.from_numpy(data.conditions()).double(), 0.0
-    )
+    profile = radial_profile(torch.from_numpy(data.energy).double(), 0.0)
     np.testing.assert_allclose(np.exp(profile.numpy()).sum(1), 1.0, atol=1e-6)
+
+
+def test_rings_around_the_expected_centre():
+    # straight track at (0.5, 0.5) cm: the expected centre is the centre of cell (15, 15)
+    conditions = torch.tensor([[0.5, 0.5, 0.0, 0.0, 10.0, 1.0]], dtype=torch.float64)
+    which = ring_index(distance_from_expected_centre(conditions))[0]
+    assert which[15, 15] == 0 and which[15, 20] == int(np.searchsorted(RING_EDGES_CM, 5.0)) - 1
+    # the last ring is open: from a shower in one corner cell, the opposite corner lies 41 cm away
+    corner = torch.tensor([[14.5, 14.5, 0.0, 0.0, 10.0, 1.0]], dtype=torch.float64)
+    assert ring_index(distance_from_expected_centre(corner))[0, 0, 0] == len(RING_EDGES_CM) - 2

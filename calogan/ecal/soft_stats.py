@@ -6,7 +6,7 @@ momentum), the 20 sparsity levels (a sigmoid instead of a hard threshold) and th
 fractions. :func:`shower_summary` stacks them into one (B, 26) vector per shower. :func:`rank_profile` is the
 exact, unsmoothed view of the same cell spectrum: the log energy fraction of the k-th hottest cell at fixed ranks
 (the sparsity level at a threshold is the rank at which this profile crosses it). :func:`radial_profile` is the
-transverse view: the log energy fraction in rings around the expected shower centre.
+transverse view: the log energy fraction in rings around the shower's energy centroid.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ PROFILE_RANKS: tuple[int, ...] = (
 )  # fmt: skip
 
 
-#: Ring edges in cm around the expected shower centre of :func:`radial_profile` (cells are 1 cm wide); the last
+#: Ring edges in cm of :func:`radial_profile` and :func:`ring_index` (cells are 1 cm wide); the last
 #: ring also holds the cells beyond its outer edge (a window corner can lie 40 cm from an off-centre shower).
 RING_EDGES_CM: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.5, 6.0, 9.0, 13.0, 30.0)
 
@@ -129,24 +129,33 @@ def rank_profile(images: torch.Tensor, ranks: tuple[int, ...] = PROFILE_RANKS) -
     return torch.log(ordered + 1e-9)
 
 
-def ring_index(conditions: torch.Tensor) -> torch.Tensor:
-    """(B, 30, 30) index of the ring of :data:`RING_EDGES_CM` that holds each cell, around the expected centre."""
-    along, across = shower_frame(conditions)
-    r = torch.sqrt(along * along + across * across)
+def ring_index(r: torch.Tensor) -> torch.Tensor:
+    """Index of the ring of :data:`RING_EDGES_CM` that holds each distance ``r`` (cm), same shape."""
     inner = torch.as_tensor(RING_EDGES_CM[1:-1], dtype=r.dtype, device=r.device)
-    return torch.bucketize(r, inner, right=True)
+    return torch.bucketize(r.contiguous(), inner, right=True)
 
 
-def radial_profile(images: torch.Tensor, conditions: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
-    """(B, len(RING_EDGES_CM) - 1) log energy fraction in each ring around the expected shower centre.
+def distance_from_expected_centre(conditions: torch.Tensor) -> torch.Tensor:
+    """(B, 30, 30) distance in cm of each cell from the expected shower centre of its event."""
+    along, across = shower_frame(conditions)
+    return torch.sqrt(along * along + across * across)
+
+
+def radial_profile(images: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
+    """(B, len(RING_EDGES_CM) - 1) log energy fraction in each ring around the shower's own energy centroid.
 
     The widths summarise the transverse spread in one number each, dominated by the core; the rings see the
-    tail separately (a shower whose energy stops at 4 cm has a fine width and an empty outer ring). ``floor``
-    keeps the log finite for an empty ring.
+    tail separately (a shower whose energy stops at 4 cm can have a fine width and an empty outer ring). The
+    rings follow the centroid, not the expected centre, so that a shower cannot fake a tail by sitting off
+    centre: where the shower sits is the asymmetries' business. ``floor`` keeps the log finite for an empty ring.
     """
-    which = ring_index(conditions)
     img = images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
     total = img.sum((1, 2)) + 1e-8
+    xs, ys = _grid(img.device, img.dtype)
+    with torch.no_grad():  # the ring masks are piecewise constant: no gradient flows through the centre
+        cx = (img * xs).sum((1, 2)) / total
+        cy = (img * ys).sum((1, 2)) / total
+        which = ring_index(torch.sqrt((xs - cx.view(-1, 1, 1)) ** 2 + (ys - cy.view(-1, 1, 1)) ** 2))
     fractions = torch.stack(
         [(img * (which == k)).sum((1, 2)) / total for k in range(len(RING_EDGES_CM) - 1)], dim=1
     )

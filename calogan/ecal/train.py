@@ -98,8 +98,8 @@ class TrainConfig(EngineSettings):
     # cell-spectrum term: weight of the per-|p|-bin W1 between the log energy fractions of the k-th hottest cell
     # (fixed ranks, calogan.ecal.soft_stats.rank_profile) of generated and real showers, in real-std units
     rank_weight: float = 0.0
-    # radial term: weight of the per-|p|-bin W1 between the log energy fractions in rings around the expected
-    # shower centre (calogan.ecal.soft_stats.radial_profile) of generated and real showers, in real-std units
+    # radial term: weight of the per-|p|-bin W1 between the log energy fractions in rings around each shower's
+    # energy centroid (calogan.ecal.soft_stats.radial_profile) of generated and real showers, in real-std units
     radial_weight: float = 0.0
     # conditional energy-score terms: a second generated shower per real one (same conditions) and the
     # energy score (calogan.core.gan.energy_score), a proper scoring rule for the distribution at each
@@ -344,7 +344,7 @@ class ShowerTask(AdversarialTask):
         if cfg.rank_weight > 0:
             self.profiles, self.profile_scale = self._real_columns(lambda im, c: rank_profile(im))
         if cfg.radial_weight > 0:
-            self.rings, self.ring_scale = self._real_columns(radial_profile)
+            self.rings, self.ring_scale = self._real_columns(lambda im, c: radial_profile(im))
         if cfg.summary_score_weight > 0 and self.summaries is None:
             self.summaries, self.summary_scale = self._real_columns(shower_summary)
         self.energy_ratio_sd = None
@@ -391,7 +391,7 @@ class ShowerTask(AdversarialTask):
             real_r = self.profiles[batch.index] / self.profile_scale
             terms["rank_profile"] = cfg.rank_weight * binned_wasserstein(fake_r, real_r, bins)
         if cfg.radial_weight > 0:
-            fake_r = radial_profile(fake, batch.cond) / self.ring_scale
+            fake_r = radial_profile(fake) / self.ring_scale
             real_r = self.rings[batch.index] / self.ring_scale
             terms["radial_profile"] = cfg.radial_weight * binned_wasserstein(fake_r, real_r, bins)
         return terms
