@@ -156,10 +156,9 @@ def radial_profile(images: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
         cx = (img * xs).sum((1, 2)) / total
         cy = (img * ys).sum((1, 2)) / total
         which = ring_index(torch.sqrt((xs - cx.view(-1, 1, 1)) ** 2 + (ys - cy.view(-1, 1, 1)) ** 2))
-    fractions = torch.stack(
-        [(img * (which == k)).sum((1, 2)) / total for k in range(len(RING_EDGES_CM) - 1)], dim=1
-    )
-    return torch.log(fractions + floor)
+    energy = img.new_zeros(img.shape[0], len(RING_EDGES_CM) - 1)
+    energy = energy.scatter_add(1, which.reshape(img.shape[0], -1), img.reshape(img.shape[0], -1))
+    return torch.log(energy / total.unsqueeze(1) + floor)
 
 
 def shower_summary(images: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:

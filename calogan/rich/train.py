@@ -372,8 +372,8 @@ def train(
     """Train one particle's GAN into run_dir/{config.json, metrics.jsonl, checkpoints/last.pt (+ best.pt)}; returns run_dir.
 
     ``resume`` continues the run in ``config.run_dir`` from its last.pt (its saved config wins, except the
-    total steps, where ``config.steps`` 0 keeps the run's, the time budget and the checkpoint cadence); an existing run directory is
-    replaced only with ``overwrite``.
+    total steps, where ``config.steps`` 0 keeps the run's, the time budget and the checkpoint cadence); an
+    existing run directory is replaced only with ``overwrite``.
     ``requested`` ({option: (field, value)}, the options given on the command line) is refused on resume
     where it differs from the saved run: a resumed run cannot change its settings.
     """
@@ -386,9 +386,8 @@ def train(
             saved = setup.resume(_resumable, requested, recorded=recorded_settings)
             known = {f.name for f in dataclasses.fields(TrainConfig)}
             stored = {k: v for k, v in current_vocabulary(saved["config"]).items() if k in known}
-            length = {
-                k: getattr(config, k) for k in RUN_LENGTH_FIELDS
-            }  # how long and how often: the caller's
+            # how long and how often to checkpoint: the caller's
+            length = {k: getattr(config, k) for k in RUN_LENGTH_FIELDS}
             config = dataclasses.replace(TrainConfig(**stored), steps=config.steps or stored["steps"],
                                          progress=config.progress, device=config.device, **length)  # fmt: skip
         validate_config(config)
