@@ -239,3 +239,78 @@ def test_killed_run_keeps_its_checkpoint_and_resumes(rich_dir, tmp_path, how):
                           text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert torch.load(last, weights_only=True)["step"] == reached + 3
+
+
+@pytest.fixture(scope="module")
+def five_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rich_five")
+    rich_sim.write_samples(out, n=1500, seed=6, progress=False)
+    return out
+
+
+def test_workers_train_the_same_models_as_one_after_another(five_dir, tmp_path, capsys):
+    """--workers 2 gives each particle's process one thread here: bit for bit the sequential runs with one thread."""
+    argv = [
+        "--particle",
+        "all",
+        "--data",
+        str(five_dir),
+        "--preset",
+        "tiny",
+        "--steps",
+        "4",
+        "--workers",
+        "2",
+    ]
+    env_threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two workers: one thread each
+    try:
+        assert run_cli(rich_train.main, [*argv, "--run-dir", str(tmp_path / "par")]) == 0
+        out = capsys.readouterr().out
+        assert "2 at a time, 1 CPU thread(s) each" in out and out.count(" finished; checkpoint: ") == 5
+        torch.set_num_threads(1)
+        for particle in rich_train.PARTICLES:
+            cfg = rich_train.TrainConfig.from_preset(
+                "tiny",
+                particle=particle,
+                data=str(five_dir),
+                run_dir=str(tmp_path / "seq" / particle),
+                steps=4,
+            )
+            cfg.progress = False
+            rich_train.train(cfg)
+            a, b = (weights(tmp_path / kind / particle)["generator"] for kind in ("par", "seq"))
+            assert all(torch.equal(a[k], b[k]) for k in a), particle
+    finally:
+        torch.set_num_threads(env_threads)
+
+
+def test_workers_need_particle_all(five_dir, tmp_path, capsys):
+    argv = ["--particle", "pion", "--data", str(five_dir), "--preset", "tiny", "--workers", "2"]
+    assert run_cli(rich_train.main, [*argv, "--run-dir", str(tmp_path / "r")]) == 2
+    assert "needs --particle all" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_sigterm_stops_every_worker_with_a_checkpoint(five_dir, tmp_path):
+    run_dir = tmp_path / "par"
+    cmd = [sys.executable, "-m", "calogan.rich.train", "--particle", "all", "--workers", "2", "--data",
+           str(five_dir), "--preset", "tiny", "--run-dir", str(run_dir)]  # fmt: skip
+    env = {**ENV, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen([*cmd, "--steps", "1000000"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    first = [run_dir / p / "checkpoints" / "last.pt" for p in ("electron", "muon")]
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not all(f.exists() for f in first):
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)  # to the command only: it stops its workers
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "continue with --resume: electron, muon; not started: pion, kaon, proton" in err
+    reached = {f: torch.load(f, weights_only=True)["step"] for f in first}
+    assert min(reached.values()) >= rich_train.CHECKPOINT_INTERVAL

@@ -444,12 +444,15 @@ class AdversarialEngine:
         deadline: float = math.inf,
         description: str = "train",
         lift_budget: str = LIFT_BUDGET_SET,
+        line_prefix: str = "",
     ):
         """Train with the engine fields of ``settings`` (a trainer's config) until ``deadline`` (perf_counter);
-        ``lift_budget`` is how the trainer's command line lifts the budget, named when it stops a run."""
+        ``lift_budget`` is how the trainer's command line lifts the budget, named when it stops a run;
+        ``line_prefix`` starts every printed line (which run it is, where several print at once)."""
         self.task, self.run, self.device = task, run, device
         self.settings = s = engine_settings(settings)
         self.deadline, self.description, self.lift_budget = deadline, description, lift_budget
+        self.line_prefix = line_prefix
         self.rank, self.world = dist_info()
         check_objective(s.objective)
         _broadcast_params(task.generator, self.world)
@@ -654,7 +657,7 @@ class AdversarialEngine:
                 self._save(*saves)
                 bar.update(1)
                 if over_budget and self.step < s.steps:
-                    bar.write(budget_stop_message(self.metrics["stop"], self.lift_budget))
+                    bar.write(self.line_prefix + budget_stop_message(self.metrics["stop"], self.lift_budget))
                     reason = "budget"
                     break
                 if interrupted:
@@ -697,7 +700,7 @@ class AdversarialEngine:
         if better:
             self.metrics["best_selection"], self.metrics["best_step"] = selection, self.step
         summary = ", ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float))
-        bar.write(f"step {self.step}: {summary}")
+        bar.write(f"{self.line_prefix}step {self.step}: {summary}")
         record = {
             **(record or {"step": self.step, "time": time.time()}),
             **{f"eval_{k}": v for k, v in result.items()},

@@ -17,6 +17,9 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(message)
         self.signum = int(signum)
 
+    def __reduce__(self):  # keeps signum across processes (a worker's stop reaches its parent whole)
+        return type(self), (str(self), self.signum)
+
 
 def printable(text: str, limit: int | None = None) -> str:
     """``text`` with every control or invisible character written as an escape (``\\n``, ``\\x1b``, ``\\u2028``).

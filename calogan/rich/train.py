@@ -21,6 +21,8 @@ so the last step is often not the best one).
 ``--residual``, ``--cond-every-layer`` and ``--critic-features`` change the networks' structure
 (calogan.rich.models; all off by default, stored in the checkpoint's model_config). ``--objective cramer``
 trains with the Cramér (energy-distance) GAN objective instead of WGAN-GP (calogan.core.engine).
+``--particle all --workers N`` trains N particles at a time in parallel processes, the CPU threads shared out
+(calogan.core.parallel): these networks are too small to use many threads well.
 """
 
 from __future__ import annotations
@@ -43,12 +45,14 @@ from calogan.core.engine import (
     AdversarialTask,
     Batch,
     EngineSettings,
+    TrainingDiverged,
     add_engine_options,
     add_run_length_options,
     check_engine_settings,
 )
 from calogan.core.errors import InputError, Interrupted
 from calogan.core.fit import seeded
+from calogan.core.parallel import Job, JobsStopped, run_jobs, threads_per_job
 from calogan.core.rundir import Requested, RunSetup, check_run_path, deadline, run_path, with_defaults
 from calogan.core.runtime import run_cli, seed_everything, select_device
 from calogan.ecal.data import sha256_file
@@ -398,7 +402,15 @@ def train(
         run = setup.start(dataclasses.asdict(config))
         budget, description = deadline(config.max_minutes, start), f"rich {config.particle}"
         engine = AdversarialEngine(
-            task, config, run, device, config.progress, budget, description, lift_budget=LIFT_BUDGET_OPTION
+            task,
+            config,
+            run,
+            device,
+            config.progress,
+            budget,
+            description,
+            lift_budget=LIFT_BUDGET_OPTION,
+            line_prefix=f"{config.particle} ",
         )
         if saved is not None:
             engine.load(saved)
@@ -414,7 +426,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI wrapper of train()."""
     ap = options.ArgumentParser(prog="python -m calogan.rich.train", description=__doc__.splitlines()[0])
     ap.add_argument(
-        "--particle", required=True, help=f"one of {', '.join(PARTICLES)}, or all (one after another)"
+        "--particle",
+        required=True,
+        help=f"one of {', '.join(PARTICLES)}, or all (one after another, or --workers)",
+    )
+    ap.add_argument(
+        "--workers",
+        type=options.count(1, len(PARTICLES)),
+        default=1,
+        help="with --particle all: particles trained at a time, each in its own process with an equal share of "
+        "the CPU threads (default 1)",
     )
     ap.add_argument(
         "--data",
@@ -521,6 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InputError(f"--resume {args.resume}: names another folder than --run-dir {args.run_dir}")
         args.run_dir = args.resume
     particles = list(PARTICLES) if args.particle == "all" else [check_particle(args.particle)]
+    if args.workers > 1 and len(particles) == 1:
+        raise InputError("--workers trains several particles at a time: it needs --particle all")
     source = make_source(args.data, args.tree, args.columns, args.p_unit)
     if len(particles) > 1:
         require_per(source, "{particle}", "--particle all trains each particle on its own sample")
@@ -552,13 +575,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = {f"--{name.replace('_', '-')}": (name, getattr(args, name)) for name in RESUME_FIXED}
     given["--lr"] = ("lr_g", args.lr)
     requested = {option: item for option, item in given.items() if item[1] is not None}
-    finished: list[str] = []
+    jobs = []
     for config in configs:
         # --particle all resumes the particles that have a run and starts the others
         started = (default_run_dir(config) / "checkpoints" / "last.pt").exists()
         resume = bool(args.resume) and (started or len(configs) == 1)
         if resume and args.steps is None:  # without --steps a resumed run goes on to its own total
             config = dataclasses.replace(config, steps=0)
+        jobs.append((config, resume))
+    if args.workers > 1:
+        return train_in_parallel(jobs, args.workers, args.overwrite, requested)
+    finished: list[str] = []
+    for config, resume in jobs:
         try:
             run_dir = train(config, overwrite=args.overwrite, resume=resume, requested=requested)
         except (InputError, KeyboardInterrupt) as exc:
@@ -571,6 +599,48 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise Interrupted(f"{exc}{note}", getattr(exc, "signum", 2)) from None
         finished.append(config.particle)
         print(f"checkpoint: {run_dir / 'checkpoints' / 'last.pt'}")
+    return 0
+
+
+def train_job(fields: dict, overwrite: bool, resume: bool, requested: Requested | None) -> Path:
+    """One particle's training in a worker process (calogan.core.parallel): plain-data arguments, no progress bar."""
+    return train(
+        TrainConfig(**{**fields, "progress": False}), overwrite=overwrite, resume=resume, requested=requested
+    )
+
+
+def train_in_parallel(
+    jobs: list[tuple[TrainConfig, bool]], workers: int, overwrite: bool, requested: Requested | None
+) -> int:
+    """Train (config, resume) jobs ``workers`` at a time; a stop says which particles finished, stopped or never started."""
+    threads = threads_per_job(workers)
+    names = [config.particle for config, _ in jobs]
+    print(f"training {', '.join(names)}: {workers} at a time, {threads} CPU thread(s) each")
+    work = [
+        Job(
+            config.particle,
+            "calogan.rich.train:train_job",
+            (dataclasses.asdict(config), overwrite, resume, requested),
+        )
+        for config, resume in jobs
+    ]
+
+    def done(name: str, run_dir: Path) -> None:
+        print(f"{name} finished; checkpoint: {Path(run_dir) / 'checkpoints' / 'last.pt'}")
+
+    try:
+        run_jobs(work, workers, on_done=done, threads=threads)
+    except JobsStopped as exc:
+        note = (
+            f"(finished and kept: {', '.join(exc.finished) or 'none'}; stopped with last.pt, continue with --resume: "
+            f"{', '.join(exc.stopped) or 'none'}; not started: {', '.join(exc.not_started) or 'none'})"
+        )
+        cause, where = exc.cause, f"{exc.failed}: " if exc.failed else ""
+        if isinstance(cause, KeyboardInterrupt):
+            raise Interrupted(f"{where}{cause} {note}".strip(), getattr(cause, "signum", 2)) from None
+        if isinstance(cause, (InputError, TrainingDiverged)):
+            raise type(cause)(f"{where}{cause} {note}") from None
+        raise RuntimeError(f"{where}{type(cause).__name__}: {cause} {note}") from None
     return 0
 
 
