@@ -11,7 +11,7 @@ FPD breakdown splits the Fréchet distance on the kit's 29 Gaussianised high-lev
 features, at the full sample size, no extrapolation) into its mean and covariance parts, the 1-d distance of each
 feature, and how much the distance falls when one feature is left out; real against real gives its floor.
 
-    python benchmarks/diagnose_features.py NAME=DATA_DIR=CHECKPOINT [...] [--events 10000] [--json FILE]
+    python benchmarks/diagnose_features.py NAME=DATA_DIR=CHECKPOINT [...] [--events 10000] [--fpd-only] [--json FILE]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from sklearn.model_selection import cross_val_predict
 
 from calogan.core.errors import InputError
 from calogan.core.runtime import atomic_write_json, run_cli
-from calogan.ecal.data import load_npz, split_path
+from calogan.ecal.data import N_CELLS, load_npz, split_path
 from calogan.ecal.models import load_generator
 from calogan.ecal.predict import generate
 from calogan.ecal.soft_stats import RING_EDGES_CM, distance_from_expected_centre, ring_index
@@ -103,10 +103,55 @@ def fpd_breakdown(gen: np.ndarray, real: np.ndarray, floor: np.ndarray) -> dict:
     }
 
 
+def sparsity_counts(gen: np.ndarray, real: np.ndarray) -> dict:
+    """Per sparsity level of the high-level features: mean and standard deviation of the number of cells holding at
+    least that fraction of the shower's energy, generated and real (the levels are fractions of the 900 cells)."""
+    names = two_sample.HIGH_LEVEL_NAMES
+    return {
+        name: {"generated": [float(gen[:, j].mean() * N_CELLS), float(gen[:, j].std() * N_CELLS)],
+               "real": [float(real[:, j].mean() * N_CELLS), float(real[:, j].std() * N_CELLS)]}
+        for j, name in enumerate(names) if name.startswith("sparsity")
+    }  # fmt: skip
+
+
+def print_classifier_view(res: dict, rings: dict) -> None:
+    """The per-feature AUCs and the radial profile, as tables."""
+    print(f"{'feature':14s} {'alone':>6s} {'+cond':>6s} {'mean gen':>9s} {'mean real':>9s}")
+    for feature, (g, r) in res["mean_generated_real"].items():
+        a, c = res["auc"][f"{feature} alone"], res["auc"][f"{feature} + conditions"]
+        print(f"{feature:14s} {a:6.3f} {c:6.3f} {g:9.4f} {r:9.4f}")
+    print(f"{'ring [cm]':10s} {'energy fraction gen / real':>28s} {'cells > 1 MeV gen / real':>26s}")
+    gen, real = rings["generated"], rings["real"]
+    for i, (lo, hi) in enumerate(zip(RING_EDGES_CM[:-1], RING_EDGES_CM[1:])):
+        fg, fr = gen["energy_fraction"][i], real["energy_fraction"][i]
+        print(f"{lo:4.1f}-{hi:<5.1f} {fg:9.4f} / {fr:.4f} ({fg / fr:5.2f})"
+              f" {gen['cells_above_threshold'][i]:12.3f} / {real['cells_above_threshold'][i]:.3f}")  # fmt: skip
+
+
+def print_fpd_view(fpd: dict, counts: dict) -> None:
+    """The FPD split and the sparsity levels in cells."""
+    print(f"FPD (full sample, Gaussianised) {fpd['total']:.3f} (real vs real {fpd['real_vs_real']:.3f}): "
+          f"mean part {fpd['mean_part']:.3f}, covariance part {fpd['covariance_part']:.3f}")  # fmt: skip
+    sparsity = sum(v for k, v in fpd["one_d"].items() if k.startswith("sparsity"))
+    print(f"1-d distances: sum {sum(fpd['one_d'].values()):.3f}, of which the sparsity levels {sparsity:.3f}")
+    top = sorted(fpd["drop_when_left_out"].items(), key=lambda kv: -kv[1])[:6]
+    print(
+        "largest falls when left out: "
+        + ", ".join(f"{k} {v:.2f} (1-d {fpd['one_d'][k]:.2f})" for k, v in top)
+    )
+    print(f"{'level':18s} {'cells, generated':>18s} {'cells, real':>18s}")
+    for name, c in counts.items():
+        (gm, gs), (rm, rs) = c["generated"], c["real"]
+        print(f"{name:18s} {gm:9.1f} ± {gs:6.1f} {rm:9.1f} ± {rs:6.1f}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="NAME=DATA_DIR=CHECKPOINT")
     parser.add_argument("--events", type=int, default=10000, help="events per sample (2N validation events)")
+    parser.add_argument(
+        "--fpd-only", action="store_true", help="only the FPD breakdown (no classifiers, no rings)"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     results = {}
@@ -119,40 +164,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         first, second = val.subset(np.arange(n)), val.subset(np.arange(n, 2 * n))
         generator, _ = load_generator(checkpoint)
         images = generate(generator, first, seed=5)
-        res = feature_aucs(
-            cc.high_level_features(images, first), cc.high_level_features(second.energy, second)
-        )
-        hl_gen, hl_first = (
-            two_sample.high_level_features(images, first),
-            two_sample.high_level_features(first.energy, first),
-        )
-        hl_second = two_sample.high_level_features(second.energy, second)
+        hl_gen, hl_first, hl_second = (
+            two_sample.high_level_features(x, d) for x, d in ((images, first), (first.energy, first), (second.energy, second))
+        )  # fmt: skip
         fpd = fpd_breakdown(*(two_sample.gaussianise(x, hl_second) for x in (hl_gen, hl_second, hl_first)))
-        rings = {"generated": radial_profile(images, first), "real": radial_profile(second.energy, second)}
+        counts = sparsity_counts(hl_gen, hl_second)
         results[name] = {
             "checkpoint": checkpoint,
             "data": data_dir,
             "events": n,
-            **res,
-            "radial": rings,
             "fpd": fpd,
+            "sparsity_cells": counts,
         }
-        print(f"\n{name}: AUC all {res['auc']['all']:.3f}, conditions alone {res['auc']['conditions']:.3f}")
-        print(f"{'feature':14s} {'alone':>6s} {'+cond':>6s} {'mean gen':>9s} {'mean real':>9s}")
-        for feature, (g, r) in res["mean_generated_real"].items():
-            a, c = res["auc"][f"{feature} alone"], res["auc"][f"{feature} + conditions"]
-            print(f"{feature:14s} {a:6.3f} {c:6.3f} {g:9.4f} {r:9.4f}")
-        print(f"{'ring [cm]':10s} {'energy fraction gen / real':>28s} {'cells > 1 MeV gen / real':>26s}")
-        gen, real = rings["generated"], rings["real"]
-        for i, (lo, hi) in enumerate(zip(RING_EDGES_CM[:-1], RING_EDGES_CM[1:])):
-            fg, fr = gen["energy_fraction"][i], real["energy_fraction"][i]
-            print(f"{lo:4.1f}-{hi:<5.1f} {fg:9.4f} / {fr:.4f} ({fg / fr:5.2f})"
-                  f" {gen['cells_above_threshold'][i]:12.3f} / {real['cells_above_threshold'][i]:.3f}")  # fmt: skip
-        print(f"FPD (full sample, Gaussianised) {fpd['total']:.3f} (real vs real {fpd['real_vs_real']:.3f}): "
-              f"mean part {fpd['mean_part']:.3f}, covariance part {fpd['covariance_part']:.3f}")  # fmt: skip
-        top = sorted(fpd["drop_when_left_out"].items(), key=lambda kv: -kv[1])[:6]
-        print("largest falls when left out: " + ", ".join(
-            f"{k} {v:.2f} (1-d {fpd['one_d'][k]:.2f})" for k, v in top))  # fmt: skip
+        print(f"\n{name}")
+        if not args.fpd_only:
+            res = feature_aucs(
+                cc.high_level_features(images, first), cc.high_level_features(second.energy, second)
+            )
+            rings = {
+                "generated": radial_profile(images, first),
+                "real": radial_profile(second.energy, second),
+            }
+            results[name].update(res, radial=rings)
+            print(f"AUC all {res['auc']['all']:.3f}, conditions alone {res['auc']['conditions']:.3f}")
+            print_classifier_view(res, rings)
+        print_fpd_view(fpd, counts)
     if args.json:
         atomic_write_json(args.json, results)
 

@@ -96,13 +96,33 @@ def test_conventions_are_named():
         dist.check_convention("fastjet")
 
 
-def _bench_pull():
-    """benchmarks/bench_fpd_pull.py as a module (its replica generator and pull summary)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_fpd_pull.py"
-    spec = importlib.util.spec_from_file_location("bench_fpd_pull", path)
+def _bench_module(name: str):
+    """benchmarks/NAME.py as a module."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _bench_pull():
+    """benchmarks/bench_fpd_pull.py as a module (its replica generator and pull summary)."""
+    return _bench_module("bench_fpd_pull")
+
+
+def test_fpd_breakdown_finds_the_feature_that_differs():
+    """diagnose_features.fpd_breakdown: one feature shifted by 1 sd carries the distance, in the mean part."""
+    from calogan.metrics.two_sample import HIGH_LEVEL_NAMES
+
+    rng = np.random.default_rng(0)
+    real, floor, gen = (rng.normal(size=(20000, len(HIGH_LEVEL_NAMES))) for _ in range(3))
+    gen[:, 3] += 1.0
+    out = _bench_module("diagnose_features").fpd_breakdown(gen, real, floor)
+    name = HIGH_LEVEL_NAMES[3]
+    assert out["total"] == pytest.approx(1.0, abs=0.05) and out["real_vs_real"] < 0.05
+    assert out["mean_part"] == pytest.approx(1.0, abs=0.05) and abs(out["covariance_part"]) < 0.05
+    assert out["one_d"][name] == pytest.approx(1.0, abs=0.05)
+    assert max(out["drop_when_left_out"], key=out["drop_when_left_out"].get) == name
 
 
 @pytest.mark.parametrize("convention", ["calogan", "jetnet"])
