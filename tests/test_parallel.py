@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from calogan.core.parallel import Job, JobsStopped, run_jobs, threads_per_job
+from calogan.core.parallel import Job, JobsStopped, run_jobs, sharing, threads_per_job
 
 
 def test_results_by_name_and_a_callback_per_finished_job():
@@ -36,3 +36,4 @@ def test_first_failure_stops_the_running_jobs_and_starts_no_more():
 def test_threads_are_shared_out():
     assert threads_per_job(2, total=16) == 8
     assert threads_per_job(5, total=2) == 1
+    assert sharing(5, 1, total=2) == 2.5 and sharing(2, 1, total=2) == 1.0 and sharing(1, 8, total=16) == 1.0

@@ -292,14 +292,14 @@ def test_workers_need_particle_all(five_dir, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_sigterm_stops_every_worker_with_a_checkpoint(five_dir, tmp_path):
+def test_sigterm_stops_every_worker_with_a_checkpoint_and_budgets_stretch(five_dir, tmp_path):
     run_dir = tmp_path / "par"
-    cmd = [sys.executable, "-m", "calogan.rich.train", "--particle", "all", "--workers", "2", "--data",
-           str(five_dir), "--preset", "tiny", "--run-dir", str(run_dir)]  # fmt: skip
+    cmd = [sys.executable, "-m", "calogan.rich.train", "--particle", "all", "--workers", "3", "--data",
+           str(five_dir), "--preset", "tiny", "--run-dir", str(run_dir), "--max-minutes", "100"]  # fmt: skip
     env = {**ENV, "OMP_NUM_THREADS": "2"}
     proc = subprocess.Popen([*cmd, "--steps", "1000000"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
-    first = [run_dir / p / "checkpoints" / "last.pt" for p in ("electron", "muon")]
+    first = [run_dir / p / "checkpoints" / "last.pt" for p in ("electron", "muon", "pion")]
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None and not all(f.exists() for f in first):
@@ -311,6 +311,8 @@ def test_sigterm_stops_every_worker_with_a_checkpoint(five_dir, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 143, err
-    assert "continue with --resume: electron, muon; not started: pion, kaon, proton" in err
+    assert "continue with --resume: electron, muon, pion; not started: kaon, proton" in err
+    # three particles on two threads: each one's time budget stretches by 1.5
+    assert json.loads((run_dir / "muon" / "config.json").read_text())["max_minutes"] == 150
     reached = {f: torch.load(f, weights_only=True)["step"] for f in first}
     assert min(reached.values()) >= rich_train.CHECKPOINT_INTERVAL

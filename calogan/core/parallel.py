@@ -55,6 +55,13 @@ def threads_per_job(workers: int, total: int | None = None) -> int:
     return max(1, total // max(1, workers))
 
 
+def sharing(workers: int, threads: int, total: int | None = None) -> float:
+    """How many jobs share each of the ``total`` CPU threads (torch's) when ``workers`` jobs use ``threads`` each:
+    at least 1. A job's wall-clock time budget stretches by this factor."""
+    total = torch.get_num_threads() if total is None else total
+    return max(1.0, workers * threads / max(1, total))
+
+
 def _raise_interrupt(signum, frame):  # noqa: ARG001
     raise Interrupted("", signum=signum)
 

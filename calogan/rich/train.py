@@ -52,7 +52,7 @@ from calogan.core.engine import (
 )
 from calogan.core.errors import InputError, Interrupted
 from calogan.core.fit import seeded
-from calogan.core.parallel import Job, JobsStopped, run_jobs, threads_per_job
+from calogan.core.parallel import Job, JobsStopped, run_jobs, sharing, threads_per_job
 from calogan.core.rundir import Requested, RunSetup, check_run_path, deadline, run_path, with_defaults
 from calogan.core.runtime import run_cli, seed_everything, select_device
 from calogan.ecal.data import sha256_file
@@ -612,10 +612,21 @@ def train_job(fields: dict, overwrite: bool, resume: bool, requested: Requested 
 def train_in_parallel(
     jobs: list[tuple[TrainConfig, bool]], workers: int, overwrite: bool, requested: Requested | None
 ) -> int:
-    """Train (config, resume) jobs ``workers`` at a time; a stop says which particles finished, stopped or never started."""
+    """Train (config, resume) jobs ``workers`` at a time; a stop says which particles finished, stopped or never started.
+
+    With more particles at a time than CPU threads, each particle's time budget (``max_minutes``) is multiplied
+    by how many share a thread, so that a preset's guard does not stop a run that is only sharing the CPU.
+    """
     threads = threads_per_job(workers)
     names = [config.particle for config, _ in jobs]
     print(f"training {', '.join(names)}: {workers} at a time, {threads} CPU thread(s) each")
+    stretch = sharing(min(workers, len(jobs)), threads)
+    if stretch > 1:  # more particles than threads: each runs slower, so its time budget stretches alike
+        jobs = [(dataclasses.replace(c, max_minutes=c.max_minutes * stretch), resume) for c, resume in jobs]
+        budgets = sorted({c.max_minutes for c, _ in jobs if c.max_minutes})
+        if budgets:
+            print(f"{stretch:g} particles share each thread: time budget {', '.join(f'{b:g}' for b in budgets)} "
+                  "min per particle")  # fmt: skip
     work = [
         Job(
             config.particle,
