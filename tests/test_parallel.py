@@ -37,3 +37,9 @@ def test_threads_are_shared_out():
     assert threads_per_job(2, total=16) == 8
     assert threads_per_job(5, total=2) == 1
     assert sharing(5, 1, total=2) == 2.5 and sharing(2, 1, total=2) == 1.0 and sharing(1, 8, total=16) == 1.0
+
+
+def test_a_result_larger_than_a_pipe_buffer_comes_back():
+    """The parent reads each outcome as it arrives, so a child never blocks on a full pipe."""
+    results = run_jobs([Job("big", "os:urandom", (1_000_000,))], workers=1)
+    assert len(results["big"]) == 1_000_000

@@ -97,22 +97,25 @@ def run_jobs(
     context = multiprocessing.get_context("spawn")
     threads = threads_per_job(workers) if threads is None else threads
     pending = list(jobs)
-    running: dict[int, tuple[Job, Any, Connection]] = {}  # sentinel -> (job, process, connection)
+    # receiving end of each running job's pipe -> (job, process): a pipe turns readable when its job sends the
+    # outcome or its process ends, so the parent reads every outcome before joining (no full pipe can block a child)
+    running: dict[Connection, tuple[Job, Any]] = {}
     results: dict[str, Any] = {}
     stopped: list[str] = []
-    terminated: set[int] = set()
+    terminated: set[Connection] = set()
     failure: tuple[str | None, BaseException] | None = None
 
-    def collect(sentinel: int) -> None:
+    def collect(conn: Connection) -> None:
         nonlocal failure
-        job, process, conn = running.pop(sentinel)
-        process.join()
-        outcome = (
-            conn.recv()
-            if conn.poll()
-            else ("error", RuntimeError(f"its process ended with code {process.exitcode}"))
-        )
+        job, process = running.pop(conn)
+        try:
+            outcome = conn.recv()
+        except EOFError:  # the process ended without a word (killed)
+            outcome = None
         conn.close()
+        process.join()
+        if outcome is None:
+            outcome = ("error", RuntimeError(f"its process ended with code {process.exitcode}"))
         if outcome[0] == "done":
             results[job.name] = outcome[1]
             if on_done is not None:
@@ -124,10 +127,10 @@ def run_jobs(
             failure = (job.name, outcome[1])
 
     def stop_running() -> None:
-        for sentinel, (_, process, _) in running.items():
-            if sentinel not in terminated and process.is_alive():
+        for conn, (_, process) in running.items():
+            if conn not in terminated and process.is_alive():
                 process.terminate()  # SIGTERM, once: a trainer finishes its step and writes last.pt
-                terminated.add(sentinel)
+                terminated.add(conn)
 
     try:
         while pending or running:
@@ -139,17 +142,17 @@ def run_jobs(
                 )
                 process.start()
                 send.close()
-                running[process.sentinel] = (job, process, receive)
+                running[receive] = (job, process)
             if not running:
                 break
-            for sentinel in wait(list(running)):
-                collect(sentinel)
+            for conn in wait(list(running)):
+                collect(conn)
             if failure is not None:
                 stop_running()
     except KeyboardInterrupt as exc:  # Ctrl-C (which the jobs got too) or SIGTERM to this process
         stop_running()
-        for sentinel in list(running):
-            collect(sentinel)
+        for conn in list(running):
+            collect(conn)
         cause = exc if isinstance(exc, Interrupted) else Interrupted(str(exc))
         failure = (None, cause)
     if failure is not None:
