@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from benchmark_scripts import load_benchmark
 from numpy.typing import ArrayLike
 from scipy import linalg
 from scipy.optimize import curve_fit
@@ -96,20 +97,6 @@ def test_conventions_are_named():
         dist.check_convention("fastjet")
 
 
-def _bench_module(name: str):
-    """benchmarks/NAME.py as a module."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _bench_pull():
-    """benchmarks/bench_fpd_pull.py as a module (its replica generator and pull summary)."""
-    return _bench_module("bench_fpd_pull")
-
-
 def test_fpd_breakdown_finds_the_feature_that_differs():
     """diagnose_features.fpd_breakdown: one feature shifted by 1 sd carries the distance, in the mean part."""
     from calogan.metrics.two_sample import HIGH_LEVEL_NAMES
@@ -117,7 +104,7 @@ def test_fpd_breakdown_finds_the_feature_that_differs():
     rng = np.random.default_rng(0)
     real, floor, gen = (rng.normal(size=(20000, len(HIGH_LEVEL_NAMES))) for _ in range(3))
     gen[:, 3] += 1.0
-    out = _bench_module("diagnose_features").fpd_breakdown(gen, real, floor)
+    out = load_benchmark("diagnose_features").fpd_breakdown(gen, real, floor)
     name = HIGH_LEVEL_NAMES[3]
     assert out["total"] == pytest.approx(1.0, abs=0.05) and out["real_vs_real"] < 0.05
     assert out["mean_part"] == pytest.approx(1.0, abs=0.05) and abs(out["covariance_part"]) < 0.05
@@ -127,7 +114,9 @@ def test_fpd_breakdown_finds_the_feature_that_differs():
 
 @pytest.mark.parametrize("convention", ["calogan", "jetnet"])
 def test_fpd_error_is_a_unit_pull_on_null_replicas(convention):
-    res = _bench_pull().pull_replicas(replicas=100, n=500, dims=10, conventions=(convention,), repeats=5)
+    res = load_benchmark("bench_fpd_pull").pull_replicas(
+        replicas=100, n=500, dims=10, conventions=(convention,), repeats=5
+    )
     summary = res["conventions"][convention]
     pull = summary["value_pull"] if convention == "calogan" else summary["error"]
     assert 0.8 <= pull["pull_sd"] <= 1.25, pull

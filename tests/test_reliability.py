@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_scripts import load_benchmark
 
 from calogan.__main__ import main as calogan_main
 from calogan.core.errors import InputError
@@ -285,16 +286,7 @@ def test_outputs_that_name_inputs_are_refused(
 # ---------------------------------------------------------------- hostile archives (builders of bench_hostile.py)
 
 
-def _bench_hostile():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_hostile", ROOT / "benchmarks" / "bench_hostile.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-hostile = _bench_hostile()
+hostile = load_benchmark("bench_hostile")
 
 
 def _one_error(capsys) -> str:
